@@ -1,0 +1,164 @@
+//! The transport-level message model.
+//!
+//! A [`RawMessage`] is what a channel publishes and what a [`Delivery`] carries: body bytes
+//! (already serialized and maybe compressed by the facade), content type and encoding, headers
+//! and the AMQP basic properties. Serialization lives in the `kombu` facade; transports only
+//! move bytes.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::Result;
+use crate::value::FieldTable;
+
+/// AMQP delivery mode: whether the broker should keep the message on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DeliveryMode {
+    /// `1`: kept in memory only.
+    Transient,
+    /// `2`: written to disk by durable brokers (Kombu's default).
+    #[default]
+    Persistent,
+}
+
+impl DeliveryMode {
+    /// The AMQP number (1 or 2).
+    pub fn as_u8(self) -> u8 {
+        match self {
+            DeliveryMode::Transient => 1,
+            DeliveryMode::Persistent => 2,
+        }
+    }
+
+    /// From the AMQP number; anything but 1 is persistent.
+    pub fn from_u8(mode: u8) -> Self {
+        if mode == 1 {
+            DeliveryMode::Transient
+        } else {
+            DeliveryMode::Persistent
+        }
+    }
+}
+
+/// The AMQP 0-9-1 basic properties Kombu exposes, plus any extra keys a transport or a foreign
+/// producer put into the envelope's `properties` (kept so that they round-trip).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Properties {
+    /// 1 = transient, 2 = persistent. Kombu publishes 2 unless told otherwise.
+    pub delivery_mode: Option<DeliveryMode>,
+    /// Message priority (0–255 on the wire; virtual transports clamp to 0..=9).
+    pub priority: Option<u8>,
+    /// Correlates a reply with its request.
+    pub correlation_id: Option<String>,
+    /// Name of the queue replies should go to.
+    pub reply_to: Option<String>,
+    /// Per-message TTL in milliseconds, as a decimal string (AMQP/Kombu convention).
+    pub expiration: Option<String>,
+    /// Application message id.
+    pub message_id: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub timestamp: Option<u64>,
+    /// Application message type (AMQP `type`).
+    pub message_type: Option<String>,
+    /// Publishing user id (validated by RabbitMQ).
+    pub user_id: Option<String>,
+    /// Publishing application id.
+    pub app_id: Option<String>,
+    /// Other properties, preserved verbatim (e.g. SQS `MessageGroupId`).
+    pub extra: FieldTable,
+}
+
+impl Properties {
+    /// The per-message TTL as a duration, if `expiration` is a valid millisecond count.
+    pub fn expiration_duration(&self) -> Option<std::time::Duration> {
+        let ms: f64 = self.expiration.as_deref()?.trim().parse().ok()?;
+        (ms.is_finite() && ms >= 0.0).then(|| std::time::Duration::from_secs_f64(ms / 1000.0))
+    }
+}
+
+/// A message as transports see it: opaque body bytes plus metadata.
+#[derive(Clone, Default, PartialEq)]
+pub struct RawMessage {
+    /// The (serialized, maybe compressed) body.
+    pub body: Bytes,
+    /// MIME type of the serialized body (`application/json`, …).
+    pub content_type: Option<String>,
+    /// Character set or `binary`.
+    pub content_encoding: Option<String>,
+    /// Application headers (Kombu puts `compression` here).
+    pub headers: FieldTable,
+    /// The basic properties.
+    pub properties: Properties,
+}
+
+impl fmt::Debug for RawMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawMessage")
+            .field("body_len", &self.body.len())
+            .field("content_type", &self.content_type)
+            .field("content_encoding", &self.content_encoding)
+            .field("headers", &self.headers)
+            .field("properties", &self.properties)
+            .finish()
+    }
+}
+
+/// Where a delivered message came from and how to refer to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryInfo {
+    /// The exchange it was published to (`""` for the default exchange).
+    pub exchange: String,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// Whether it was delivered before and requeued (or restored after a crash).
+    pub redelivered: bool,
+    /// The tag of the consumer it was delivered to (none for `get`).
+    pub consumer_tag: Option<String>,
+    /// The delivery tag as the broker names it: a uuid4 on virtual transports (minted at
+    /// publish, as Kombu does), the channel's counter on AMQP.
+    pub delivery_tag: String,
+    /// The queue it was taken from.
+    pub queue: String,
+}
+
+/// Settles deliveries: implemented by each channel.
+///
+/// Deliveries carry a numeric, channel-local tag; the acknowledger maps it to whatever the
+/// broker needs (an AMQP delivery tag, a Redis unacked-hash key, an SQS receipt handle).
+#[async_trait]
+pub trait Acknowledger: Send + Sync + 'static {
+    /// Acknowledge: the broker forgets the message.
+    async fn ack(&self, tag: u64) -> Result<()>;
+    /// Reject: drop it (or dead-letter it), or with `requeue` make it available again with
+    /// `redelivered` set.
+    async fn reject(&self, tag: u64, requeue: bool) -> Result<()>;
+}
+
+/// How a delivery is settled: the channel's acknowledger and the channel-local tag.
+#[derive(Clone)]
+pub struct AckHandle {
+    /// The channel that delivered the message.
+    pub acknowledger: Arc<dyn Acknowledger>,
+    /// The channel-local tag.
+    pub tag: u64,
+}
+
+impl fmt::Debug for AckHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AckHandle").field("tag", &self.tag).finish()
+    }
+}
+
+/// A message delivered by a channel, by `consume` or `get`.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The message.
+    pub message: RawMessage,
+    /// Exchange, routing key, redelivered flag, tags.
+    pub info: DeliveryInfo,
+    /// `None` when the message was delivered with `no_ack` (nothing to settle).
+    pub ack: Option<AckHandle>,
+}

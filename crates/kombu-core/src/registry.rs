@@ -1,0 +1,170 @@
+//! The transport registry.
+//!
+//! Each transport crate submits one `static` [`TransportDescriptor`] with `inventory`:
+//!
+//! ```ignore
+//! inventory::submit! { kombu_core::registry::TransportDescriptor { /* … */ } }
+//! ```
+//!
+//! and exports the same descriptor so applications can [`register`] it explicitly. Both are
+//! needed: the linker drops `inventory` submissions of crates nothing references
+//! (dtolnay/inventory#7), so the `kombu` facade references every enabled transport crate and
+//! offers `install_default_transports()`, the way sqlx offers `install_default_drivers()`.
+//!
+//! Lookup is by URL scheme. An unknown scheme is an [`ErrorKind::UnknownTransport`] error that
+//! lists the schemes available and, for a transport kombu-rs knows but that was not compiled
+//! in, the Cargo feature that enables it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use crate::capabilities::Capabilities;
+use crate::error::{Error, ErrorKind, Result};
+use crate::transport::{ConnectOptions, Transport};
+use crate::url::BrokerUrl;
+
+/// The future returned by a transport's connect function.
+pub type ConnectFuture = Pin<Box<dyn Future<Output = Result<Arc<dyn Transport>>> + Send>>;
+
+/// Describes one transport: its schemes, capabilities and how to connect.
+#[derive(Debug)]
+pub struct TransportDescriptor {
+    /// Short name (`"memory"`).
+    pub name: &'static str,
+    /// URL schemes it serves (`["memory"]`, `["redis", "rediss"]`).
+    pub schemes: &'static [&'static str],
+    /// The `kombu` facade feature that compiles it in.
+    pub cargo_feature: &'static str,
+    /// One-line description.
+    pub description: &'static str,
+    /// What it supports.
+    pub capabilities: Capabilities,
+    /// Connect to a broker.
+    pub connect: fn(ConnectOptions) -> ConnectFuture,
+}
+
+inventory::collect!(TransportDescriptor);
+
+/// Transports kombu-rs provides, by scheme → (transport crate, facade feature), for helpful
+/// errors when one is asked for but not compiled in.
+const KNOWN_SCHEMES: &[(&str, &str)] = &[
+    ("memory", "memory"),
+    ("sqlite", "sqlite"),
+    ("sqla", "sqlite"),
+    ("sqla+sqlite", "sqlite"),
+    ("sqlalchemy", "sqlite"),
+    ("redis", "redis"),
+    ("rediss", "redis"),
+    ("redis+socket", "redis"),
+    ("socket", "redis"),
+    ("sentinel", "redis"),
+    ("amqp", "amqp"),
+    ("amqps", "amqp"),
+    ("pyamqp", "amqp"),
+    ("amqp+amiquip", "amqp-amiquip"),
+    ("mongodb", "mongodb"),
+    ("mongodb+srv", "mongodb"),
+    ("sqs", "sqs"),
+    ("zookeeper", "zookeeper"),
+];
+
+fn explicit() -> &'static RwLock<Vec<&'static TransportDescriptor>> {
+    static EXPLICIT: OnceLock<RwLock<Vec<&'static TransportDescriptor>>> = OnceLock::new();
+    EXPLICIT.get_or_init(|| RwLock::new(Vec::new()))
+}
+
+/// Register a transport explicitly (idempotent). Needed where `inventory`'s constructors do not
+/// run (e.g. `staticlib` builds) or the transport crate is otherwise unreferenced.
+pub fn register(descriptor: &'static TransportDescriptor) {
+    let mut list = explicit()
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !list.iter().any(|d| d.name == descriptor.name) {
+        list.push(descriptor);
+    }
+}
+
+/// Every registered transport, explicit and `inventory`-submitted, deduplicated by name and
+/// sorted by name.
+pub fn transports() -> Vec<&'static TransportDescriptor> {
+    let mut all: Vec<&'static TransportDescriptor> = explicit()
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    for d in inventory::iter::<TransportDescriptor> {
+        if !all.iter().any(|e| e.name == d.name) {
+            all.push(d);
+        }
+    }
+    all.sort_by_key(|d| d.name);
+    all
+}
+
+/// Every registered scheme, sorted.
+pub fn schemes() -> Vec<&'static str> {
+    let mut s: Vec<&'static str> = transports()
+        .iter()
+        .flat_map(|d| d.schemes.iter().copied())
+        .collect();
+    s.sort_unstable();
+    s.dedup();
+    s
+}
+
+/// The transport serving `scheme` (case-insensitive).
+pub fn lookup(scheme: &str) -> Result<&'static TransportDescriptor> {
+    let scheme = scheme.to_ascii_lowercase();
+    let all = transports();
+    let find = |s: &str| {
+        all.iter()
+            .copied()
+            .find(|d| d.schemes.iter().any(|x| x.eq_ignore_ascii_case(s)))
+    };
+    if let Some(d) = find(&scheme) {
+        return Ok(d);
+    }
+    // `transport+url`: try the prefix alone (`redis+socket` → `redis`).
+    if let Some((prefix, _)) = scheme.split_once('+') {
+        if let Some(d) = find(prefix) {
+            return Ok(d);
+        }
+    }
+    let available = schemes();
+    let available = if available.is_empty() {
+        "none (enable a transport feature of the `kombu` crate, or call \
+         kombu::install_default_transports())"
+            .to_owned()
+    } else {
+        available.join(", ")
+    };
+    let mut message = format!("no transport for scheme {scheme:?}; available: {available}");
+    if let Some((_, feature)) = KNOWN_SCHEMES.iter().find(|(s, _)| *s == scheme) {
+        message.push_str(&format!(
+            "; enable the `{feature}` feature of the `kombu` crate to use {scheme}://"
+        ));
+    }
+    Err(Error::new(ErrorKind::UnknownTransport, message).with_context("scheme", scheme))
+}
+
+/// The transport for a URL.
+pub fn lookup_url(url: &BrokerUrl) -> Result<&'static TransportDescriptor> {
+    lookup(url.scheme())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_scheme_names_the_feature() {
+        let err = lookup("zookeeper").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnknownTransport);
+        assert!(err.to_string().contains("`zookeeper` feature"), "{err}");
+        let err = lookup("gopher").unwrap_err();
+        assert!(
+            err.to_string().contains("no transport for scheme \"gopher\""),
+            "{err}"
+        );
+    }
+}

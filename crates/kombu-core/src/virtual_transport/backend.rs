@@ -1,0 +1,148 @@
+//! The narrow trait a virtual backend implements.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use crate::capabilities::Capabilities;
+use crate::entity::{Exchange, Queue};
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::value::FieldTable;
+
+/// A message taken from a queue, with what the backend needs to settle it later.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The message.
+    pub envelope: Envelope,
+    /// Backend-specific receipt (a row id, an SQS receipt handle); `None` when the message was
+    /// removed from the broker by `get` itself.
+    pub receipt: Option<String>,
+}
+
+impl Claimed {
+    /// A message removed from the broker by `get` (nothing to settle on the broker).
+    pub fn removed(envelope: Envelope) -> Self {
+        Claimed {
+            envelope,
+            receipt: None,
+        }
+    }
+}
+
+/// A binding as a backend persists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredBinding {
+    /// The bound queue.
+    pub queue: String,
+    /// The binding key.
+    pub routing_key: String,
+    /// Binding arguments.
+    pub arguments: FieldTable,
+}
+
+/// What a broker must provide to become a kombu-rs transport through the virtual channel.
+///
+/// Only the queue operations are required. Backends whose broker can acknowledge (SQLite rows
+/// with a visibility deadline, Redis's unacked hash, SQS receipt handles) override
+/// [`ack`](VirtualBackend::ack) and [`requeue`](VirtualBackend::requeue); backends that store
+/// bindings (Redis, MongoDB) override the binding hooks; backends with a native broadcast
+/// (Redis PUB/SUB) override [`put_fanout`](VirtualBackend::put_fanout).
+#[async_trait]
+pub trait VirtualBackend: Send + Sync + 'static {
+    /// The transport's registered name.
+    fn name(&self) -> &'static str;
+
+    /// What the backend supports.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Create the queue if needed (Kombu's `_new_queue`). A redeclaration with different
+    /// settings may be a `NotEquivalent` error.
+    async fn declare_queue(&self, queue: &Queue, arguments: &FieldTable) -> Result<()>;
+
+    /// Whether the queue exists (for passive declarations).
+    async fn queue_exists(&self, queue: &str) -> Result<bool>;
+
+    /// Append a message to a queue.
+    async fn put(&self, queue: &str, envelope: Envelope) -> Result<()>;
+
+    /// Take the next message (by the backend's priority order, FIFO within a priority).
+    async fn get(&self, queue: &str) -> Result<Option<Claimed>>;
+
+    /// Take up to `max` messages into `out`. The default calls [`get`](Self::get) repeatedly;
+    /// backends that can take several at once should override it.
+    async fn get_batch(&self, queue: &str, max: usize, out: &mut Vec<Claimed>) -> Result<()> {
+        for _ in 0..max {
+            match self.get(queue).await? {
+                Some(m) => out.push(m),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// The consumer acknowledged (or rejected without requeue) a message.
+    async fn ack(&self, _queue: &str, _receipt: Option<&str>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Make a message available again, to be consumed before older ones where the backend can
+    /// (Kombu's `_restore_at_beginning`). `envelope.redelivered` is already set.
+    async fn requeue(&self, queue: &str, envelope: Envelope, _receipt: Option<&str>) -> Result<()> {
+        self.put(queue, envelope).await
+    }
+
+    /// Remove every ready message; returns how many.
+    async fn purge(&self, queue: &str) -> Result<u64>;
+
+    /// Ready messages in the queue.
+    async fn size(&self, queue: &str) -> Result<u64>;
+
+    /// Delete the queue and its messages.
+    async fn delete_queue(&self, queue: &str) -> Result<()>;
+
+    /// Whether fanout exchanges are delivered by [`put_fanout`](Self::put_fanout) rather than
+    /// by routing to every bound queue.
+    fn native_fanout(&self) -> bool {
+        false
+    }
+
+    /// Broadcast on a fanout exchange (only called when [`native_fanout`](Self::native_fanout)).
+    async fn put_fanout(&self, exchange: &str, _envelope: Envelope, _routing_key: &str) -> Result<()> {
+        Err(Error::unsupported("native fanout").with_context("exchange", exchange))
+    }
+
+    /// Persist a binding so other processes route through it. Default: bindings are kept by
+    /// the [`BrokerState`](super::BrokerState) only.
+    async fn store_binding(&self, _exchange: &Exchange, _binding: &StoredBinding) -> Result<()> {
+        Ok(())
+    }
+
+    /// Bindings of `exchange` persisted by any process (`None`: the backend persists none).
+    async fn load_bindings(&self, _exchange: &str) -> Result<Option<Vec<StoredBinding>>> {
+        Ok(None)
+    }
+
+    /// Remove a persisted binding.
+    async fn remove_binding(&self, _exchange: &str, _binding: &StoredBinding) -> Result<()> {
+        Ok(())
+    }
+
+    /// A signal notified when messages arrive, so consumers wake at once instead of polling.
+    fn wakeup(&self) -> Option<Arc<Notify>> {
+        None
+    }
+
+    /// How long an idle consumer waits between polls when there is no wake-up signal (or as a
+    /// safety net beside it).
+    fn polling_interval(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    /// Release the backend's resources.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}

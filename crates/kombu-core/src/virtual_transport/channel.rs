@@ -1,0 +1,853 @@
+//! The generic channel over a [`VirtualBackend`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use futures_core::Stream;
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, warn};
+
+use super::backend::{Claimed, StoredBinding, VirtualBackend};
+use super::state::{BrokerState, Routed};
+use crate::capabilities::Capabilities;
+use crate::entity::{Exchange, ExchangeType, Queue};
+use crate::envelope::{BodyEncoding, Envelope};
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{AckHandle, Acknowledger, Delivery, DeliveryInfo, RawMessage};
+use crate::router::CompiledBinding;
+use crate::transport::{
+    Channel, ConsumeOptions, ConsumerHandle, DeclareOptions, DeleteExchangeOptions, DeleteQueueOptions,
+    GetOptions, PublishOptions, QosOptions, QueueBinding, QueueDeclareOk, Transport,
+};
+
+/// How many messages the dispatcher takes from one queue per turn.
+const DISPATCH_BATCH: usize = 64;
+/// Buffered deliveries per consumer (in-flight unacked messages are bounded by prefetch, not
+/// by this).
+const CONSUMER_BUFFER: usize = 256;
+
+/// A [`Transport`] made of a [`VirtualBackend`] and a routing [`BrokerState`].
+pub struct VirtualTransport<B: VirtualBackend> {
+    backend: Arc<B>,
+    state: Arc<BrokerState>,
+    body_encoding: BodyEncoding,
+    connected: AtomicBool,
+    channels: Mutex<Vec<Weak<ChannelInner<B>>>>,
+}
+
+impl<B: VirtualBackend> fmt::Debug for VirtualTransport<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VirtualTransport")
+            .field("backend", &self.backend.name())
+            .field("connected", &self.connected.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl<B: VirtualBackend> VirtualTransport<B> {
+    /// A transport over `backend`, routing with `state`.
+    pub fn new(backend: Arc<B>, state: Arc<BrokerState>) -> Self {
+        VirtualTransport {
+            backend,
+            state,
+            body_encoding: BodyEncoding::Base64,
+            connected: AtomicBool::new(true),
+            channels: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// How bodies are written into envelopes (Kombu's `body_encoding` transport option).
+    pub fn with_body_encoding(mut self, encoding: BodyEncoding) -> Self {
+        self.body_encoding = encoding;
+        self
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<B> {
+        &self.backend
+    }
+
+    /// Open a channel with its concrete type.
+    pub fn open_channel(&self) -> Result<VirtualChannel<B>> {
+        if !self.connected.load(Ordering::Acquire) {
+            return Err(Error::new(ErrorKind::Closed, "connection is closed"));
+        }
+        let channel = VirtualChannel::new(self.backend.clone(), self.state.clone(), self.body_encoding);
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels.retain(|w| w.strong_count() > 0);
+        channels.push(Arc::downgrade(&channel.inner));
+        Ok(channel)
+    }
+}
+
+#[async_trait]
+impl<B: VirtualBackend> Transport for VirtualTransport<B> {
+    fn name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.backend.capabilities()
+    }
+
+    async fn create_channel(&self) -> Result<Arc<dyn Channel>> {
+        Ok(Arc::new(self.open_channel()?))
+    }
+
+    fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    async fn close(&self) -> Result<()> {
+        if !self.connected.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let channels: Vec<_> = std::mem::take(&mut *self.channels.lock().unwrap_or_else(|p| p.into_inner()));
+        for inner in channels.iter().filter_map(Weak::upgrade) {
+            inner.close().await?;
+        }
+        self.backend.close().await
+    }
+}
+
+/// A delivered message not yet settled.
+struct Unacked {
+    queue: Arc<str>,
+    claimed: Claimed,
+}
+
+struct ConsumerEntry {
+    tag: String,
+    queue: Arc<str>,
+    no_ack: bool,
+    sender: mpsc::Sender<Result<Delivery>>,
+}
+
+struct ChannelInner<B: VirtualBackend> {
+    backend: Arc<B>,
+    state: Arc<BrokerState>,
+    body_encoding: BodyEncoding,
+    open: AtomicBool,
+    next_tag: AtomicU64,
+    prefetch: AtomicU16,
+    unacked: Mutex<HashMap<u64, Unacked>>,
+    consumers: Mutex<Vec<Arc<ConsumerEntry>>>,
+    consumers_version: AtomicU64,
+    /// Wakes the dispatcher: a consumer came or went, room was freed, the channel closed.
+    wakeup: Arc<Notify>,
+    dispatcher_started: AtomicBool,
+    self_ref: Weak<ChannelInner<B>>,
+}
+
+/// A [`Channel`] over a [`VirtualBackend`].
+pub struct VirtualChannel<B: VirtualBackend> {
+    inner: Arc<ChannelInner<B>>,
+}
+
+impl<B: VirtualBackend> fmt::Debug for VirtualChannel<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VirtualChannel")
+            .field("backend", &self.inner.backend.name())
+            .field("open", &self.inner.open.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl<B: VirtualBackend> VirtualChannel<B> {
+    fn new(backend: Arc<B>, state: Arc<BrokerState>, body_encoding: BodyEncoding) -> Self {
+        let inner = Arc::new_cyclic(|self_ref| ChannelInner {
+            backend,
+            state,
+            body_encoding,
+            open: AtomicBool::new(true),
+            next_tag: AtomicU64::new(1),
+            prefetch: AtomicU16::new(0),
+            unacked: Mutex::new(HashMap::new()),
+            consumers: Mutex::new(Vec::new()),
+            consumers_version: AtomicU64::new(0),
+            wakeup: Arc::new(Notify::new()),
+            dispatcher_started: AtomicBool::new(false),
+            self_ref: self_ref.clone(),
+        });
+        VirtualChannel { inner }
+    }
+
+    /// Number of delivered, unsettled messages.
+    pub fn unacked_count(&self) -> usize {
+        self.inner.lock_unacked().len()
+    }
+}
+
+impl<B: VirtualBackend> ChannelInner<B> {
+    fn lock_unacked(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Unacked>> {
+        self.unacked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_consumers(&self) -> std::sync::MutexGuard<'_, Vec<Arc<ConsumerEntry>>> {
+        self.consumers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        if self.open.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::Closed, "channel is closed")
+                .with_context("transport", self.backend.name()))
+        }
+    }
+
+    fn acknowledger(&self) -> Option<Arc<dyn Acknowledger>> {
+        self.self_ref.upgrade().map(|a| a as Arc<dyn Acknowledger>)
+    }
+
+    /// How many more unacked deliveries prefetch allows (`usize::MAX`: unlimited).
+    fn prefetch_room(&self) -> usize {
+        match self.prefetch.load(Ordering::Acquire) {
+            0 => usize::MAX,
+            limit => (limit as usize).saturating_sub(self.lock_unacked().len()),
+        }
+    }
+
+    /// Turn a claimed message into a delivery, tracking it unless `no_ack`.
+    fn make_delivery(
+        &self,
+        queue: &Arc<str>,
+        claimed: Claimed,
+        consumer_tag: Option<&str>,
+        no_ack: bool,
+    ) -> Delivery {
+        let env = &claimed.envelope;
+        let info = DeliveryInfo {
+            exchange: env.exchange.clone(),
+            routing_key: env.routing_key.clone(),
+            redelivered: env.redelivered,
+            consumer_tag: consumer_tag.map(str::to_owned),
+            delivery_tag: env.delivery_tag.clone(),
+            queue: queue.to_string(),
+        };
+        let message = env.message.clone();
+        let ack = if no_ack {
+            None
+        } else {
+            let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+            self.lock_unacked().insert(
+                tag,
+                Unacked {
+                    queue: queue.clone(),
+                    claimed,
+                },
+            );
+            self.acknowledger()
+                .map(|acknowledger| AckHandle { acknowledger, tag })
+        };
+        Delivery { message, info, ack }
+    }
+
+    async fn restore(&self, queue: &str, mut claimed: Claimed) -> Result<()> {
+        claimed.envelope.redelivered = true;
+        self.backend
+            .requeue(queue, claimed.envelope, claimed.receipt.as_deref())
+            .await
+    }
+
+    /// Restore every unacked message (newest first, so requeue-at-front keeps the order).
+    async fn restore_all_unacked(&self) -> Result<()> {
+        let mut all: Vec<(u64, Unacked)> = self.lock_unacked().drain().collect();
+        all.sort_by_key(|(tag, _)| std::cmp::Reverse(*tag));
+        let mut first_error = None;
+        for (_, u) in all {
+            if let Err(e) = self.restore(&u.queue, u.claimed).await {
+                warn!(error = %e, queue = %u.queue, "failed to restore an unacked message");
+                first_error.get_or_insert(e);
+            }
+        }
+        self.wakeup.notify_one();
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn close(&self) -> Result<()> {
+        if !self.open.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.lock_consumers().clear();
+        self.consumers_version.fetch_add(1, Ordering::AcqRel);
+        self.wakeup.notify_one();
+        debug!(
+            transport = self.backend.name(),
+            "closing channel, restoring unacked messages"
+        );
+        self.restore_all_unacked().await
+    }
+
+    fn start_dispatcher(&self) {
+        if self.dispatcher_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = self.self_ref.clone();
+        tokio::spawn(dispatch_loop(weak, self.wakeup.clone()));
+    }
+
+    async fn route(&self, exchange: &str, routing_key: &str, message: &RawMessage) -> Result<RouteTarget> {
+        let mut queues: Vec<Arc<str>> = Vec::new();
+        if exchange.is_empty() {
+            if !routing_key.is_empty() {
+                queues.push(Arc::from(routing_key));
+            }
+            return Ok(RouteTarget::Queues(queues));
+        }
+        match self
+            .state
+            .route(exchange, routing_key, &message.headers, &mut queues)
+        {
+            Routed::Local(ExchangeType::Fanout) if self.backend.native_fanout() => {
+                Ok(RouteTarget::NativeFanout)
+            }
+            Routed::Local(kind) => {
+                // Bindings other processes stored on the broker route too.
+                if let Some(stored) = self.backend.load_bindings(exchange).await? {
+                    route_stored(kind, &stored, routing_key, message, &mut queues);
+                }
+                Ok(RouteTarget::Queues(queues))
+            }
+            Routed::UnknownExchange => match self.backend.load_bindings(exchange).await? {
+                // Kombu: an exchange not declared here routes as direct over stored bindings.
+                Some(stored) => {
+                    route_stored(ExchangeType::Direct, &stored, routing_key, message, &mut queues);
+                    Ok(RouteTarget::Queues(queues))
+                }
+                None => Err(Error::new(
+                    ErrorKind::NotFound,
+                    "exchange not declared (declare it first, e.g. with the producer's `declare` list)",
+                )
+                .with_context("exchange", exchange)),
+            },
+        }
+    }
+}
+
+enum RouteTarget {
+    Queues(Vec<Arc<str>>),
+    NativeFanout,
+}
+
+fn route_stored(
+    kind: ExchangeType,
+    stored: &[StoredBinding],
+    routing_key: &str,
+    message: &RawMessage,
+    out: &mut Vec<Arc<str>>,
+) {
+    for b in stored {
+        if out.iter().any(|q| **q == *b.queue) {
+            continue;
+        }
+        let compiled = CompiledBinding::new(
+            kind,
+            b.queue.as_str(),
+            b.routing_key.as_str(),
+            b.arguments.clone(),
+        );
+        if compiled.matches(routing_key, &message.headers) {
+            out.push(compiled.queue);
+        }
+    }
+}
+
+/// One dispatcher per channel: serves every consumer of the channel, fairly.
+async fn dispatch_loop<B: VirtualBackend>(weak: Weak<ChannelInner<B>>, wakeup: Arc<Notify>) {
+    let mut snapshot: Vec<Arc<ConsumerEntry>> = Vec::new();
+    let mut version = u64::MAX;
+    let mut turn = 0usize;
+    let mut batch: Vec<Claimed> = Vec::with_capacity(DISPATCH_BATCH);
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        if !inner.open.load(Ordering::Acquire) {
+            return;
+        }
+        let current = inner.consumers_version.load(Ordering::Acquire);
+        if current != version {
+            snapshot = inner.lock_consumers().clone();
+            version = current;
+        }
+        // Register interest before looking, so a signal between the look and the wait is kept.
+        let channel_signal = wakeup.notified();
+        tokio::pin!(channel_signal);
+        channel_signal.as_mut().enable();
+        let backend_notify = inner.backend.wakeup();
+        let backend_signal = backend_notify.as_ref().map(|n| n.notified());
+        tokio::pin!(backend_signal);
+        if let Some(s) = backend_signal.as_mut().as_pin_mut() {
+            s.enable();
+        }
+
+        let mut delivered = 0usize;
+        let n = snapshot.len();
+        for i in 0..n {
+            let consumer = &snapshot[(turn + i) % n];
+            if consumer.sender.is_closed() {
+                continue;
+            }
+            let mut budget = consumer.sender.capacity().min(DISPATCH_BATCH);
+            if !consumer.no_ack {
+                budget = budget.min(inner.prefetch_room());
+            }
+            if budget == 0 {
+                continue;
+            }
+            batch.clear();
+            if let Err(e) = inner.backend.get_batch(&consumer.queue, budget, &mut batch).await {
+                warn!(error = %e, queue = %consumer.queue, "consumer poll failed");
+                let _ = consumer.sender.try_send(Err(e));
+                continue;
+            }
+            for claimed in batch.drain(..) {
+                delivered += 1;
+                let delivery =
+                    inner.make_delivery(&consumer.queue, claimed, Some(&consumer.tag), consumer.no_ack);
+                if let Err(err) = consumer.sender.try_send(Ok(delivery)) {
+                    // The consumer went away (or its buffer filled): nothing is lost.
+                    let delivery = match err {
+                        mpsc::error::TrySendError::Full(d) | mpsc::error::TrySendError::Closed(d) => d,
+                    };
+                    if let Ok(d) = delivery {
+                        let claimed = match d.ack.as_ref() {
+                            Some(h) => inner.lock_unacked().remove(&h.tag).map(|u| u.claimed),
+                            None => None,
+                        };
+                        let claimed = claimed.unwrap_or_else(|| Claimed::removed(envelope_of(&d)));
+                        if let Err(e) = inner
+                            .backend
+                            .requeue(&consumer.queue, claimed.envelope, claimed.receipt.as_deref())
+                            .await
+                        {
+                            warn!(error = %e, "failed to requeue an undeliverable message");
+                        }
+                    }
+                }
+            }
+        }
+        turn = turn.wrapping_add(1);
+        if delivered > 0 {
+            // Give producers and consumers on this runtime a turn between batches.
+            drop(inner);
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let interval = inner.backend.polling_interval();
+        drop(inner);
+        match backend_signal.as_mut().as_pin_mut() {
+            Some(backend_signal) => {
+                tokio::select! {
+                    _ = &mut channel_signal => {}
+                    _ = backend_signal => {}
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = &mut channel_signal => {}
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Rebuild an envelope from a delivery (only used when a no-ack delivery could not be handed
+/// to its consumer and must go back).
+fn envelope_of(d: &Delivery) -> Envelope {
+    Envelope {
+        message: d.message.clone(),
+        exchange: d.info.exchange.clone(),
+        routing_key: d.info.routing_key.clone(),
+        delivery_tag: d.info.delivery_tag.clone(),
+        redelivered: d.info.redelivered,
+        body_encoding: BodyEncoding::Base64,
+    }
+}
+
+#[async_trait]
+impl<B: VirtualBackend> Acknowledger for ChannelInner<B> {
+    async fn ack(&self, tag: u64) -> Result<()> {
+        let unacked = self.lock_unacked().remove(&tag);
+        let Some(u) = unacked else {
+            return Err(unknown_tag(tag));
+        };
+        self.wakeup.notify_one();
+        self.backend.ack(&u.queue, u.claimed.receipt.as_deref()).await
+    }
+
+    async fn reject(&self, tag: u64, requeue: bool) -> Result<()> {
+        let unacked = self.lock_unacked().remove(&tag);
+        let Some(u) = unacked else {
+            return Err(unknown_tag(tag));
+        };
+        self.wakeup.notify_one();
+        if requeue {
+            self.restore(&u.queue, u.claimed).await
+        } else {
+            self.backend.ack(&u.queue, u.claimed.receipt.as_deref()).await
+        }
+    }
+}
+
+fn unknown_tag(tag: u64) -> Error {
+    Error::new(
+        ErrorKind::PreconditionFailed,
+        "unknown delivery tag (already settled, or its channel was closed and the message restored)",
+    )
+    .with_context("delivery_tag", tag)
+}
+
+impl<B: VirtualBackend> Drop for ChannelInner<B> {
+    fn drop(&mut self) {
+        // A channel dropped without close(): give its unacked messages back.
+        let unacked: Vec<(u64, Unacked)> = self.lock_unacked().drain().collect();
+        if unacked.is_empty() || !self.open.load(Ordering::Acquire) {
+            return;
+        }
+        let backend = self.backend.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    let mut unacked = unacked;
+                    unacked.sort_by_key(|(tag, _)| std::cmp::Reverse(*tag));
+                    for (_, u) in unacked {
+                        let mut claimed = u.claimed;
+                        claimed.envelope.redelivered = true;
+                        if let Err(e) = backend
+                            .requeue(&u.queue, claimed.envelope, claimed.receipt.as_deref())
+                            .await
+                        {
+                            warn!(error = %e, "failed to restore an unacked message of a dropped channel");
+                        }
+                    }
+                });
+            }
+            Err(_) => warn!(
+                count = unacked.len(),
+                "channel dropped outside a tokio runtime with unacked messages; they were not restored"
+            ),
+        }
+    }
+}
+
+/// The stream handed to a consumer; wakes the dispatcher when it frees buffer room.
+struct ConsumerStream<B: VirtualBackend> {
+    receiver: mpsc::Receiver<Result<Delivery>>,
+    channel: Weak<ChannelInner<B>>,
+}
+
+impl<B: VirtualBackend> Stream for ConsumerStream<B> {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let poll = self.receiver.poll_recv(cx);
+        if let Poll::Ready(Some(_)) = &poll {
+            // The buffer was full and now has room: let the dispatcher fill it again.
+            if self.receiver.capacity() == 1 {
+                if let Some(inner) = self.channel.upgrade() {
+                    inner.wakeup.notify_one();
+                }
+            }
+        }
+        poll
+    }
+}
+
+#[async_trait]
+impl<B: VirtualBackend> Channel for VirtualChannel<B> {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.backend.capabilities()
+    }
+
+    async fn declare_exchange(&self, exchange: &Exchange, options: DeclareOptions) -> Result<()> {
+        let inner = &self.inner;
+        inner.ensure_open()?;
+        if exchange.is_default() {
+            return Ok(());
+        }
+        let caps = inner.backend.capabilities();
+        if !caps.supports_exchange_type(exchange.kind) {
+            return Err(Error::unsupported(format!("{} exchanges", exchange.kind))
+                .with_context("transport", inner.backend.name())
+                .with_context("exchange", &exchange.name));
+        }
+        inner
+            .state
+            .declare_exchange(exchange, options.passive || exchange.passive)
+    }
+
+    async fn delete_exchange(&self, name: &str, options: DeleteExchangeOptions) -> Result<()> {
+        self.inner.ensure_open()?;
+        self.inner.state.delete_exchange(name, options.if_unused)
+    }
+
+    async fn declare_queue(&self, queue: &Queue, options: DeclareOptions) -> Result<QueueDeclareOk> {
+        let inner = &self.inner;
+        inner.ensure_open()?;
+        let name = if queue.name.is_empty() {
+            format!("amq.gen-{}", uuid::Uuid::new_v4())
+        } else {
+            queue.name.clone()
+        };
+        if options.passive || queue.passive {
+            if !inner.backend.queue_exists(&name).await? {
+                return Err(Error::new(ErrorKind::NotFound, "no such queue").with_context("queue", &name));
+            }
+        } else {
+            let mut q = queue.clone();
+            q.name.clone_from(&name);
+            inner.backend.declare_queue(&q, &q.declare_arguments()).await?;
+        }
+        let message_count = inner.backend.size(&name).await?;
+        let consumer_count = inner
+            .lock_consumers()
+            .iter()
+            .filter(|c| *c.queue == *name)
+            .count() as u32;
+        Ok(QueueDeclareOk {
+            queue: name,
+            message_count,
+            consumer_count,
+        })
+    }
+
+    async fn bind_queue(&self, binding: &QueueBinding) -> Result<()> {
+        let inner = &self.inner;
+        inner.ensure_open()?;
+        if binding.exchange.is_empty() {
+            return Err(
+                Error::new(ErrorKind::InvalidArgument, "cannot bind to the default exchange")
+                    .with_context("queue", &binding.queue),
+            );
+        }
+        let exchange = inner.state.bind(
+            &binding.exchange,
+            &binding.queue,
+            &binding.routing_key,
+            &binding.arguments,
+        )?;
+        inner
+            .backend
+            .store_binding(
+                &exchange,
+                &StoredBinding {
+                    queue: binding.queue.clone(),
+                    routing_key: binding.routing_key.clone(),
+                    arguments: binding.arguments.clone(),
+                },
+            )
+            .await
+    }
+
+    async fn unbind_queue(&self, binding: &QueueBinding) -> Result<()> {
+        let inner = &self.inner;
+        inner.ensure_open()?;
+        inner.state.unbind(
+            &binding.exchange,
+            &binding.queue,
+            &binding.routing_key,
+            &binding.arguments,
+        );
+        inner
+            .backend
+            .remove_binding(
+                &binding.exchange,
+                &StoredBinding {
+                    queue: binding.queue.clone(),
+                    routing_key: binding.routing_key.clone(),
+                    arguments: binding.arguments.clone(),
+                },
+            )
+            .await
+    }
+
+    async fn purge_queue(&self, queue: &str) -> Result<u64> {
+        self.inner.ensure_open()?;
+        self.inner.backend.purge(queue).await
+    }
+
+    async fn delete_queue(&self, queue: &str, options: DeleteQueueOptions) -> Result<u64> {
+        let inner = &self.inner;
+        inner.ensure_open()?;
+        let size = inner.backend.size(queue).await?;
+        if options.if_empty && size > 0 {
+            return Err(
+                Error::new(ErrorKind::PreconditionFailed, "queue is not empty (if_empty)")
+                    .with_context("queue", queue)
+                    .with_context("messages", size),
+            );
+        }
+        {
+            let mut consumers = inner.lock_consumers();
+            if options.if_unused && consumers.iter().any(|c| &*c.queue == queue) {
+                return Err(
+                    Error::new(ErrorKind::PreconditionFailed, "queue has consumers (if_unused)")
+                        .with_context("queue", queue),
+                );
+            }
+            // AMQP cancels the consumers of a deleted queue.
+            consumers.retain(|c| &*c.queue != queue);
+        }
+        inner.consumers_version.fetch_add(1, Ordering::AcqRel);
+        for (exchange, routing_key, arguments) in inner.state.bindings_of(queue) {
+            inner
+                .backend
+                .remove_binding(
+                    &exchange,
+                    &StoredBinding {
+                        queue: queue.to_owned(),
+                        routing_key,
+                        arguments,
+                    },
+                )
+                .await?;
+        }
+        inner.state.remove_queue(queue);
+        inner.backend.delete_queue(queue).await?;
+        Ok(size)
+    }
+
+    async fn publish(&self, message: RawMessage, options: PublishOptions) -> Result<()> {
+        let inner = &self.inner;
+        inner.ensure_open()?;
+        if let Some(limit) = inner.backend.capabilities().max_message_size {
+            if message.body.len() as u64 > limit {
+                return Err(Error::new(
+                    ErrorKind::LimitExceeded,
+                    "message body exceeds the transport's size limit",
+                )
+                .with_context("size", message.body.len())
+                .with_context("limit", limit)
+                .with_context("transport", inner.backend.name()));
+            }
+        }
+        let target = inner
+            .route(&options.exchange, &options.routing_key, &message)
+            .await?;
+        let mut envelope = Envelope::new(message, &options.exchange, &options.routing_key);
+        envelope.body_encoding = inner.body_encoding;
+        match target {
+            RouteTarget::NativeFanout => {
+                inner
+                    .backend
+                    .put_fanout(&options.exchange, envelope, &options.routing_key)
+                    .await
+            }
+            RouteTarget::Queues(queues) => {
+                if queues.is_empty() {
+                    if options.mandatory {
+                        return Err(
+                            Error::new(ErrorKind::NotFound, "message is unroutable (mandatory)")
+                                .with_context("exchange", &options.exchange)
+                                .with_context("routing_key", &options.routing_key),
+                        );
+                    }
+                    debug!(exchange = %options.exchange, routing_key = %options.routing_key, "message routed to no queue, dropped");
+                    return Ok(());
+                }
+                let last = queues.len() - 1;
+                let mut envelope = Some(envelope);
+                for (i, queue) in queues.iter().enumerate() {
+                    let copy = if i == last {
+                        envelope.take()
+                    } else {
+                        envelope.clone()
+                    };
+                    if let Some(copy) = copy {
+                        inner.backend.put(queue, copy).await?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn get(&self, queue: &str, options: GetOptions) -> Result<Option<Delivery>> {
+        let inner = &self.inner;
+        inner.ensure_open()?;
+        let queue: Arc<str> = Arc::from(queue);
+        Ok(inner
+            .backend
+            .get(&queue)
+            .await?
+            .map(|claimed| inner.make_delivery(&queue, claimed, None, options.no_ack)))
+    }
+
+    async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<ConsumerHandle> {
+        let inner = &self.inner;
+        inner.ensure_open()?;
+        let tag = if options.consumer_tag.is_empty() {
+            format!("amq.ctag-{}", uuid::Uuid::new_v4().simple())
+        } else {
+            options.consumer_tag.clone()
+        };
+        let (sender, receiver) = mpsc::channel(CONSUMER_BUFFER);
+        {
+            let mut consumers = inner.lock_consumers();
+            if consumers.iter().any(|c| c.tag == tag) {
+                return Err(
+                    Error::new(ErrorKind::InvalidArgument, "consumer tag already in use")
+                        .with_context("consumer_tag", &tag),
+                );
+            }
+            consumers.push(Arc::new(ConsumerEntry {
+                tag: tag.clone(),
+                queue: Arc::from(queue),
+                no_ack: options.no_ack,
+                sender,
+            }));
+        }
+        inner.consumers_version.fetch_add(1, Ordering::AcqRel);
+        inner.start_dispatcher();
+        inner.wakeup.notify_one();
+        Ok(ConsumerHandle {
+            consumer_tag: tag,
+            deliveries: Box::pin(ConsumerStream {
+                receiver,
+                channel: Arc::downgrade(inner),
+            }),
+        })
+    }
+
+    async fn cancel(&self, consumer_tag: &str) -> Result<()> {
+        let inner = &self.inner;
+        inner.lock_consumers().retain(|c| c.tag != consumer_tag);
+        inner.consumers_version.fetch_add(1, Ordering::AcqRel);
+        inner.wakeup.notify_one();
+        Ok(())
+    }
+
+    async fn qos(&self, options: QosOptions) -> Result<()> {
+        self.inner.ensure_open()?;
+        self.inner
+            .prefetch
+            .store(options.prefetch_count, Ordering::Release);
+        self.inner.wakeup.notify_one();
+        Ok(())
+    }
+
+    async fn recover(&self, requeue: bool) -> Result<()> {
+        self.inner.ensure_open()?;
+        if !requeue {
+            return Err(Error::unsupported(
+                "recover(requeue=false) on a virtual transport (as in Kombu)",
+            ));
+        }
+        self.inner.restore_all_unacked().await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+
+    fn is_open(&self) -> bool {
+        self.inner.open.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,24 @@
+//! Kombu's "virtual" transport machinery, done well.
+//!
+//! Brokers that are not AMQP (memory, SQLite, Redis, MongoDB, SQS, ZooKeeper) only need to
+//! implement the narrow [`VirtualBackend`] trait — put, get, ack, requeue, purge, size, delete,
+//! plus optional binding persistence and native fanout. [`VirtualTransport`] and
+//! [`VirtualChannel`] turn such a backend into a full [`Channel`](crate::Channel):
+//!
+//! * exchanges are emulated by the [router](crate::router) over a [`BrokerState`] (direct,
+//!   topic, fanout and headers);
+//! * every publish is wrapped in Kombu's [`Envelope`](crate::Envelope) with a fresh uuid4
+//!   delivery tag;
+//! * consumers are served by one dispatcher task per channel that polls the consumed queues
+//!   fairly (round robin, a bounded batch per queue per turn), waking promptly when the backend
+//!   signals new messages and otherwise polling with the backend's interval;
+//! * prefetch (QoS) bounds unacked deliveries; unacked deliveries are tracked and restored
+//!   (marked `redelivered`) when the channel closes or is dropped, or on `recover`.
+
+mod backend;
+mod channel;
+mod state;
+
+pub use backend::{Claimed, StoredBinding, VirtualBackend};
+pub use channel::{VirtualChannel, VirtualTransport};
+pub use state::BrokerState;

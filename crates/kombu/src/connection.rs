@@ -1,0 +1,433 @@
+//! Connections: lazy, with retry and failover.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kombu_core::url::parse_failover;
+use kombu_core::{
+    BrokerUrl, Capabilities, Channel, ConnectOptions, Error, ErrorKind, Exchange, Queue, QueueBinding,
+    Result, Transport, TransportOptions,
+};
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::consumer::ConsumerBuilder;
+use crate::producer::Producer;
+use crate::retry::RetryPolicy;
+use crate::simple::{SimpleBuffer, SimpleQueue};
+
+/// The order in which alternate URLs are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailoverStrategy {
+    /// The next URL in the list, cycling (Kombu's `round-robin`).
+    #[default]
+    RoundRobin,
+    /// A random URL (Kombu's `shuffle`).
+    Shuffle,
+}
+
+/// An exchange or queue to declare.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Declarable {
+    /// An exchange.
+    Exchange(Exchange),
+    /// A queue with its exchange(s) and bindings.
+    Queue(Queue),
+}
+
+impl From<Exchange> for Declarable {
+    fn from(e: Exchange) -> Self {
+        Declarable::Exchange(e)
+    }
+}
+
+impl From<Queue> for Declarable {
+    fn from(q: Queue) -> Self {
+        Declarable::Queue(q)
+    }
+}
+
+impl Declarable {
+    fn cache_key(&self) -> Option<String> {
+        match self {
+            Declarable::Exchange(e) if e.can_cache_declaration() => Some(format!("E|{}", e.name)),
+            Declarable::Queue(q) if q.can_cache_declaration() && !q.name.is_empty() => {
+                Some(format!("Q|{}", q.name))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Declare an exchange (skipped for the default exchange, `amq.*` and `no_declare`).
+pub(crate) async fn declare_exchange(channel: &dyn Channel, exchange: &Exchange) -> Result<()> {
+    if exchange.skips_declare() {
+        return Ok(());
+    }
+    channel.declare_exchange(exchange, Default::default()).await
+}
+
+/// Declare a queue as Kombu's `Queue.declare` does: its exchanges, the queue, its bindings.
+/// Returns the queue name (generated for anonymous queues).
+pub(crate) async fn declare_queue(channel: &dyn Channel, queue: &Queue) -> Result<String> {
+    if queue.no_declare {
+        return Ok(queue.name.clone());
+    }
+    let bindings = queue.all_bindings();
+    for b in &bindings {
+        declare_exchange(channel, &b.exchange).await?;
+    }
+    let ok = channel.declare_queue(queue, Default::default()).await?;
+    for b in bindings {
+        channel
+            .bind_queue(&QueueBinding {
+                queue: ok.queue.clone(),
+                exchange: b.exchange.name.clone(),
+                routing_key: b.routing_key.clone(),
+                arguments: b.arguments.clone(),
+            })
+            .await?;
+    }
+    Ok(ok.queue)
+}
+
+/// Options of a [`Connection`].
+#[derive(Debug, Clone)]
+pub struct ConnectionOptions {
+    /// Transport options (Kombu's `transport_options`).
+    pub transport_options: TransportOptions,
+    /// Per-attempt connect timeout (Kombu default: 5 s).
+    pub connect_timeout: Duration,
+    /// How alternates are cycled.
+    pub failover_strategy: FailoverStrategy,
+    /// AMQP heartbeat.
+    pub heartbeat: Option<Duration>,
+    /// The policy used when a channel is needed and the connection is down (Kombu takes it
+    /// from `transport_options`; default: one pass over the alternates).
+    pub connect_policy: RetryPolicy,
+}
+
+impl Default for ConnectionOptions {
+    fn default() -> Self {
+        ConnectionOptions {
+            transport_options: TransportOptions::new(),
+            connect_timeout: Duration::from_secs(5),
+            failover_strategy: FailoverStrategy::RoundRobin,
+            heartbeat: None,
+            connect_policy: RetryPolicy::no_retry(),
+        }
+    }
+}
+
+struct State {
+    transport: Option<Arc<dyn Transport>>,
+    default_channel: Option<Arc<dyn Channel>>,
+    current: usize,
+}
+
+struct Inner {
+    urls: Vec<BrokerUrl>,
+    options: ConnectionOptions,
+    state: tokio::sync::Mutex<State>,
+    declared: Mutex<HashSet<String>>,
+}
+
+/// A connection to a broker, by URL. Cheap to clone (clones share the connection).
+///
+/// Lazy, as in Kombu: nothing connects until a channel is needed. A failover list
+/// (`"amqp://a//;amqp://b//"`) is tried in turn by [`Connection::ensure_connection`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> kombu::Result<()> {
+/// let conn = kombu::Connection::new("memory:///conn-doc")?;
+/// assert!(!conn.is_connected());
+/// let _channel = conn.channel().await?; // connects
+/// assert!(conn.is_connected());
+/// assert_eq!(conn.as_uri(false), "memory:///conn-doc");
+/// conn.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("urls", &self.inner.urls)
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+impl fmt::Display for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.as_uri(false))
+    }
+}
+
+impl Connection {
+    /// A connection to `url` (a URL or a `;`-separated failover list) with default options.
+    /// Fails only on a malformed URL; nothing connects yet.
+    pub fn new(url: &str) -> Result<Connection> {
+        Connection::with_options(url, ConnectionOptions::default())
+    }
+
+    /// A connection with explicit options.
+    pub fn with_options(url: &str, options: ConnectionOptions) -> Result<Connection> {
+        crate::install_default_transports();
+        let urls = parse_failover(url)?;
+        Ok(Connection {
+            inner: Arc::new(Inner {
+                urls,
+                options,
+                state: tokio::sync::Mutex::new(State {
+                    transport: None,
+                    default_channel: None,
+                    current: 0,
+                }),
+                declared: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// A new, unconnected connection with the same URLs and options (Kombu's `clone`).
+    pub fn clone_fresh(&self) -> Connection {
+        Connection {
+            inner: Arc::new(Inner {
+                urls: self.inner.urls.clone(),
+                options: self.inner.options.clone(),
+                state: tokio::sync::Mutex::new(State {
+                    transport: None,
+                    default_channel: None,
+                    current: 0,
+                }),
+                declared: Mutex::new(HashSet::new()),
+            }),
+        }
+    }
+
+    /// The URLs (first is primary), passwords redacted when displayed.
+    pub fn urls(&self) -> &[BrokerUrl] {
+        &self.inner.urls
+    }
+
+    /// The options.
+    pub fn options(&self) -> &ConnectionOptions {
+        &self.inner.options
+    }
+
+    /// The current URL as text; the password only if `include_password`.
+    pub fn as_uri(&self, include_password: bool) -> String {
+        let current = self.inner.state.try_lock().map(|s| s.current).unwrap_or(0);
+        self.inner.urls[current % self.inner.urls.len()].as_uri(include_password)
+    }
+
+    /// Whether a live transport connection exists.
+    pub fn is_connected(&self) -> bool {
+        self.inner
+            .state
+            .try_lock()
+            .map(|s| s.transport.as_ref().is_some_and(|t| t.is_connected()))
+            .unwrap_or(false)
+    }
+
+    /// The capabilities of the transport of the current URL (known without connecting).
+    pub fn capabilities(&self) -> Result<Capabilities> {
+        let current = self.inner.state.try_lock().map(|s| s.current).unwrap_or(0);
+        let url = &self.inner.urls[current % self.inner.urls.len()];
+        Ok(kombu_core::registry::lookup_url(url)?.capabilities)
+    }
+
+    async fn connect_once(&self, url: &BrokerUrl) -> Result<Arc<dyn Transport>> {
+        let descriptor = kombu_core::registry::lookup_url(url)?;
+        let mut options = ConnectOptions::new(url.clone());
+        options
+            .transport_options
+            .extend(self.inner.options.transport_options.clone());
+        options.connect_timeout = self.inner.options.connect_timeout;
+        options.heartbeat = self.inner.options.heartbeat;
+        let timeout = options.connect_timeout;
+        let span = info_span!("kombu.connect", transport = descriptor.name, url = %url);
+        match tokio::time::timeout(timeout, (descriptor.connect)(options).instrument(span)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::new(ErrorKind::Timeout, "connect timed out")
+                .with_context("url", url)
+                .with_context("timeout_ms", timeout.as_millis())
+                .set_recoverable(true)),
+        }
+    }
+
+    /// Connect (if not connected), retrying per `policy` and switching to the next alternate
+    /// URL after each failure. Errors that retrying cannot fix (bad URL, unknown scheme,
+    /// refused credentials) fail at once.
+    pub async fn ensure_connection(&self, policy: &RetryPolicy) -> Result<()> {
+        let mut state = self.inner.state.lock().await;
+        self.ensure_locked(&mut state, policy).await.map(|_| ())
+    }
+
+    async fn ensure_locked(&self, state: &mut State, policy: &RetryPolicy) -> Result<Arc<dyn Transport>> {
+        if let Some(t) = state.transport.as_ref().filter(|t| t.is_connected()) {
+            return Ok(t.clone());
+        }
+        if state.transport.take().is_some() {
+            // Reconnecting: declarations must be made again on the new connection.
+            state.default_channel = None;
+            self.inner
+                .declared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        }
+        let started = Instant::now();
+        let mut intervals = policy.intervals();
+        let n = self.inner.urls.len();
+        loop {
+            // One pass over every alternate before waiting.
+            let mut last_error = None;
+            for _ in 0..n {
+                let url = self.inner.urls[state.current % n].clone();
+                match self.connect_once(&url).await {
+                    Ok(t) => {
+                        debug!(url = %url, "connected");
+                        state.transport = Some(t.clone());
+                        return Ok(t);
+                    }
+                    Err(e) if !e.is_recoverable() => return Err(e),
+                    Err(e) => {
+                        warn!(url = %url, error = %e, "connection failed, trying the next URL");
+                        state.current = match self.inner.options.failover_strategy {
+                            FailoverStrategy::RoundRobin => (state.current + 1) % n,
+                            FailoverStrategy::Shuffle => fastrand::usize(..n),
+                        };
+                        last_error = Some(e);
+                    }
+                }
+            }
+            let Some(last_error) = last_error else {
+                return Err(Error::new(ErrorKind::Connection, "no broker URL"));
+            };
+            let give_up = |e: Error| {
+                Error::new(ErrorKind::Connection, "could not connect to any broker URL")
+                    .with_context("attempts_s", format!("{:.1}", started.elapsed().as_secs_f64()))
+                    .with_source(e)
+                    .set_recoverable(true)
+            };
+            let Some(wait) = intervals.next() else {
+                return Err(give_up(last_error));
+            };
+            if policy.timeout.is_some_and(|t| started.elapsed() + wait > t) {
+                return Err(give_up(last_error));
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The live transport, connecting with the connection's `connect_policy` if needed.
+    pub async fn transport(&self) -> Result<Arc<dyn Transport>> {
+        let mut state = self.inner.state.lock().await;
+        self.ensure_locked(&mut state, &self.inner.options.connect_policy)
+            .await
+    }
+
+    /// A new channel.
+    pub async fn channel(&self) -> Result<Arc<dyn Channel>> {
+        self.transport().await?.create_channel().await
+    }
+
+    /// The connection's shared channel (created on first use, replaced after a reconnect).
+    pub async fn default_channel(&self) -> Result<Arc<dyn Channel>> {
+        let mut state = self.inner.state.lock().await;
+        let transport = self
+            .ensure_locked(&mut state, &self.inner.options.connect_policy)
+            .await?;
+        if let Some(c) = state.default_channel.as_ref().filter(|c| c.is_open()) {
+            return Ok(c.clone());
+        }
+        let channel = transport.create_channel().await?;
+        state.default_channel = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// A producer publishing through the default channel.
+    pub fn producer(&self) -> Producer {
+        Producer::new(self)
+    }
+
+    /// A consumer builder for `queues`.
+    pub fn consumer(&self, queues: impl IntoIterator<Item = Queue>) -> ConsumerBuilder {
+        ConsumerBuilder::new(self, queues)
+    }
+
+    /// A [`SimpleQueue`] named `name`.
+    pub fn simple_queue(&self, name: &str) -> SimpleQueue {
+        SimpleQueue::new(self, name)
+    }
+
+    /// A [`SimpleBuffer`] named `name`.
+    pub fn simple_buffer(&self, name: &str) -> SimpleBuffer {
+        SimpleBuffer::new(self, name)
+    }
+
+    /// Declare an entity unless this connection already did (Kombu's `maybe_declare`). Returns
+    /// whether a declaration was sent.
+    pub async fn maybe_declare(&self, entity: &Declarable, channel: &dyn Channel) -> Result<bool> {
+        let key = entity.cache_key();
+        if let Some(key) = &key {
+            if self
+                .inner
+                .declared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(key)
+            {
+                return Ok(false);
+            }
+        }
+        match entity {
+            Declarable::Exchange(e) => declare_exchange(channel, e).await?,
+            Declarable::Queue(q) => {
+                declare_queue(channel, q).await?;
+            }
+        }
+        if let Some(key) = key {
+            self.inner
+                .declared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key);
+        }
+        Ok(true)
+    }
+
+    /// Forget cached declarations (after a queue was deleted elsewhere, say).
+    pub fn forget_declarations(&self) {
+        self.inner
+            .declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Close the connection: every channel closes and restores its unacked messages.
+    pub async fn close(&self) -> Result<()> {
+        let mut state = self.inner.state.lock().await;
+        state.default_channel = None;
+        self.inner
+            .declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        match state.transport.take() {
+            Some(t) => t.close().await,
+            None => Ok(()),
+        }
+    }
+
+    /// A pool of up to `limit` connections like this one.
+    pub fn pool(&self, limit: usize) -> crate::pool::ConnectionPool {
+        crate::pool::ConnectionPool::new_connection_pool(self.clone_fresh(), limit)
+    }
+}

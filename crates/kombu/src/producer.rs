@@ -1,0 +1,466 @@
+//! Publishing.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use kombu_core::{
+    Channel, DeliveryMode, Error, ErrorKind, Exchange, FieldTable, Properties, RawMessage, Result, Value,
+};
+use serde::Serialize;
+use tracing::{debug_span, Instrument};
+
+use crate::compression;
+use crate::connection::{Connection, Declarable};
+use crate::retry::RetryPolicy;
+use crate::serialization;
+
+/// Options of one publish (Kombu's `Producer.publish` keyword arguments). Every field is
+/// optional; unset fields fall back to the producer's defaults.
+///
+/// ```
+/// use std::time::Duration;
+/// use kombu::{PublishOptions, Queue};
+/// let opts = PublishOptions::new()
+///     .routing_key("video")
+///     .priority(5)
+///     .expiration(Duration::from_secs(10))
+///     .header("trace", "abc")
+///     .declare(Queue::new("video"));
+/// assert_eq!(opts.routing_key.as_deref(), Some("video"));
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct PublishOptions {
+    /// Routing key (default: the producer's).
+    pub routing_key: Option<String>,
+    /// Exchange (default: the producer's).
+    pub exchange: Option<Exchange>,
+    /// Serializer name (default: the producer's, else `json`).
+    pub serializer: Option<String>,
+    /// Compression name (default: the producer's, else none).
+    pub compression: Option<String>,
+    /// Explicit content type: the body is sent as is (bytes) or encoded as text.
+    pub content_type: Option<String>,
+    /// Explicit content encoding.
+    pub content_encoding: Option<String>,
+    /// Application headers.
+    pub headers: FieldTable,
+    /// Priority.
+    pub priority: Option<u8>,
+    /// Per-message TTL (sent as milliseconds text, as Kombu does).
+    pub expiration: Option<Duration>,
+    /// Delivery mode (default: the exchange's, else persistent).
+    pub delivery_mode: Option<DeliveryMode>,
+    /// AMQP `correlation_id`.
+    pub correlation_id: Option<String>,
+    /// AMQP `reply_to`.
+    pub reply_to: Option<String>,
+    /// AMQP `message_id`.
+    pub message_id: Option<String>,
+    /// AMQP `timestamp` (seconds since the epoch).
+    pub timestamp: Option<u64>,
+    /// AMQP `type`.
+    pub message_type: Option<String>,
+    /// AMQP `user_id`.
+    pub user_id: Option<String>,
+    /// AMQP `app_id`.
+    pub app_id: Option<String>,
+    /// Further properties copied verbatim (e.g. SQS `MessageGroupId`).
+    pub extra_properties: FieldTable,
+    /// Entities to declare first (cached per connection).
+    pub declare: Vec<Declarable>,
+    /// Retry on recoverable errors, reconnecting per `retry_policy`.
+    pub retry: bool,
+    /// The retry policy (default: Kombu's `ensure` defaults).
+    pub retry_policy: Option<RetryPolicy>,
+    /// Ask the broker to return unroutable messages (an error on virtual transports).
+    pub mandatory: bool,
+    /// Wait for a publisher confirm where supported.
+    pub confirm: bool,
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty => $field:ident),* $(,)?) => {
+        $($(#[$doc])* pub fn $name(mut self, value: impl Into<$ty>) -> Self {
+            self.$field = Some(value.into());
+            self
+        })*
+    };
+}
+
+impl PublishOptions {
+    /// No options.
+    pub fn new() -> Self {
+        PublishOptions::default()
+    }
+
+    setters! {
+        /// Set the routing key.
+        routing_key: String => routing_key,
+        /// Set the exchange.
+        exchange: Exchange => exchange,
+        /// Set the serializer.
+        serializer: String => serializer,
+        /// Set the compression.
+        compression: String => compression,
+        /// Set the content type.
+        content_type: String => content_type,
+        /// Set the content encoding.
+        content_encoding: String => content_encoding,
+        /// Set `correlation_id`.
+        correlation_id: String => correlation_id,
+        /// Set `reply_to`.
+        reply_to: String => reply_to,
+        /// Set `message_id`.
+        message_id: String => message_id,
+        /// Set the AMQP `type`.
+        message_type: String => message_type,
+        /// Set `user_id`.
+        user_id: String => user_id,
+        /// Set `app_id`.
+        app_id: String => app_id,
+    }
+
+    /// Set the priority.
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Set the per-message TTL.
+    pub fn expiration(mut self, ttl: Duration) -> Self {
+        self.expiration = Some(ttl);
+        self
+    }
+
+    /// Set the delivery mode.
+    pub fn delivery_mode(mut self, mode: DeliveryMode) -> Self {
+        self.delivery_mode = Some(mode);
+        self
+    }
+
+    /// Set the timestamp (seconds since the epoch).
+    pub fn timestamp(mut self, secs: u64) -> Self {
+        self.timestamp = Some(secs);
+        self
+    }
+
+    /// Stamp with the current time.
+    pub fn timestamp_now(self) -> Self {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.timestamp(secs)
+    }
+
+    /// Add a header.
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.headers.insert(key.into(), value.into());
+        self
+    }
+
+    /// Add a property copied verbatim.
+    pub fn property(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.extra_properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// Declare an entity before publishing.
+    pub fn declare(mut self, entity: impl Into<Declarable>) -> Self {
+        self.declare.push(entity.into());
+        self
+    }
+
+    /// Retry recoverable failures with `policy` (reconnecting as needed).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = true;
+        self.retry_policy = Some(policy);
+        self
+    }
+
+    /// Set `mandatory`.
+    pub fn mandatory(mut self, mandatory: bool) -> Self {
+        self.mandatory = mandatory;
+        self
+    }
+
+    /// Wait for a publisher confirm.
+    pub fn confirm(mut self, confirm: bool) -> Self {
+        self.confirm = confirm;
+        self
+    }
+}
+
+/// The body of a publish before serialization.
+enum Body<'a> {
+    Value(&'a dyn erased_serde::Serialize),
+    Bytes(Bytes),
+    Text(&'a str),
+}
+
+/// Publishes messages (Kombu's `Producer`). Cheap to clone.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> kombu::Result<()> {
+/// use kombu::{Connection, Exchange, PublishOptions, Queue};
+/// let conn = Connection::new("memory:///producer-doc")?;
+/// let media = Exchange::direct("media");
+/// let video = Queue::new("video").exchange(media.clone()).routing_key("video");
+/// let producer = conn.producer().exchange(media);
+/// producer
+///     .publish(&serde_json::json!({"name": "cat.mp4"}), PublishOptions::new().routing_key("video").declare(video))
+///     .await?;
+/// let message = conn.simple_queue("video").get_nowait().await?.expect("published");
+/// assert_eq!(message.content_type(), Some("application/json"));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Producer {
+    connection: Connection,
+    channel: Option<Arc<dyn Channel>>,
+    exchange: Exchange,
+    routing_key: String,
+    serializer: Option<String>,
+    compression: Option<String>,
+    auto_declare: bool,
+}
+
+impl Producer {
+    /// A producer on the connection's default channel, publishing to the default exchange.
+    pub fn new(connection: &Connection) -> Self {
+        Producer {
+            connection: connection.clone(),
+            channel: None,
+            exchange: Exchange::default_exchange(),
+            routing_key: String::new(),
+            serializer: None,
+            compression: None,
+            auto_declare: true,
+        }
+    }
+
+    /// Publish on a given channel instead of the default one.
+    pub fn channel(mut self, channel: Arc<dyn Channel>) -> Self {
+        self.channel = Some(channel);
+        self
+    }
+
+    /// The default exchange of this producer (declared before the first publish unless
+    /// `auto_declare` is off).
+    pub fn exchange(mut self, exchange: Exchange) -> Self {
+        self.exchange = exchange;
+        self
+    }
+
+    /// The default routing key.
+    pub fn routing_key(mut self, key: impl Into<String>) -> Self {
+        self.routing_key = key.into();
+        self
+    }
+
+    /// The default serializer.
+    pub fn serializer(mut self, name: impl Into<String>) -> Self {
+        self.serializer = Some(name.into());
+        self
+    }
+
+    /// The default compression.
+    pub fn compression(mut self, name: impl Into<String>) -> Self {
+        self.compression = Some(name.into());
+        self
+    }
+
+    /// Whether the producer's exchange is declared automatically (default: true).
+    pub fn auto_declare(mut self, auto_declare: bool) -> Self {
+        self.auto_declare = auto_declare;
+        self
+    }
+
+    /// The connection.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    async fn channel_for_publish(&self) -> Result<Arc<dyn Channel>> {
+        match &self.channel {
+            Some(c) => Ok(c.clone()),
+            None => self.connection.default_channel().await,
+        }
+    }
+
+    /// Publish any serializable value (JSON unless a serializer is chosen).
+    pub async fn publish<T: Serialize + ?Sized>(&self, body: &T, options: PublishOptions) -> Result<()> {
+        self.publish_body(Body::Value(&body), options).await
+    }
+
+    /// Publish raw bytes: `application/data`/`binary` unless a content type is given.
+    pub async fn publish_bytes(&self, body: impl Into<Bytes>, options: PublishOptions) -> Result<()> {
+        self.publish_body(Body::Bytes(body.into()), options).await
+    }
+
+    /// Publish text: `text/plain`/`utf-8` unless a content type is given.
+    pub async fn publish_text(&self, body: &str, options: PublishOptions) -> Result<()> {
+        self.publish_body(Body::Text(body), options).await
+    }
+
+    /// Declare the producer's exchange.
+    pub async fn declare(&self) -> Result<()> {
+        let channel = self.channel_for_publish().await?;
+        self.connection
+            .maybe_declare(&Declarable::Exchange(self.exchange.clone()), channel.as_ref())
+            .await
+            .map(|_| ())
+    }
+
+    /// Serialize, compress and assemble the message (Kombu's `_prepare` + `prepare_message`).
+    fn prepare(&self, body: Body<'_>, options: &PublishOptions, exchange: &Exchange) -> Result<RawMessage> {
+        let (mut content_type, mut content_encoding, payload): (Option<String>, Option<String>, Bytes) =
+            match (body, &options.content_type) {
+                (Body::Bytes(b), Some(ct)) => (
+                    Some(ct.clone()),
+                    Some(
+                        options
+                            .content_encoding
+                            .clone()
+                            .unwrap_or_else(|| "binary".into()),
+                    ),
+                    b,
+                ),
+                (Body::Text(t), Some(ct)) => {
+                    let enc = options.content_encoding.clone().unwrap_or_else(|| "utf-8".into());
+                    if !enc.eq_ignore_ascii_case("utf-8") && !enc.eq_ignore_ascii_case("utf8") {
+                        return Err(Error::new(
+                            ErrorKind::Encode,
+                            "text bodies can only be encoded as utf-8",
+                        )
+                        .with_context("content_encoding", enc));
+                    }
+                    (Some(ct.clone()), Some(enc), Bytes::copy_from_slice(t.as_bytes()))
+                }
+                (Body::Bytes(b), None) => (Some("application/data".into()), Some("binary".into()), b),
+                (Body::Text(t), None) => (
+                    Some("text/plain".into()),
+                    Some("utf-8".into()),
+                    Bytes::copy_from_slice(t.as_bytes()),
+                ),
+                (Body::Value(v), _) => {
+                    let name = options
+                        .serializer
+                        .as_deref()
+                        .or(self.serializer.as_deref())
+                        .unwrap_or("json");
+                    let serializer = serialization::get(name)?;
+                    let bytes = serializer.serialize(v)?;
+                    (
+                        Some(
+                            options
+                                .content_type
+                                .clone()
+                                .unwrap_or_else(|| serializer.content_type().to_owned()),
+                        ),
+                        Some(
+                            options
+                                .content_encoding
+                                .clone()
+                                .unwrap_or_else(|| serializer.content_encoding().to_owned()),
+                        ),
+                        Bytes::from(bytes),
+                    )
+                }
+            };
+        let mut headers = options.headers.clone();
+        let payload = match options.compression.as_deref().or(self.compression.as_deref()) {
+            Some(name) => {
+                let (compressed, header) = compression::compress(&payload, name)?;
+                headers.insert(compression::HEADER.into(), Value::String(header));
+                Bytes::from(compressed)
+            }
+            None => payload,
+        };
+        if content_type.as_deref() == Some("") {
+            content_type = None;
+        }
+        if content_encoding.as_deref() == Some("") {
+            content_encoding = None;
+        }
+        let expiration = options.expiration.map(|d| {
+            // Kombu: str(int(expiration * 1000)).
+            (d.as_millis() as u64).to_string()
+        });
+        Ok(RawMessage {
+            body: payload,
+            content_type,
+            content_encoding,
+            headers,
+            properties: Properties {
+                delivery_mode: Some(
+                    options
+                        .delivery_mode
+                        .or(exchange.delivery_mode)
+                        .unwrap_or(DeliveryMode::Persistent),
+                ),
+                priority: Some(options.priority.unwrap_or(0)),
+                correlation_id: options.correlation_id.clone(),
+                reply_to: options.reply_to.clone(),
+                expiration,
+                message_id: options.message_id.clone(),
+                timestamp: options.timestamp,
+                message_type: options.message_type.clone(),
+                user_id: options.user_id.clone(),
+                app_id: options.app_id.clone(),
+                extra: options.extra_properties.clone(),
+            },
+        })
+    }
+
+    async fn publish_body(&self, body: Body<'_>, options: PublishOptions) -> Result<()> {
+        let exchange = options.exchange.clone().unwrap_or_else(|| self.exchange.clone());
+        let routing_key = options
+            .routing_key
+            .clone()
+            .unwrap_or_else(|| self.routing_key.clone());
+        let message = self.prepare(body, &options, &exchange)?;
+        let span = debug_span!("kombu.publish", exchange = %exchange.name, routing_key = %routing_key);
+        async {
+            let policy = options.retry_policy.clone().unwrap_or_else(RetryPolicy::publish_default);
+            let mut waits = policy.intervals();
+            loop {
+                match self.publish_once(&message, &exchange, &routing_key, &options).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if options.retry && e.is_recoverable() => {
+                        let Some(wait) = waits.next() else { return Err(e) };
+                        tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "publish failed, retrying");
+                        tokio::time::sleep(wait).await;
+                        self.connection.ensure_connection(&policy).await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn publish_once(
+        &self,
+        message: &RawMessage,
+        exchange: &Exchange,
+        routing_key: &str,
+        options: &PublishOptions,
+    ) -> Result<()> {
+        let channel = self.channel_for_publish().await?;
+        for entity in &options.declare {
+            self.connection.maybe_declare(entity, channel.as_ref()).await?;
+        }
+        if self.auto_declare && !exchange.skips_declare() {
+            self.connection
+                .maybe_declare(&Declarable::Exchange(exchange.clone()), channel.as_ref())
+                .await?;
+        }
+        let mut publish = kombu_core::PublishOptions::new(exchange.name.clone(), routing_key);
+        publish.mandatory = options.mandatory;
+        publish.confirm = options.confirm;
+        channel.publish(message.clone(), publish).await
+    }
+}
