@@ -251,22 +251,28 @@ impl Consumer {
     }
 
     /// Change the prefetch count.
-    pub async fn qos(&self, prefetch_count: u16) -> Result<()> {
-        self.channel.qos(QosOptions::prefetch(prefetch_count)).await
+    pub fn qos(&self, prefetch_count: u16) -> impl Future<Output = Result<()>> + Send + 'static {
+        let channel = self.channel.clone();
+        async move { channel.qos(QosOptions::prefetch(prefetch_count)).await }
     }
 
     /// Redeliver every unacked message of this consumer's channel.
-    pub async fn recover(&self, requeue: bool) -> Result<()> {
-        self.channel.recover(requeue).await
+    pub fn recover(&self, requeue: bool) -> impl Future<Output = Result<()>> + Send + 'static {
+        let channel = self.channel.clone();
+        async move { channel.recover(requeue).await }
     }
 
     /// Purge every queue; returns the number of messages removed.
-    pub async fn purge(&self) -> Result<u64> {
-        let mut total = 0;
-        for q in &self.queues {
-            total += self.channel.purge_queue(&q.name).await?;
+    pub fn purge(&self) -> impl Future<Output = Result<u64>> + Send + 'static {
+        let channel = self.channel.clone();
+        let names: Vec<String> = self.queues.iter().map(|q| q.name.clone()).collect();
+        async move {
+            let mut total = 0;
+            for name in names {
+                total += channel.purge_queue(&name).await?;
+            }
+            Ok(total)
         }
-        Ok(total)
     }
 
     /// Close the consumer's channel (unacked messages are restored).

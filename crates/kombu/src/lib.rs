@@ -63,6 +63,7 @@ pub use kombu_core::{
 pub mod transport {
     pub use kombu_core::registry;
     pub use kombu_core::transport::*;
+    pub use kombu_core::url;
     pub use kombu_core::virtual_transport;
     pub use kombu_core::{envelope, router, Delivery, Envelope, RawMessage};
 }

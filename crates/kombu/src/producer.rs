@@ -1,5 +1,6 @@
 //! Publishing.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -290,18 +291,36 @@ impl Producer {
     }
 
     /// Publish any serializable value (JSON unless a serializer is chosen).
-    pub async fn publish<T: Serialize + ?Sized>(&self, body: &T, options: PublishOptions) -> Result<()> {
-        self.publish_body(Body::Value(&body), options).await
+    ///
+    /// The body is serialized before the returned future is first polled, so the future does
+    /// not borrow `body` and is `Send`.
+    pub fn publish<T: Serialize + ?Sized>(
+        &self,
+        body: &T,
+        options: PublishOptions,
+    ) -> impl Future<Output = Result<()>> + Send + '_ {
+        let prepared = self.prepare(Body::Value(&body), &options);
+        self.send(prepared, options)
     }
 
     /// Publish raw bytes: `application/data`/`binary` unless a content type is given.
-    pub async fn publish_bytes(&self, body: impl Into<Bytes>, options: PublishOptions) -> Result<()> {
-        self.publish_body(Body::Bytes(body.into()), options).await
+    pub fn publish_bytes(
+        &self,
+        body: impl Into<Bytes>,
+        options: PublishOptions,
+    ) -> impl Future<Output = Result<()>> + Send + '_ {
+        let prepared = self.prepare(Body::Bytes(body.into()), &options);
+        self.send(prepared, options)
     }
 
     /// Publish text: `text/plain`/`utf-8` unless a content type is given.
-    pub async fn publish_text(&self, body: &str, options: PublishOptions) -> Result<()> {
-        self.publish_body(Body::Text(body), options).await
+    pub fn publish_text(
+        &self,
+        body: &str,
+        options: PublishOptions,
+    ) -> impl Future<Output = Result<()>> + Send + '_ {
+        let prepared = self.prepare(Body::Text(body), &options);
+        self.send(prepared, options)
     }
 
     /// Declare the producer's exchange.
@@ -314,7 +333,8 @@ impl Producer {
     }
 
     /// Serialize, compress and assemble the message (Kombu's `_prepare` + `prepare_message`).
-    fn prepare(&self, body: Body<'_>, options: &PublishOptions, exchange: &Exchange) -> Result<RawMessage> {
+    fn prepare(&self, body: Body<'_>, options: &PublishOptions) -> Result<RawMessage> {
+        let exchange = options.exchange.as_ref().unwrap_or(&self.exchange);
         let (mut content_type, mut content_encoding, payload): (Option<String>, Option<String>, Bytes) =
             match (body, &options.content_type) {
                 (Body::Bytes(b), Some(ct)) => (
@@ -414,13 +434,13 @@ impl Producer {
         })
     }
 
-    async fn publish_body(&self, body: Body<'_>, options: PublishOptions) -> Result<()> {
+    async fn send(&self, prepared: Result<RawMessage>, options: PublishOptions) -> Result<()> {
+        let message = prepared?;
         let exchange = options.exchange.clone().unwrap_or_else(|| self.exchange.clone());
         let routing_key = options
             .routing_key
             .clone()
             .unwrap_or_else(|| self.routing_key.clone());
-        let message = self.prepare(body, &options, &exchange)?;
         let span = debug_span!("kombu.publish", exchange = %exchange.name, routing_key = %routing_key);
         async {
             let policy = options.retry_policy.clone().unwrap_or_else(RetryPolicy::publish_default);

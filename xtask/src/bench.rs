@@ -1,0 +1,643 @@
+//! `cargo xtask bench`: kombu-rs next to Python Kombu and a raw channel, per
+//! transport, written to `docs/BENCHMARKS.md`.
+//!
+//! The benchmarks are organised in [`GROUPS`]: one group per transport, each
+//! running up to three entries with the same workload:
+//!
+//! * kombu-rs: `kombu-bench --url <url>`;
+//! * the raw baseline (optional): `kombu-bench --baseline <name>`, the same
+//!   message flow without Kombu, i.e. the ceiling;
+//! * Python Kombu: `tests/python/bench_kombu.py --url <python url>`.
+//!
+//! Adding a transport (sqlite, redis, amqp, ...) means adding one
+//! [`BenchGroup`]; server-backed ones reuse [`Provision::Server`] from the test
+//! matrix to get a throwaway broker.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+
+use crate::backends::Provision;
+use crate::cli::{positive, Args};
+use crate::util::{
+    self, cargo, describe, fail, probe, run_capture_stdout, run_streaming, status_text, Error, Result,
+};
+use crate::venv::{self, Venv};
+
+/// Help text of the subcommand.
+pub(crate) const USAGE: &str = "\
+cargo xtask bench [--messages N] [--latency-samples M] [--size BYTES]
+
+Ensures the Python venv .venv (Kombu from tests/python/requirements.txt), builds
+kombu-bench in release mode, runs kombu-rs, the raw baseline and Python Kombu on
+the same workload for every transport group, prints the results and writes
+docs/BENCHMARKS.md.
+
+Options:
+  --messages N          messages published then consumed (default 100000)
+  --latency-samples M   publish→receive round trips for p50/p99 (default 2000)
+  --size BYTES          approximate serialized JSON body size (default 100)";
+
+/// Where the report goes, relative to the workspace root.
+const REPORT: &str = "docs/BENCHMARKS.md";
+/// The Python side of the benchmark, relative to the workspace root.
+const PYTHON_BENCH: &str = "tests/python/bench_kombu.py";
+
+/// The workload parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Options {
+    messages: u64,
+    latency_samples: u64,
+    size: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            messages: 100_000,
+            latency_samples: 2_000,
+            size: 100,
+        }
+    }
+}
+
+impl Options {
+    /// The workload flags shared by every entry.
+    fn flags(&self) -> Vec<String> {
+        vec![
+            "--messages".into(),
+            self.messages.to_string(),
+            "--latency-samples".into(),
+            self.latency_samples.to_string(),
+            "--size".into(),
+            self.size.to_string(),
+        ]
+    }
+}
+
+fn parse_options(mut args: Args) -> Result<Options> {
+    let mut options = Options::default();
+    while let Some(flag) = args.next_flag()? {
+        match flag.as_str() {
+            "--messages" => options.messages = positive(&args.value(&flag)?, &flag)?,
+            "--latency-samples" => options.latency_samples = positive(&args.value(&flag)?, &flag)?,
+            "--size" => options.size = positive(&args.value(&flag)?, &flag)?,
+            _ => return args.unknown(&flag),
+        }
+    }
+    Ok(options)
+}
+
+/// One transport's benchmarks.
+#[derive(Debug)]
+struct BenchGroup {
+    /// Short transport name, used in progress lines (`memory`).
+    transport: &'static str,
+    /// Heading of its section in the report.
+    title: &'static str,
+    /// How to get the broker; its URL is what kombu-rs gets.
+    provision: Provision,
+    /// `kombu-bench --baseline <name>`, if the transport has a raw counterpart.
+    baseline: Option<&'static str>,
+    /// The Python Kombu URL for a kombu-rs URL (they differ for e.g. SQLAlchemy).
+    python_url: fn(&str) -> String,
+}
+
+/// The Python Kombu URL is the kombu-rs one.
+fn same_url(url: &str) -> String {
+    url.to_owned()
+}
+
+/// Every benchmark group, in report order.
+static GROUPS: &[BenchGroup] = &[BenchGroup {
+    transport: "memory",
+    title: "memory — in-process transport (`memory://`)",
+    provision: Provision::InProcess { url: "memory://" },
+    baseline: Some("mpsc"),
+    python_url: same_url,
+}];
+
+/// Which entry of a group a result is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    KombuRs,
+    Baseline,
+    Python,
+}
+
+/// What each benchmark program prints: one JSON object on stdout.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+struct Measurement {
+    name: String,
+    transport: String,
+    messages: u64,
+    size: u64,
+    publish_msgs_per_s: f64,
+    consume_msgs_per_s: f64,
+    total_msgs_per_s: f64,
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
+}
+
+/// The results of one group.
+#[derive(Debug)]
+struct GroupResult {
+    group: &'static BenchGroup,
+    runs: Vec<(Role, Measurement)>,
+}
+
+impl GroupResult {
+    fn get(&self, role: Role) -> Option<&Measurement> {
+        self.runs.iter().find(|(r, _)| *r == role).map(|(_, m)| m)
+    }
+
+    /// Ratio lines: kombu-rs ÷ Python Kombu, and raw baseline ÷ kombu-rs.
+    fn ratios(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let kombu = self.get(Role::KombuRs);
+        if let (Some(rs), Some(py)) = (kombu, self.get(Role::Python)) {
+            lines.push(format!("kombu-rs ÷ Python Kombu: {}", ratio_triplet(rs, py)));
+        }
+        if let (Some(raw), Some(rs), Some(name)) = (self.get(Role::Baseline), kombu, self.group.baseline) {
+            lines.push(format!(
+                "raw {name} ÷ kombu-rs: {} (how many times faster the raw channel is)",
+                ratio_triplet(raw, rs)
+            ));
+        }
+        lines
+    }
+}
+
+/// `publish 1.23×, consume+ack 4.56×, total 7.89×` for `a ÷ b`.
+fn ratio_triplet(a: &Measurement, b: &Measurement) -> String {
+    format!(
+        "publish {}, consume+ack {}, total {}",
+        ratio(a.publish_msgs_per_s, b.publish_msgs_per_s),
+        ratio(a.consume_msgs_per_s, b.consume_msgs_per_s),
+        ratio(a.total_msgs_per_s, b.total_msgs_per_s)
+    )
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 && a.is_finite() {
+        format!("{:.2}×", a / b)
+    } else {
+        "n/a".into()
+    }
+}
+
+/// Runs the subcommand.
+pub(crate) fn run(args: Args) -> Result<bool> {
+    let options = parse_options(args)?;
+    let root = util::workspace_root();
+
+    let venv = venv::ensure_bench_venv(&root, "bench")?;
+
+    println!("bench: building kombu-bench (release)…");
+    let mut build = cargo(&root);
+    build.args(["build", "--release", "-p", "kombu-bench"]);
+    let status = run_streaming(&mut build)?;
+    if !status.success() {
+        return fail(format!("`{}` failed ({})", describe(&build), status_text(status)));
+    }
+    let bench_bin = util::target_dir(&root).join("release").join("kombu-bench");
+    if !bench_bin.is_file() {
+        return fail(format!("{} is missing after the build", bench_bin.display()));
+    }
+
+    let mut results = Vec::new();
+    for group in GROUPS {
+        results.push(run_group(&root, group, &options, &bench_bin, &venv)?);
+    }
+
+    println!();
+    for result in &results {
+        println!("{}", terminal_table(result));
+    }
+
+    let machine = Machine::probe(&root, &venv);
+    let report = markdown(&options, &machine, &util::utc_now(), &results);
+    let path = root.join(REPORT);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::new(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    std::fs::write(&path, report).map_err(|e| Error::new(format!("cannot write {}: {e}", path.display())))?;
+    println!("bench: wrote {REPORT}");
+    Ok(true)
+}
+
+/// Provisions a group's broker and runs its entries.
+fn run_group(
+    root: &Path,
+    group: &'static BenchGroup,
+    options: &Options,
+    bench_bin: &Path,
+    venv: &Venv,
+) -> Result<GroupResult> {
+    let provisioned = group
+        .provision
+        .provision(root, &format!("bench-{}", group.transport))?;
+    let url = provisioned.url.clone();
+    let mut entries: Vec<(Role, Command)> = Vec::new();
+
+    let mut kombu = Command::new(bench_bin);
+    kombu.args(["--url", &url]).args(options.flags()).arg("--json");
+    entries.push((Role::KombuRs, kombu));
+    if let Some(baseline) = group.baseline {
+        let mut raw = Command::new(bench_bin);
+        raw.args(["--baseline", baseline])
+            .args(options.flags())
+            .arg("--json");
+        entries.push((Role::Baseline, raw));
+    }
+    let mut python = Command::new(venv.python());
+    python
+        .arg(root.join(PYTHON_BENCH))
+        .args(["--url", &(group.python_url)(&url)])
+        .args(options.flags());
+    entries.push((Role::Python, python));
+
+    let mut runs = Vec::new();
+    for (role, mut command) in entries {
+        command.current_dir(root);
+        println!("bench: {}: {}", group.transport, describe(&command));
+        let stdout = run_capture_stdout(&mut command)?;
+        let measurement =
+            parse_measurement(&stdout).map_err(|e| Error::new(format!("`{}`: {e}", describe(&command))))?;
+        if measurement.messages != options.messages || measurement.size != options.size {
+            println!(
+                "bench: warning: {} reports messages={} size={}, asked for {} and {}",
+                measurement.name, measurement.messages, measurement.size, options.messages, options.size
+            );
+        }
+        println!(
+            "bench:   {}: total {} msg/s, p50 {} ms",
+            measurement.name,
+            thousands(measurement.total_msgs_per_s),
+            millis(measurement.latency_p50_ms)
+        );
+        runs.push((role, measurement));
+    }
+    drop(provisioned);
+    Ok(GroupResult { group, runs })
+}
+
+/// The last line of `stdout` that is a JSON object, as a [`Measurement`].
+fn parse_measurement(stdout: &str) -> Result<Measurement> {
+    let Some(line) = stdout
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| line.starts_with('{'))
+    else {
+        let shown: String = stdout.trim().chars().take(200).collect();
+        return fail(format!("printed no JSON object on stdout (got `{shown}`)"));
+    };
+    let measurement: Measurement =
+        serde_json::from_str(line).map_err(|e| Error::new(format!("unexpected JSON `{line}`: {e}")))?;
+    let numbers = [
+        measurement.publish_msgs_per_s,
+        measurement.consume_msgs_per_s,
+        measurement.total_msgs_per_s,
+        measurement.latency_p50_ms,
+        measurement.latency_p99_ms,
+    ];
+    if numbers.iter().any(|n| !n.is_finite() || *n < 0.0) {
+        return fail(format!("non-finite or negative numbers in `{line}`"));
+    }
+    Ok(measurement)
+}
+
+/// `1234567.8` → `1,234,568`.
+fn thousands(value: f64) -> String {
+    if !value.is_finite() {
+        return "n/a".into();
+    }
+    let digits = format!("{:.0}", value.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if value < 0.0 {
+        out.insert(0, '-');
+    }
+    out
+}
+
+/// Milliseconds with three decimals.
+fn millis(value: f64) -> String {
+    format!("{value:.3}")
+}
+
+/// The table columns.
+const COLUMNS: [&str; 6] = [
+    "run",
+    "publish msg/s",
+    "consume+ack msg/s",
+    "total msg/s",
+    "p50 ms",
+    "p99 ms",
+];
+
+/// The cells of one row.
+fn cells(m: &Measurement) -> [String; 6] {
+    [
+        m.name.clone(),
+        thousands(m.publish_msgs_per_s),
+        thousands(m.consume_msgs_per_s),
+        thousands(m.total_msgs_per_s),
+        millis(m.latency_p50_ms),
+        millis(m.latency_p99_ms),
+    ]
+}
+
+/// A group's results as an aligned text table plus ratio lines.
+fn terminal_table(result: &GroupResult) -> String {
+    let mut rows = vec![COLUMNS.map(str::to_owned)];
+    rows.extend(result.runs.iter().map(|(_, m)| cells(m)));
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = format!("{}\n", result.group.title);
+    for (i, row) in rows.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(col, (cell, w))| {
+                if col == 0 {
+                    format!("{cell:<w$}")
+                } else {
+                    format!("{cell:>w$}")
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "{}", line.join(" | "));
+        if i == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            let _ = writeln!(out, "{}", rule.join("-|-"));
+        }
+    }
+    for line in result.ratios() {
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+/// Facts about the machine, for the report.
+#[derive(Debug)]
+struct Machine {
+    nproc: String,
+    cpu: String,
+    os: String,
+    rustc: String,
+    python: String,
+}
+
+impl Machine {
+    fn probe(root: &Path, venv: &Venv) -> Self {
+        let unknown = || "unknown".to_owned();
+        let nproc = probe(&mut Command::new("nproc"))
+            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.to_string()))
+            .unwrap_or_else(unknown);
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|line| line.starts_with("model name"))
+                    .and_then(|line| line.split_once(':'))
+                    .map(|(_, model)| model.trim().to_owned())
+            })
+            .unwrap_or_else(unknown);
+        let os = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|release| format!("{} {}", std::env::consts::OS, release.trim()))
+            .unwrap_or_else(|_| std::env::consts::OS.to_owned());
+        let rustc_program: PathBuf = std::env::var_os("RUSTC").map_or_else(|| "rustc".into(), PathBuf::from);
+        let rustc = probe(Command::new(rustc_program).arg("-V").current_dir(root)).unwrap_or_else(unknown);
+        let python = probe(Command::new(venv.python()).arg("--version")).unwrap_or_else(unknown);
+        let kombu = probe(Command::new(venv.python()).args(["-c", "import kombu; print(kombu.__version__)"]))
+            .map(|version| format!(", Kombu {version}"))
+            .unwrap_or_default();
+        Self {
+            nproc,
+            cpu,
+            os,
+            rustc,
+            python: format!("{python}{kombu}"),
+        }
+    }
+}
+
+/// The whole `docs/BENCHMARKS.md`.
+///
+/// Its sections are stable: the header sections, then `## Results` with one
+/// `### <group title>` per [`BenchGroup`], each a table plus ratio lines.
+fn markdown(options: &Options, machine: &Machine, date: &str, results: &[GroupResult]) -> String {
+    let Options {
+        messages,
+        latency_samples,
+        size,
+    } = *options;
+    let Options {
+        messages: default_messages,
+        latency_samples: default_samples,
+        size: default_size,
+    } = Options::default();
+    let mut md = String::new();
+    let _ = write!(
+        md,
+        "# kombu-rs benchmarks\n\n\
+         Throughput and latency of kombu-rs transports next to Python Kombu running the same \
+         workload, and next to a raw channel without Kombu (the ceiling).\n\n\
+         _Generated by `cargo xtask bench`; edits are overwritten._\n\n\
+         ## How to reproduce\n\n\
+         ```sh\n\
+         cargo xtask bench [--messages N] [--latency-samples M] [--size BYTES]\n\
+         ```\n\n\
+         Defaults: {default_messages} messages, {default_samples} latency samples, {default_size}-byte \
+         bodies; the flags of this run are \
+         under [Run](#run). \
+         It creates the Python venv `.venv` with the pinned `tests/python/requirements.txt` if needed, \
+         builds `kombu-bench` in release mode, and for every transport runs `kombu-bench --url <url>`, \
+         the raw baseline `kombu-bench --baseline <name>` and `{PYTHON_BENCH} --url <url>`.\n\n\
+         ## Run\n\n\
+         - Date: {date}\n\
+         - Command: `cargo xtask bench --messages {messages} --latency-samples {latency_samples} --size {size}`\n\n\
+         ## Machine\n\n\
+         - CPUs (`nproc`): {}\n\
+         - CPU model: {}\n\
+         - OS: {}\n\
+         - Rust: {}\n\
+         - Python: {}\n\n\
+         ## Workload\n\n\
+         - Body: the JSON object `{{\"n\": i, \"pad\": \"xx…\"}}` padded so the serialized JSON is \
+         ~{size} bytes; serializer `json`.\n\
+         - Publish: declare the direct exchange `bench` and a fresh queue `bench-<uuid>` bound with \
+         routing key `bench`, then publish {messages} messages (timed).\n\
+         - Consume+ack: a consumer whose callback acks each message drains the queue until all \
+         {messages} messages arrived (timed).\n\
+         - Total msg/s = messages ÷ (publish seconds + consume seconds).\n\
+         - Latency: {latency_samples} round trips, each publishing one message that carries its send \
+         time and draining until it arrives; p50 and p99 (nearest rank) in milliseconds.\n\
+         - Raw baseline: the same bodies through a bare channel with no Kombu layer.\n\n\
+         ## Results\n",
+        machine.nproc, machine.cpu, machine.os, machine.rustc, machine.python
+    );
+    for result in results {
+        let _ = write!(md, "\n### {}\n\n", result.group.title);
+        let _ = writeln!(md, "| {} |", COLUMNS.join(" | "));
+        let _ = writeln!(md, "|---|--:|--:|--:|--:|--:|");
+        for (_, m) in &result.runs {
+            let _ = writeln!(md, "| {} |", cells(m).join(" | "));
+        }
+        let ratios = result.ratios();
+        if !ratios.is_empty() {
+            md.push('\n');
+            for line in ratios {
+                let _ = writeln!(md, "- {line}");
+            }
+        }
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Args {
+        Args::new(words.iter().map(|w| (*w).to_owned()).collect())
+    }
+
+    fn measurement(name: &str, publish: f64, consume: f64, total: f64) -> Measurement {
+        Measurement {
+            name: name.into(),
+            transport: "memory".into(),
+            messages: 10,
+            size: 100,
+            publish_msgs_per_s: publish,
+            consume_msgs_per_s: consume,
+            total_msgs_per_s: total,
+            latency_p50_ms: 0.0123,
+            latency_p99_ms: 0.5,
+        }
+    }
+
+    fn memory_result() -> GroupResult {
+        GroupResult {
+            group: &GROUPS[0],
+            runs: vec![
+                (
+                    Role::KombuRs,
+                    measurement("kombu-rs memory://", 1_000_000.0, 500_000.0, 333_333.3),
+                ),
+                (
+                    Role::Baseline,
+                    measurement("raw mpsc", 4_000_000.0, 4_000_000.0, 2_000_000.0),
+                ),
+                (
+                    Role::Python,
+                    measurement("Python Kombu 5.7 memory://", 50_000.0, 62_500.0, 27_777.7),
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn parses_options() -> Result<()> {
+        assert_eq!(parse_options(args(&[]))?, Options::default());
+        let o = parse_options(args(&["--messages", "20", "--latency-samples=5", "--size", "64"]))?;
+        assert_eq!(
+            o,
+            Options {
+                messages: 20,
+                latency_samples: 5,
+                size: 64
+            }
+        );
+        assert!(parse_options(args(&["--messages", "lots"])).is_err());
+        assert!(parse_options(args(&["--size", "0"])).is_err());
+        assert!(parse_options(args(&["--url", "x"])).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn parses_measurements() -> Result<()> {
+        let stdout =
+            "warming up\n{\"name\": \"kombu-rs memory://\", \"transport\": \"memory\", \"messages\": 10, \
+                      \"size\": 100, \"publish_msgs_per_s\": 1e6, \"consume_msgs_per_s\": 5e5, \
+                      \"total_msgs_per_s\": 333333.3, \"latency_p50_ms\": 0.0123, \"latency_p99_ms\": 0.5}\n";
+        let m = parse_measurement(stdout)?;
+        assert_eq!(m, measurement("kombu-rs memory://", 1e6, 5e5, 333_333.3));
+        assert!(parse_measurement("nothing here").is_err());
+        assert!(parse_measurement("{\"name\": \"x\"}").is_err());
+        let negative = stdout.replace("1e6", "-1");
+        assert!(parse_measurement(&negative).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn formats_numbers_and_ratios() {
+        assert_eq!(thousands(1_234_567.8), "1,234,568");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(ratio(10.0, 4.0), "2.50×");
+        assert_eq!(ratio(1.0, 0.0), "n/a");
+        let ratios = memory_result().ratios();
+        assert_eq!(
+            ratios[0],
+            "kombu-rs ÷ Python Kombu: publish 20.00×, consume+ack 8.00×, total 12.00×"
+        );
+        assert!(ratios[1].starts_with("raw mpsc ÷ kombu-rs: publish 4.00×, consume+ack 8.00×, total 6.00×"));
+    }
+
+    #[test]
+    fn renders_tables() {
+        let text = terminal_table(&memory_result());
+        assert!(
+            text.contains("run                        | publish msg/s |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kombu-rs memory://         |     1,000,000 |"),
+            "{text}"
+        );
+        let machine = Machine {
+            nproc: "2".into(),
+            cpu: "Test CPU".into(),
+            os: "linux 6".into(),
+            rustc: "rustc 1.95.0".into(),
+            python: "Python 3.11.7, Kombu 5.7.0".into(),
+        };
+        let md = markdown(
+            &Options::default(),
+            &machine,
+            "2026-01-02 03:04 UTC",
+            &[memory_result()],
+        );
+        for needle in [
+            "# kombu-rs benchmarks\n",
+            "## How to reproduce\n",
+            "cargo xtask bench",
+            "- Date: 2026-01-02 03:04 UTC\n",
+            "- CPUs (`nproc`): 2\n",
+            "- CPU model: Test CPU\n",
+            "## Workload\n",
+            "`{\"n\": i, \"pad\": \"xx…\"}`",
+            "## Results\n\n### memory — in-process transport (`memory://`)\n\n| run | publish msg/s |",
+            "| kombu-rs memory:// | 1,000,000 | 500,000 | 333,333 | 0.012 | 0.500 |\n",
+            "- kombu-rs ÷ Python Kombu: publish 20.00×",
+        ] {
+            assert!(md.contains(needle), "missing {needle:?} in\n{md}");
+        }
+    }
+}
