@@ -450,7 +450,7 @@ impl Queue {
     /// Whether the declaration may be cached per connection (Kombu: not auto-delete and no
     /// `x-expires`).
     pub fn can_cache_declaration(&self) -> bool {
-        !self.auto_delete && !self.declare_arguments().contains_key("x-expires")
+        !self.auto_delete && self.expires.is_none() && !self.queue_arguments.contains_key("x-expires")
     }
 
     /// Build a queue from a Kombu/Celery queue configuration dict (`Queue.from_dict`), e.g.

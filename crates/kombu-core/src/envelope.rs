@@ -61,7 +61,7 @@ impl Envelope {
             message,
             exchange: exchange.to_owned(),
             routing_key: routing_key.to_owned(),
-            delivery_tag: uuid::Uuid::new_v4().to_string(),
+            delivery_tag: new_delivery_tag(),
             redelivered: false,
             body_encoding: BodyEncoding::Base64,
         }
@@ -309,6 +309,15 @@ impl RawEnvelope<'_> {
             body_encoding: encoding,
         })
     }
+}
+
+/// A fresh uuid4 as text, formatted without the `fmt` machinery (this runs per publish).
+pub fn new_delivery_tag() -> String {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v4()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
 }
 
 /// A `serde_json` formatter that writes what Python's `json.dumps` writes by default:

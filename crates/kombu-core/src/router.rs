@@ -347,7 +347,7 @@ impl RouteTable {
     pub fn route_into(&self, routing_key: &str, headers: &FieldTable, out: &mut Vec<Arc<str>>) {
         let start = out.len();
         for b in &self.bindings {
-            if b.matches(routing_key, headers) && !out[start..].iter().any(|q| *q == b.queue) {
+            if b.matches(routing_key, headers) && !out[start..].contains(&b.queue) {
                 out.push(b.queue.clone());
             }
         }

@@ -33,7 +33,7 @@ pub enum Declarable {
     /// An exchange.
     Exchange(Exchange),
     /// A queue with its exchange(s) and bindings.
-    Queue(Queue),
+    Queue(Box<Queue>),
 }
 
 impl From<Exchange> for Declarable {
@@ -44,19 +44,48 @@ impl From<Exchange> for Declarable {
 
 impl From<Queue> for Declarable {
     fn from(q: Queue) -> Self {
-        Declarable::Queue(q)
+        Declarable::Queue(Box::new(q))
     }
 }
 
 impl Declarable {
-    fn cache_key(&self) -> Option<String> {
+    /// `(is_queue, name)` when the declaration may be cached per connection.
+    fn cache_key(&self) -> Option<(bool, &str)> {
         match self {
-            Declarable::Exchange(e) if e.can_cache_declaration() => Some(format!("E|{}", e.name)),
-            Declarable::Queue(q) if q.can_cache_declaration() && !q.name.is_empty() => {
-                Some(format!("Q|{}", q.name))
-            }
+            Declarable::Exchange(e) if e.can_cache_declaration() => Some((false, &e.name)),
+            Declarable::Queue(q) if q.can_cache_declaration() && !q.name.is_empty() => Some((true, &q.name)),
             _ => None,
         }
+    }
+}
+
+/// Names declared on this connection (Kombu's `declared_entities`).
+#[derive(Default)]
+struct Declared {
+    exchanges: HashSet<String>,
+    queues: HashSet<String>,
+}
+
+impl Declared {
+    fn contains(&self, (is_queue, name): (bool, &str)) -> bool {
+        if is_queue {
+            self.queues.contains(name)
+        } else {
+            self.exchanges.contains(name)
+        }
+    }
+
+    fn insert(&mut self, (is_queue, name): (bool, &str)) {
+        if is_queue {
+            self.queues.insert(name.to_owned());
+        } else {
+            self.exchanges.insert(name.to_owned());
+        }
+    }
+
+    fn clear(&mut self) {
+        self.exchanges.clear();
+        self.queues.clear();
     }
 }
 
@@ -127,10 +156,12 @@ struct State {
 }
 
 struct Inner {
+    /// The default channel, readable without the async state lock (the publish hot path).
+    cached_channel: Mutex<Option<Arc<dyn Channel>>>,
     urls: Vec<BrokerUrl>,
     options: ConnectionOptions,
     state: tokio::sync::Mutex<State>,
-    declared: Mutex<HashSet<String>>,
+    declared: Mutex<Declared>,
 }
 
 /// A connection to a broker, by URL. Cheap to clone (clones share the connection).
@@ -181,6 +212,7 @@ impl Connection {
         let urls = parse_failover(url)?;
         Ok(Connection {
             inner: Arc::new(Inner {
+                cached_channel: Mutex::new(None),
                 urls,
                 options,
                 state: tokio::sync::Mutex::new(State {
@@ -188,7 +220,7 @@ impl Connection {
                     default_channel: None,
                     current: 0,
                 }),
-                declared: Mutex::new(HashSet::new()),
+                declared: Mutex::new(Declared::default()),
             }),
         })
     }
@@ -197,6 +229,7 @@ impl Connection {
     pub fn clone_fresh(&self) -> Connection {
         Connection {
             inner: Arc::new(Inner {
+                cached_channel: Mutex::new(None),
                 urls: self.inner.urls.clone(),
                 options: self.inner.options.clone(),
                 state: tokio::sync::Mutex::new(State {
@@ -204,7 +237,7 @@ impl Connection {
                     default_channel: None,
                     current: 0,
                 }),
-                declared: Mutex::new(HashSet::new()),
+                declared: Mutex::new(Declared::default()),
             }),
         }
     }
@@ -339,6 +372,16 @@ impl Connection {
 
     /// The connection's shared channel (created on first use, replaced after a reconnect).
     pub async fn default_channel(&self) -> Result<Arc<dyn Channel>> {
+        if let Some(c) = self
+            .inner
+            .cached_channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|c| c.is_open())
+        {
+            return Ok(c.clone());
+        }
         let mut state = self.inner.state.lock().await;
         let transport = self
             .ensure_locked(&mut state, &self.inner.options.connect_policy)
@@ -348,6 +391,11 @@ impl Connection {
         }
         let channel = transport.create_channel().await?;
         state.default_channel = Some(channel.clone());
+        *self
+            .inner
+            .cached_channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(channel.clone());
         Ok(channel)
     }
 
@@ -375,7 +423,7 @@ impl Connection {
     /// whether a declaration was sent.
     pub async fn maybe_declare(&self, entity: &Declarable, channel: &dyn Channel) -> Result<bool> {
         let key = entity.cache_key();
-        if let Some(key) = &key {
+        if let Some(key) = key {
             if self
                 .inner
                 .declared

@@ -370,21 +370,10 @@ impl Producer {
                         .as_deref()
                         .or(self.serializer.as_deref())
                         .unwrap_or("json");
-                    let serializer = serialization::get(name)?;
-                    let bytes = serializer.serialize(v)?;
+                    let (ct, enc, bytes) = serialization::dumps(v, name)?;
                     (
-                        Some(
-                            options
-                                .content_type
-                                .clone()
-                                .unwrap_or_else(|| serializer.content_type().to_owned()),
-                        ),
-                        Some(
-                            options
-                                .content_encoding
-                                .clone()
-                                .unwrap_or_else(|| serializer.content_encoding().to_owned()),
-                        ),
+                        Some(options.content_type.clone().unwrap_or(ct)),
+                        Some(options.content_encoding.clone().unwrap_or(enc)),
                         Bytes::from(bytes),
                     )
                 }
@@ -435,7 +424,7 @@ impl Producer {
     }
 
     async fn send(&self, prepared: Result<RawMessage>, options: PublishOptions) -> Result<()> {
-        let message = prepared?;
+        let mut message = prepared?;
         let exchange = options.exchange.clone().unwrap_or_else(|| self.exchange.clone());
         let routing_key = options
             .routing_key
@@ -446,7 +435,13 @@ impl Producer {
             let policy = options.retry_policy.clone().unwrap_or_else(RetryPolicy::publish_default);
             let mut waits = policy.intervals();
             loop {
-                match self.publish_once(&message, &exchange, &routing_key, &options).await {
+                // Only a publish that may be retried needs to keep a copy.
+                let attempt = if options.retry {
+                    message.clone()
+                } else {
+                    std::mem::take(&mut message)
+                };
+                match self.publish_once(attempt, &exchange, &routing_key, &options).await {
                     Ok(()) => return Ok(()),
                     Err(e) if options.retry && e.is_recoverable() => {
                         let Some(wait) = waits.next() else { return Err(e) };
@@ -464,7 +459,7 @@ impl Producer {
 
     async fn publish_once(
         &self,
-        message: &RawMessage,
+        message: RawMessage,
         exchange: &Exchange,
         routing_key: &str,
         options: &PublishOptions,
@@ -481,6 +476,6 @@ impl Producer {
         let mut publish = kombu_core::PublishOptions::new(exchange.name.clone(), routing_key);
         publish.mandatory = options.mandatory;
         publish.confirm = options.confirm;
-        channel.publish(message.clone(), publish).await
+        channel.publish(message, publish).await
     }
 }

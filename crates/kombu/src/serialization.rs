@@ -195,6 +195,15 @@ impl Serializer for YamlSerializer {
     }
 }
 
+/// Whether the built-in JSON serializer was replaced (disables the monomorphized fast path).
+static JSON_REPLACED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Built-in JSON in, the fast way: no registry lookup, no type erasure.
+fn json_fast_path(name_or_content_type: &str) -> bool {
+    (name_or_content_type == "json" || name_or_content_type == "application/json")
+        && !JSON_REPLACED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[derive(Default)]
 struct Registry {
     by_name: HashMap<String, Arc<dyn Serializer>>,
@@ -226,6 +235,9 @@ fn registry() -> &'static RwLock<Registry> {
 
 /// Register (or replace) a serializer under its name and content type.
 pub fn register(serializer: Arc<dyn Serializer>) {
+    if serializer.name() == "json" || serializer.content_type() == "application/json" {
+        JSON_REPLACED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let mut r = registry().write().unwrap_or_else(|p| p.into_inner());
     r.by_name.insert(serializer.name().to_owned(), serializer.clone());
     r.by_content_type
@@ -269,6 +281,10 @@ pub fn for_content_type(content_type: &str) -> Option<Arc<dyn Serializer>> {
 
 /// Serialize `value` with the serializer `name` → `(content_type, content_encoding, bytes)`.
 pub fn dumps<T: serde::Serialize + ?Sized>(value: &T, name: &str) -> Result<(String, String, Vec<u8>)> {
+    if json_fast_path(name) {
+        let body = kombu_core::envelope::to_python_json(value)?;
+        return Ok(("application/json".to_owned(), "utf-8".to_owned(), body));
+    }
     let s = get(name)?;
     let body = s.serialize(&value as &dyn erased_serde::Serialize)?;
     Ok((s.content_type().to_owned(), s.content_encoding().to_owned(), body))
@@ -281,6 +297,9 @@ pub fn loads<T: serde::de::DeserializeOwned>(
     content_type: Option<&str>,
     content_encoding: Option<&str>,
 ) -> Result<T> {
+    if content_type.is_some_and(json_fast_path) && !crate::json::may_contain_tags(data) {
+        return serde_json::from_slice(data).map_err(|e| decode_error("json", e));
+    }
     let serializer: Arc<dyn Serializer> = match content_type.and_then(for_content_type) {
         Some(s) => s,
         None => match content_encoding {

@@ -25,6 +25,27 @@ use crate::transport::{
     GetOptions, PublishOptions, QosOptions, QueueBinding, QueueDeclareOk, Transport,
 };
 
+/// Hashes the channel's own sequential `u64` delivery tags: no need for SipHash's DoS
+/// resistance on keys we mint ourselves.
+#[derive(Default, Clone, Copy)]
+struct TagHasher(u64);
+
+impl std::hash::Hasher for TagHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type UnackedMap = HashMap<u64, Unacked, std::hash::BuildHasherDefault<TagHasher>>;
+
 /// How many messages the dispatcher takes from one queue per turn.
 const DISPATCH_BATCH: usize = 64;
 /// Buffered deliveries per consumer (in-flight unacked messages are bounded by prefetch, not
@@ -135,7 +156,7 @@ struct ChannelInner<B: VirtualBackend> {
     open: AtomicBool,
     next_tag: AtomicU64,
     prefetch: AtomicU16,
-    unacked: Mutex<HashMap<u64, Unacked>>,
+    unacked: Mutex<UnackedMap>,
     consumers: Mutex<Vec<Arc<ConsumerEntry>>>,
     consumers_version: AtomicU64,
     /// Wakes the dispatcher: a consumer came or went, room was freed, the channel closed.
@@ -167,7 +188,7 @@ impl<B: VirtualBackend> VirtualChannel<B> {
             open: AtomicBool::new(true),
             next_tag: AtomicU64::new(1),
             prefetch: AtomicU16::new(0),
-            unacked: Mutex::new(HashMap::new()),
+            unacked: Mutex::new(UnackedMap::default()),
             consumers: Mutex::new(Vec::new()),
             consumers_version: AtomicU64::new(0),
             wakeup: Arc::new(Notify::new()),
@@ -184,7 +205,7 @@ impl<B: VirtualBackend> VirtualChannel<B> {
 }
 
 impl<B: VirtualBackend> ChannelInner<B> {
-    fn lock_unacked(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Unacked>> {
+    fn lock_unacked(&self) -> std::sync::MutexGuard<'_, UnackedMap> {
         self.unacked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
