@@ -168,39 +168,35 @@ pub fn kombu_topic_regex(binding_key: &str) -> String {
 /// assert_eq!(binding_key_from_kombu_regex(r"^a\..*?[^\.]$").as_deref(), Some("a.*"));
 /// ```
 pub fn binding_key_from_kombu_regex(pattern: &str) -> Option<String> {
-    let body = pattern.strip_prefix('^')?.strip_suffix('$')?;
-    let mut words = Vec::new();
-    for word in body.split(r"\.") {
-        let key_word = match word {
-            r"[^\.]+" | r".*?[^\.]" => "*".to_owned(),
-            ".*?" => "#".to_owned(),
-            escaped => {
-                let mut out = String::with_capacity(escaped.len());
-                let mut chars = escaped.chars();
-                while let Some(c) = chars.next() {
-                    if c == '\\' {
-                        let next = chars.next()?;
-                        if next == '0' {
-                            // `\000`
-                            if chars.next()? != '0' || chars.next()? != '0' {
-                                return None;
-                            }
-                            out.push('\0');
-                        } else {
-                            out.push(next);
-                        }
-                    } else if c.is_alphanumeric() {
-                        out.push(c);
-                    } else {
-                        return None;
-                    }
-                }
-                out
-            }
-        };
-        words.push(key_word);
+    let mut rest = pattern.strip_prefix('^')?.strip_suffix('$')?;
+    let mut key = String::with_capacity(rest.len());
+    // Scan token by token: the one-word class `[^\.]+` itself contains `\.`, so the body
+    // cannot simply be split on the separator.
+    while !rest.is_empty() {
+        let tokens: [(&str, &str); 5] = [
+            (r"[^\.]+", "*"),
+            (r".*?[^\.]", "*"),
+            (".*?", "#"),
+            (r"\.", "."),
+            (r"\000", "\0"),
+        ];
+        if let Some((token, text)) = tokens.iter().find(|(t, _)| rest.starts_with(*t)) {
+            key.push_str(text);
+            rest = &rest[token.len()..];
+            continue;
+        }
+        let mut chars = rest.chars();
+        let c = chars.next()?;
+        if c == '\\' {
+            key.push(chars.next()?);
+        } else if c.is_alphanumeric() {
+            key.push(c);
+        } else {
+            return None;
+        }
+        rest = chars.as_str();
     }
-    Some(words.join("."))
+    Some(key)
 }
 
 /// How a compiled binding matches.
