@@ -236,7 +236,6 @@ impl QueueData {
     /// Push a message; returns whether the queue was empty before.
     fn push(&mut self, envelope: Envelope, front: bool) -> bool {
         let was_empty = self.len == 0;
-        let now = Instant::now();
         let per_message = envelope.message.properties.expiration_duration();
         let ttl = match (per_message, self.settings.message_ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -247,7 +246,7 @@ impl QueueData {
         self.len += 1;
         let stored = Stored {
             envelope,
-            expires_at: ttl.map(|t| now + t),
+            expires_at: ttl.map(|t| Instant::now() + t),
         };
         if front {
             self.levels[level].push_front(stored);

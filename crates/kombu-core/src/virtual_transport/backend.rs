@@ -83,7 +83,9 @@ pub trait VirtualBackend: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The consumer acknowledged (or rejected without requeue) a message.
+    /// The consumer acknowledged (or rejected without requeue) a message. Only called for
+    /// messages claimed with a receipt: a message `get` removed from the broker
+    /// ([`Claimed::removed`]) has nothing left to settle.
     async fn ack(&self, _queue: &str, _receipt: Option<&str>) -> Result<()> {
         Ok(())
     }
@@ -112,6 +114,12 @@ pub trait VirtualBackend: Send + Sync + 'static {
     /// Broadcast on a fanout exchange (only called when [`native_fanout`](Self::native_fanout)).
     async fn put_fanout(&self, exchange: &str, _envelope: Envelope, _routing_key: &str) -> Result<()> {
         Err(Error::unsupported("native fanout").with_context("exchange", exchange))
+    }
+
+    /// Whether the backend stores bindings on the broker ([`load_bindings`](Self::load_bindings)
+    /// is only consulted when true, keeping the publish path free of a needless call).
+    fn persists_bindings(&self) -> bool {
+        false
     }
 
     /// Persist a binding so other processes route through it. Default: bindings are kept by

@@ -313,6 +313,32 @@ impl<B: VirtualBackend> ChannelInner<B> {
         tokio::spawn(dispatch_loop(weak, self.wakeup.clone()));
     }
 
+    /// Route over the [`BrokerState`] only (backends that store no bindings).
+    fn route_local(&self, exchange: &str, routing_key: &str, message: &RawMessage) -> Result<RouteTarget> {
+        let mut queues: Vec<Arc<str>> = Vec::new();
+        if exchange.is_empty() {
+            if !routing_key.is_empty() {
+                queues.push(Arc::from(routing_key));
+            }
+            return Ok(RouteTarget::Queues(queues));
+        }
+        match self
+            .state
+            .route(exchange, routing_key, &message.headers, &mut queues)
+        {
+            Routed::Local(ExchangeType::Fanout) if self.backend.native_fanout() => {
+                Ok(RouteTarget::NativeFanout)
+            }
+            Routed::Local(_) => Ok(RouteTarget::Queues(queues)),
+            Routed::UnknownExchange => Err(Error::new(
+                ErrorKind::NotFound,
+                "exchange not declared (declare it first, e.g. with the producer's `declare` list)",
+            )
+            .with_context("exchange", exchange)),
+        }
+    }
+
+    /// Route over the [`BrokerState`] and the bindings the backend stores.
     async fn route(&self, exchange: &str, routing_key: &str, message: &RawMessage) -> Result<RouteTarget> {
         let mut queues: Vec<Arc<str>> = Vec::new();
         if exchange.is_empty() {
@@ -500,7 +526,10 @@ impl<B: VirtualBackend> Acknowledger for ChannelInner<B> {
             return Err(unknown_tag(tag));
         };
         self.wakeup.notify_one();
-        self.backend.ack(&u.queue, u.claimed.receipt.as_deref()).await
+        match u.claimed.receipt.as_deref() {
+            Some(receipt) => self.backend.ack(&u.queue, Some(receipt)).await,
+            None => Ok(()),
+        }
     }
 
     async fn reject(&self, tag: u64, requeue: bool) -> Result<()> {
@@ -509,10 +538,10 @@ impl<B: VirtualBackend> Acknowledger for ChannelInner<B> {
             return Err(unknown_tag(tag));
         };
         self.wakeup.notify_one();
-        if requeue {
-            self.restore(&u.queue, u.claimed).await
-        } else {
-            self.backend.ack(&u.queue, u.claimed.receipt.as_deref()).await
+        match (requeue, u.claimed.receipt.as_deref()) {
+            (true, _) => self.restore(&u.queue, u.claimed).await,
+            (false, Some(receipt)) => self.backend.ack(&u.queue, Some(receipt)).await,
+            (false, None) => Ok(()),
         }
     }
 }
@@ -749,9 +778,13 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
                 .with_context("transport", inner.backend.name()));
             }
         }
-        let target = inner
-            .route(&options.exchange, &options.routing_key, &message)
-            .await?;
+        // Routing over local state is synchronous; only backends that store bindings need an
+        // await, boxed so its state does not bloat this (boxed, per-publish) future.
+        let target = if inner.backend.persists_bindings() {
+            Box::pin(inner.route(&options.exchange, &options.routing_key, &message)).await?
+        } else {
+            inner.route_local(&options.exchange, &options.routing_key, &message)?
+        };
         let mut envelope = Envelope::new(message, &options.exchange, &options.routing_key);
         envelope.body_encoding = inner.body_encoding;
         match target {
