@@ -68,6 +68,19 @@ pub trait VirtualBackend: Send + Sync + 'static {
     /// Append a message to a queue.
     async fn put(&self, queue: &str, envelope: Envelope) -> Result<()>;
 
+    /// Put without awaiting, for backends whose queues are in-process and never wait (the
+    /// memory transport): the channel then skips an allocated future per message. The default
+    /// hands the envelope back, meaning "use [`put`](Self::put)".
+    fn put_now(&self, _queue: &str, envelope: Envelope) -> std::result::Result<Result<()>, Envelope> {
+        Err(envelope)
+    }
+
+    /// Take up to `max` messages without awaiting (see [`put_now`](Self::put_now)); `None`
+    /// means "use [`get_batch`](Self::get_batch)".
+    fn get_batch_now(&self, _queue: &str, _max: usize, _out: &mut Vec<Claimed>) -> Option<Result<()>> {
+        None
+    }
+
     /// Take the next message (by the backend's priority order, FIFO within a priority).
     async fn get(&self, queue: &str) -> Result<Option<Claimed>>;
 

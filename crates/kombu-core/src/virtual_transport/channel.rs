@@ -447,7 +447,11 @@ async fn dispatch_loop<B: VirtualBackend>(weak: Weak<ChannelInner<B>>, wakeup: A
                 continue;
             }
             batch.clear();
-            if let Err(e) = inner.backend.get_batch(&consumer.queue, budget, &mut batch).await {
+            let polled = match inner.backend.get_batch_now(&consumer.queue, budget, &mut batch) {
+                Some(result) => result,
+                None => inner.backend.get_batch(&consumer.queue, budget, &mut batch).await,
+            };
+            if let Err(e) = polled {
                 warn!(error = %e, queue = %consumer.queue, "consumer poll failed");
                 let _ = consumer.sender.try_send(Err(e));
                 continue;
@@ -815,7 +819,10 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
                         envelope.clone()
                     };
                     if let Some(copy) = copy {
-                        inner.backend.put(queue, copy).await?;
+                        match inner.backend.put_now(queue, copy) {
+                            Ok(result) => result?,
+                            Err(copy) => inner.backend.put(queue, copy).await?,
+                        }
                     }
                 }
                 Ok(())
