@@ -383,14 +383,18 @@ impl VirtualBackend for MemoryBroker {
         Ok(())
     }
 
-    fn put_now(&self, queue: &str, envelope: Envelope) -> std::result::Result<Result<()>, Envelope> {
-        self.put_sync(queue, envelope);
-        Ok(Ok(()))
+    fn is_immediate(&self) -> bool {
+        true
     }
 
-    fn get_batch_now(&self, queue: &str, max: usize, out: &mut Vec<Claimed>) -> Option<Result<()>> {
+    fn put_now(&self, queue: &str, envelope: Envelope) -> Result<()> {
+        self.put_sync(queue, envelope);
+        Ok(())
+    }
+
+    fn get_batch_now(&self, queue: &str, max: usize, out: &mut Vec<Claimed>) -> Result<()> {
         self.get_batch_sync(queue, max, out);
-        Some(Ok(()))
+        Ok(())
     }
 
     async fn get(&self, queue: &str) -> Result<Option<Claimed>> {

@@ -68,17 +68,22 @@ pub trait VirtualBackend: Send + Sync + 'static {
     /// Append a message to a queue.
     async fn put(&self, queue: &str, envelope: Envelope) -> Result<()>;
 
-    /// Put without awaiting, for backends whose queues are in-process and never wait (the
-    /// memory transport): the channel then skips an allocated future per message. The default
-    /// hands the envelope back, meaning "use [`put`](Self::put)".
-    fn put_now(&self, _queue: &str, envelope: Envelope) -> std::result::Result<Result<()>, Envelope> {
-        Err(envelope)
+    /// Whether [`put_now`](Self::put_now) and [`get_batch_now`](Self::get_batch_now) are
+    /// implemented: in-process backends whose queues never wait (the memory transport). The
+    /// channel then skips an allocated future per message.
+    fn is_immediate(&self) -> bool {
+        false
     }
 
-    /// Take up to `max` messages without awaiting (see [`put_now`](Self::put_now)); `None`
-    /// means "use [`get_batch`](Self::get_batch)".
-    fn get_batch_now(&self, _queue: &str, _max: usize, _out: &mut Vec<Claimed>) -> Option<Result<()>> {
-        None
+    /// Put without awaiting (only called when [`is_immediate`](Self::is_immediate)).
+    fn put_now(&self, queue: &str, _envelope: Envelope) -> Result<()> {
+        Err(Error::unsupported("put_now").with_context("queue", queue))
+    }
+
+    /// Take up to `max` messages without awaiting (only called when
+    /// [`is_immediate`](Self::is_immediate)).
+    fn get_batch_now(&self, queue: &str, _max: usize, _out: &mut Vec<Claimed>) -> Result<()> {
+        Err(Error::unsupported("get_batch_now").with_context("queue", queue))
     }
 
     /// Take the next message (by the backend's priority order, FIFO within a priority).

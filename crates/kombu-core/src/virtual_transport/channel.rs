@@ -447,9 +447,10 @@ async fn dispatch_loop<B: VirtualBackend>(weak: Weak<ChannelInner<B>>, wakeup: A
                 continue;
             }
             batch.clear();
-            let polled = match inner.backend.get_batch_now(&consumer.queue, budget, &mut batch) {
-                Some(result) => result,
-                None => inner.backend.get_batch(&consumer.queue, budget, &mut batch).await,
+            let polled = if inner.backend.is_immediate() {
+                inner.backend.get_batch_now(&consumer.queue, budget, &mut batch)
+            } else {
+                inner.backend.get_batch(&consumer.queue, budget, &mut batch).await
             };
             if let Err(e) = polled {
                 warn!(error = %e, queue = %consumer.queue, "consumer poll failed");
@@ -819,9 +820,10 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
                         envelope.clone()
                     };
                     if let Some(copy) = copy {
-                        match inner.backend.put_now(queue, copy) {
-                            Ok(result) => result?,
-                            Err(copy) => inner.backend.put(queue, copy).await?,
+                        if inner.backend.is_immediate() {
+                            inner.backend.put_now(queue, copy)?;
+                        } else {
+                            inner.backend.put(queue, copy).await?;
                         }
                     }
                 }
