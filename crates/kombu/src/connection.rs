@@ -27,35 +27,37 @@ pub enum FailoverStrategy {
     Shuffle,
 }
 
-/// An exchange or queue to declare.
+/// An exchange or queue to declare. Shared (`Arc`), so options that carry a `declare` list
+/// are cheap to clone per publish.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Declarable {
     /// An exchange.
-    Exchange(Exchange),
+    Exchange(Arc<Exchange>),
     /// A queue with its exchange(s) and bindings.
-    Queue(Box<Queue>),
+    Queue(Arc<Queue>),
 }
 
 impl From<Exchange> for Declarable {
     fn from(e: Exchange) -> Self {
-        Declarable::Exchange(e)
+        Declarable::Exchange(Arc::new(e))
     }
 }
 
 impl From<Queue> for Declarable {
     fn from(q: Queue) -> Self {
-        Declarable::Queue(Box::new(q))
+        Declarable::Queue(Arc::new(q))
     }
 }
 
-impl Declarable {
-    /// `(is_queue, name)` when the declaration may be cached per connection.
-    fn cache_key(&self) -> Option<(bool, &str)> {
-        match self {
-            Declarable::Exchange(e) if e.can_cache_declaration() => Some((false, &e.name)),
-            Declarable::Queue(q) if q.can_cache_declaration() && !q.name.is_empty() => Some((true, &q.name)),
-            _ => None,
-        }
+impl From<Arc<Queue>> for Declarable {
+    fn from(q: Arc<Queue>) -> Self {
+        Declarable::Queue(q)
+    }
+}
+
+impl From<Arc<Exchange>> for Declarable {
+    fn from(e: Arc<Exchange>) -> Self {
+        Declarable::Exchange(e)
     }
 }
 
@@ -422,24 +424,23 @@ impl Connection {
     /// Declare an entity unless this connection already did (Kombu's `maybe_declare`). Returns
     /// whether a declaration was sent.
     pub async fn maybe_declare(&self, entity: &Declarable, channel: &dyn Channel) -> Result<bool> {
-        let key = entity.cache_key();
-        if let Some(key) = key {
-            if self
-                .inner
+        match entity {
+            Declarable::Exchange(e) => self.maybe_declare_exchange(e, channel).await,
+            Declarable::Queue(q) => self.maybe_declare_queue(q, channel).await,
+        }
+    }
+
+    fn is_declared(&self, key: Option<(bool, &str)>) -> bool {
+        key.is_some_and(|key| {
+            self.inner
                 .declared
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(key)
-            {
-                return Ok(false);
-            }
-        }
-        match entity {
-            Declarable::Exchange(e) => declare_exchange(channel, e).await?,
-            Declarable::Queue(q) => {
-                declare_queue(channel, q).await?;
-            }
-        }
+        })
+    }
+
+    fn mark_declared(&self, key: Option<(bool, &str)>) {
         if let Some(key) = key {
             self.inner
                 .declared
@@ -447,6 +448,30 @@ impl Connection {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(key);
         }
+    }
+
+    /// [`maybe_declare`](Self::maybe_declare) for an exchange, without wrapping it.
+    pub async fn maybe_declare_exchange(&self, exchange: &Exchange, channel: &dyn Channel) -> Result<bool> {
+        let key = exchange
+            .can_cache_declaration()
+            .then_some((false, exchange.name.as_str()));
+        if self.is_declared(key) {
+            return Ok(false);
+        }
+        declare_exchange(channel, exchange).await?;
+        self.mark_declared(key);
+        Ok(true)
+    }
+
+    /// [`maybe_declare`](Self::maybe_declare) for a queue, without wrapping it.
+    pub async fn maybe_declare_queue(&self, queue: &Queue, channel: &dyn Channel) -> Result<bool> {
+        let key =
+            (queue.can_cache_declaration() && !queue.name.is_empty()).then_some((true, queue.name.as_str()));
+        if self.is_declared(key) {
+            return Ok(false);
+        }
+        declare_queue(channel, queue).await?;
+        self.mark_declared(key);
         Ok(true)
     }
 

@@ -327,7 +327,7 @@ impl Producer {
     pub async fn declare(&self) -> Result<()> {
         let channel = self.channel_for_publish().await?;
         self.connection
-            .maybe_declare(&Declarable::Exchange(self.exchange.clone()), channel.as_ref())
+            .maybe_declare_exchange(&self.exchange, channel.as_ref())
             .await
             .map(|_| ())
     }
@@ -425,11 +425,8 @@ impl Producer {
 
     async fn send(&self, prepared: Result<RawMessage>, options: PublishOptions) -> Result<()> {
         let mut message = prepared?;
-        let exchange = options.exchange.clone().unwrap_or_else(|| self.exchange.clone());
-        let routing_key = options
-            .routing_key
-            .clone()
-            .unwrap_or_else(|| self.routing_key.clone());
+        let exchange = options.exchange.as_ref().unwrap_or(&self.exchange);
+        let routing_key = options.routing_key.as_deref().unwrap_or(&self.routing_key);
         let span = debug_span!("kombu.publish", exchange = %exchange.name, routing_key = %routing_key);
         async {
             let policy = options.retry_policy.clone().unwrap_or_else(RetryPolicy::publish_default);
@@ -441,7 +438,7 @@ impl Producer {
                 } else {
                     std::mem::take(&mut message)
                 };
-                match self.publish_once(attempt, &exchange, &routing_key, &options).await {
+                match self.publish_once(attempt, exchange, routing_key, &options).await {
                     Ok(()) => return Ok(()),
                     Err(e) if options.retry && e.is_recoverable() => {
                         let Some(wait) = waits.next() else { return Err(e) };
@@ -470,7 +467,7 @@ impl Producer {
         }
         if self.auto_declare && !exchange.skips_declare() {
             self.connection
-                .maybe_declare(&Declarable::Exchange(exchange.clone()), channel.as_ref())
+                .maybe_declare_exchange(exchange, channel.as_ref())
                 .await?;
         }
         let mut publish = kombu_core::PublishOptions::new(exchange.name.clone(), routing_key);
