@@ -19,76 +19,27 @@ fn always(_: &Capabilities) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn topic(c: &Capabilities) -> Result<(), &'static str> {
-    if c.exchange_topic {
-        Ok(())
-    } else {
-        Err("transport does not support topic exchanges")
-    }
+/// `fn name(&Capabilities) -> Result<(), reason>` requiring one capability.
+macro_rules! requires {
+    ($($name:ident: $cond:expr => $reason:literal;)*) => {
+        $(fn $name(c: &Capabilities) -> Result<(), &'static str> {
+            #[allow(clippy::redundant_closure_call)]
+            if ($cond)(c) { Ok(()) } else { Err($reason) }
+        })*
+    };
 }
 
-fn fanout(c: &Capabilities) -> Result<(), &'static str> {
-    if c.exchange_fanout {
-        Ok(())
-    } else {
-        Err("transport does not support fanout exchanges")
-    }
-}
-
-fn headers(c: &Capabilities) -> Result<(), &'static str> {
-    if c.exchange_headers {
-        Ok(())
-    } else {
-        Err("transport does not support headers exchanges")
-    }
-}
-
-fn priority(c: &Capabilities) -> Result<(), &'static str> {
-    if c.priority.is_some() {
-        Ok(())
-    } else {
-        Err("transport does not support priorities")
-    }
-}
-
-fn ttl(c: &Capabilities) -> Result<(), &'static str> {
-    if c.message_ttl {
-        Ok(())
-    } else {
-        Err("transport does not support message TTL")
-    }
-}
-
-fn max_length(c: &Capabilities) -> Result<(), &'static str> {
-    if c.max_length {
-        Ok(())
-    } else {
-        Err("transport does not support x-max-length")
-    }
-}
-
-fn restore_on_close(c: &Capabilities) -> Result<(), &'static str> {
-    if c.restore_unacked_on_close {
-        Ok(())
-    } else {
-        Err("transport does not restore unacked messages on close")
-    }
-}
-
-fn recover(c: &Capabilities) -> Result<(), &'static str> {
-    if c.recover {
-        Ok(())
-    } else {
-        Err("transport does not support recover")
-    }
-}
-
-fn size_limit(c: &Capabilities) -> Result<(), &'static str> {
-    if c.max_message_size.is_some() {
-        Ok(())
-    } else {
-        Err("transport has no message size limit")
-    }
+requires! {
+    topic: |c: &Capabilities| c.exchange_topic => "transport does not support topic exchanges";
+    fanout: |c: &Capabilities| c.exchange_fanout => "transport does not support fanout exchanges";
+    headers: |c: &Capabilities| c.exchange_headers => "transport does not support headers exchanges";
+    priority: |c: &Capabilities| c.priority.is_some() => "transport does not support priorities";
+    ttl: |c: &Capabilities| c.message_ttl => "transport does not support message TTL";
+    max_length: |c: &Capabilities| c.max_length => "transport does not support x-max-length";
+    restore_on_close: |c: &Capabilities| c.restore_unacked_on_close
+        => "transport does not restore unacked messages on close";
+    recover: |c: &Capabilities| c.recover => "transport does not support recover";
+    size_limit: |c: &Capabilities| c.max_message_size.is_some() => "transport has no message size limit";
 }
 
 fn one_mib(c: &Capabilities) -> Result<(), &'static str> {

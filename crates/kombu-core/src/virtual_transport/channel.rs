@@ -338,42 +338,30 @@ impl<B: VirtualBackend> ChannelInner<B> {
         }
     }
 
-    /// Route over the [`BrokerState`] and the bindings the backend stores.
+    /// Route over the [`BrokerState`] and the bindings the backend stores (Kombu: an exchange
+    /// not declared here routes as direct over the stored bindings).
     async fn route(&self, exchange: &str, routing_key: &str, message: &RawMessage) -> Result<RouteTarget> {
-        let mut queues: Vec<Arc<str>> = Vec::new();
+        let local = self.route_local(exchange, routing_key, message);
         if exchange.is_empty() {
-            if !routing_key.is_empty() {
-                queues.push(Arc::from(routing_key));
-            }
-            return Ok(RouteTarget::Queues(queues));
+            return local;
         }
-        match self
-            .state
-            .route(exchange, routing_key, &message.headers, &mut queues)
-        {
-            Routed::Local(ExchangeType::Fanout) if self.backend.native_fanout() => {
-                Ok(RouteTarget::NativeFanout)
-            }
-            Routed::Local(kind) => {
-                // Bindings other processes stored on the broker route too.
-                if let Some(stored) = self.backend.load_bindings(exchange).await? {
-                    route_stored(kind, &stored, routing_key, message, &mut queues);
-                }
-                Ok(RouteTarget::Queues(queues))
-            }
-            Routed::UnknownExchange => match self.backend.load_bindings(exchange).await? {
-                // Kombu: an exchange not declared here routes as direct over stored bindings.
-                Some(stored) => {
-                    route_stored(ExchangeType::Direct, &stored, routing_key, message, &mut queues);
-                    Ok(RouteTarget::Queues(queues))
-                }
-                None => Err(Error::new(
-                    ErrorKind::NotFound,
-                    "exchange not declared (declare it first, e.g. with the producer's `declare` list)",
-                )
-                .with_context("exchange", exchange)),
-            },
-        }
+        let kind = match &local {
+            Ok(RouteTarget::Queues(_)) => self
+                .state
+                .exchange(exchange)
+                .map_or(ExchangeType::Direct, |e| e.kind),
+            Err(e) if e.kind() == ErrorKind::NotFound => ExchangeType::Direct,
+            _ => return local,
+        };
+        let Some(stored) = self.backend.load_bindings(exchange).await? else {
+            return local;
+        };
+        let mut queues = match local {
+            Ok(RouteTarget::Queues(queues)) => queues,
+            _ => Vec::new(),
+        };
+        route_stored(kind, &stored, routing_key, message, &mut queues);
+        Ok(RouteTarget::Queues(queues))
     }
 }
 
