@@ -138,27 +138,6 @@ impl MemoryBroker {
             .cloned()
     }
 
-    fn put_sync(&self, queue: &str, envelope: Envelope) {
-        let was_empty = self.queue_or_create(queue).lock().push(envelope, false);
-        if was_empty {
-            self.notify.notify_waiters();
-        }
-    }
-
-    fn get_batch_sync(&self, queue: &str, max: usize, out: &mut Vec<Claimed>) {
-        let Some(q) = self.queue(queue) else {
-            return;
-        };
-        let mut now = None;
-        let mut data = q.lock();
-        for _ in 0..max {
-            match data.pop(&mut now) {
-                Some(envelope) => out.push(Claimed::removed(envelope)),
-                None => break,
-            }
-        }
-    }
-
     /// The queue, created with default settings if it does not exist (Kombu's memory
     /// transport creates queues on first put).
     fn queue_or_create(&self, name: &str) -> Arc<MemoryQueue> {
@@ -379,21 +358,10 @@ impl VirtualBackend for MemoryBroker {
     }
 
     async fn put(&self, queue: &str, envelope: Envelope) -> Result<()> {
-        self.put_sync(queue, envelope);
-        Ok(())
-    }
-
-    fn is_immediate(&self) -> bool {
-        true
-    }
-
-    fn put_now(&self, queue: &str, envelope: Envelope) -> Result<()> {
-        self.put_sync(queue, envelope);
-        Ok(())
-    }
-
-    fn get_batch_now(&self, queue: &str, max: usize, out: &mut Vec<Claimed>) -> Result<()> {
-        self.get_batch_sync(queue, max, out);
+        let was_empty = self.queue_or_create(queue).lock().push(envelope, false);
+        if was_empty {
+            self.notify.notify_waiters();
+        }
         Ok(())
     }
 
@@ -407,7 +375,17 @@ impl VirtualBackend for MemoryBroker {
     }
 
     async fn get_batch(&self, queue: &str, max: usize, out: &mut Vec<Claimed>) -> Result<()> {
-        self.get_batch_sync(queue, max, out);
+        let Some(q) = self.queue(queue) else {
+            return Ok(());
+        };
+        let mut now = None;
+        let mut data = q.lock();
+        for _ in 0..max {
+            match data.pop(&mut now) {
+                Some(envelope) => out.push(Claimed::removed(envelope)),
+                None => break,
+            }
+        }
         Ok(())
     }
 

@@ -68,24 +68,6 @@ pub trait VirtualBackend: Send + Sync + 'static {
     /// Append a message to a queue.
     async fn put(&self, queue: &str, envelope: Envelope) -> Result<()>;
 
-    /// Whether [`put_now`](Self::put_now) and [`get_batch_now`](Self::get_batch_now) are
-    /// implemented: in-process backends whose queues never wait (the memory transport). The
-    /// channel then skips an allocated future per message.
-    fn is_immediate(&self) -> bool {
-        false
-    }
-
-    /// Put without awaiting (only called when [`is_immediate`](Self::is_immediate)).
-    fn put_now(&self, queue: &str, _envelope: Envelope) -> Result<()> {
-        Err(Error::unsupported("put_now").with_context("queue", queue))
-    }
-
-    /// Take up to `max` messages without awaiting (only called when
-    /// [`is_immediate`](Self::is_immediate)).
-    fn get_batch_now(&self, queue: &str, _max: usize, _out: &mut Vec<Claimed>) -> Result<()> {
-        Err(Error::unsupported("get_batch_now").with_context("queue", queue))
-    }
-
     /// Take the next message (by the backend's priority order, FIFO within a priority).
     async fn get(&self, queue: &str) -> Result<Option<Claimed>>;
 
@@ -134,8 +116,8 @@ pub trait VirtualBackend: Send + Sync + 'static {
         Err(Error::unsupported("native fanout").with_context("exchange", exchange))
     }
 
-    /// Whether the backend stores bindings on the broker ([`load_bindings`](Self::load_bindings)
-    /// is only consulted when true, keeping the publish path free of a needless call).
+    /// Whether the backend stores bindings on the broker: [`load_bindings`](Self::load_bindings)
+    /// is only consulted when true, so other backends publish without that call.
     fn persists_bindings(&self) -> bool {
         false
     }

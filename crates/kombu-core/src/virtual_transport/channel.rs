@@ -313,8 +313,11 @@ impl<B: VirtualBackend> ChannelInner<B> {
         tokio::spawn(dispatch_loop(weak, self.wakeup.clone()));
     }
 
-    /// Route over the [`BrokerState`] only (backends that store no bindings).
-    fn route_local(&self, exchange: &str, routing_key: &str, message: &RawMessage) -> Result<RouteTarget> {
+    /// Route a publish: exchange `""` goes to the queue named by the routing key; otherwise the
+    /// [`BrokerState`] table, plus the bindings the backend stores on the broker if it does.
+    /// An exchange declared nowhere is `NotFound`; one known only from stored bindings routes
+    /// as direct (Kombu's behaviour).
+    async fn route(&self, exchange: &str, routing_key: &str, message: &RawMessage) -> Result<RouteTarget> {
         let mut queues: Vec<Arc<str>> = Vec::new();
         if exchange.is_empty() {
             if !routing_key.is_empty() {
@@ -322,46 +325,31 @@ impl<B: VirtualBackend> ChannelInner<B> {
             }
             return Ok(RouteTarget::Queues(queues));
         }
-        match self
+        let kind = match self
             .state
             .route(exchange, routing_key, &message.headers, &mut queues)
         {
             Routed::Local(ExchangeType::Fanout) if self.backend.native_fanout() => {
-                Ok(RouteTarget::NativeFanout)
+                return Ok(RouteTarget::NativeFanout)
             }
-            Routed::Local(_) => Ok(RouteTarget::Queues(queues)),
-            Routed::UnknownExchange => Err(Error::new(
+            Routed::Local(kind) => Some(kind),
+            Routed::UnknownExchange => None,
+        };
+        if self.backend.persists_bindings() {
+            if let Some(stored) = self.backend.load_bindings(exchange).await? {
+                let kind = kind.unwrap_or(ExchangeType::Direct);
+                route_stored(kind, &stored, routing_key, message, &mut queues);
+                return Ok(RouteTarget::Queues(queues));
+            }
+        }
+        match kind {
+            Some(_) => Ok(RouteTarget::Queues(queues)),
+            None => Err(Error::new(
                 ErrorKind::NotFound,
                 "exchange not declared (declare it first, e.g. with the producer's `declare` list)",
             )
             .with_context("exchange", exchange)),
         }
-    }
-
-    /// Route over the [`BrokerState`] and the bindings the backend stores (Kombu: an exchange
-    /// not declared here routes as direct over the stored bindings).
-    async fn route(&self, exchange: &str, routing_key: &str, message: &RawMessage) -> Result<RouteTarget> {
-        let local = self.route_local(exchange, routing_key, message);
-        if exchange.is_empty() {
-            return local;
-        }
-        let kind = match &local {
-            Ok(RouteTarget::Queues(_)) => self
-                .state
-                .exchange(exchange)
-                .map_or(ExchangeType::Direct, |e| e.kind),
-            Err(e) if e.kind() == ErrorKind::NotFound => ExchangeType::Direct,
-            _ => return local,
-        };
-        let Some(stored) = self.backend.load_bindings(exchange).await? else {
-            return local;
-        };
-        let mut queues = match local {
-            Ok(RouteTarget::Queues(queues)) => queues,
-            _ => Vec::new(),
-        };
-        route_stored(kind, &stored, routing_key, message, &mut queues);
-        Ok(RouteTarget::Queues(queues))
     }
 }
 
@@ -435,12 +423,7 @@ async fn dispatch_loop<B: VirtualBackend>(weak: Weak<ChannelInner<B>>, wakeup: A
                 continue;
             }
             batch.clear();
-            let polled = if inner.backend.is_immediate() {
-                inner.backend.get_batch_now(&consumer.queue, budget, &mut batch)
-            } else {
-                inner.backend.get_batch(&consumer.queue, budget, &mut batch).await
-            };
-            if let Err(e) = polled {
+            if let Err(e) = inner.backend.get_batch(&consumer.queue, budget, &mut batch).await {
                 warn!(error = %e, queue = %consumer.queue, "consumer poll failed");
                 let _ = consumer.sender.try_send(Err(e));
                 continue;
@@ -771,13 +754,9 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
                 .with_context("transport", inner.backend.name()));
             }
         }
-        // Routing over local state is synchronous; only backends that store bindings need an
-        // await, boxed so its state does not bloat this (boxed, per-publish) future.
-        let target = if inner.backend.persists_bindings() {
-            Box::pin(inner.route(&options.exchange, &options.routing_key, &message)).await?
-        } else {
-            inner.route_local(&options.exchange, &options.routing_key, &message)?
-        };
+        let target = inner
+            .route(&options.exchange, &options.routing_key, &message)
+            .await?;
         let mut envelope = Envelope::new(message, &options.exchange, &options.routing_key);
         envelope.body_encoding = inner.body_encoding;
         match target {
@@ -808,11 +787,7 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
                         envelope.clone()
                     };
                     if let Some(copy) = copy {
-                        if inner.backend.is_immediate() {
-                            inner.backend.put_now(queue, copy)?;
-                        } else {
-                            inner.backend.put(queue, copy).await?;
-                        }
+                        inner.backend.put(queue, copy).await?;
                     }
                 }
                 Ok(())
