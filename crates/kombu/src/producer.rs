@@ -195,7 +195,9 @@ impl PublishOptions {
 
 /// The body of a publish before serialization.
 enum Body<'a> {
-    Value(&'a dyn erased_serde::Serialize),
+    /// Already serialized by [`Producer::publish`] (where the value's type is known, so the
+    /// built-in JSON serializes without type erasure): content type, encoding, bytes.
+    Serialized(Result<(String, String, Vec<u8>)>),
     Bytes(Bytes),
     Text(&'a str),
 }
@@ -299,7 +301,13 @@ impl Producer {
         body: &T,
         options: PublishOptions,
     ) -> impl Future<Output = Result<()>> + Send + '_ {
-        let prepared = self.prepare(Body::Value(&body), &options);
+        let name = options
+            .serializer
+            .as_deref()
+            .or(self.serializer.as_deref())
+            .unwrap_or("json");
+        let serialized = serialization::dumps(body, name);
+        let prepared = self.prepare(Body::Serialized(serialized), &options);
         self.send(prepared, options)
     }
 
@@ -364,13 +372,8 @@ impl Producer {
                     Some("utf-8".into()),
                     Bytes::copy_from_slice(t.as_bytes()),
                 ),
-                (Body::Value(v), _) => {
-                    let name = options
-                        .serializer
-                        .as_deref()
-                        .or(self.serializer.as_deref())
-                        .unwrap_or("json");
-                    let (ct, enc, bytes) = serialization::dumps(v, name)?;
+                (Body::Serialized(serialized), _) => {
+                    let (ct, enc, bytes) = serialized?;
                     (
                         Some(options.content_type.clone().unwrap_or(ct)),
                         Some(options.content_encoding.clone().unwrap_or(enc)),
