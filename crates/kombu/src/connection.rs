@@ -153,13 +153,13 @@ impl Default for ConnectionOptions {
 
 struct State {
     transport: Option<Arc<dyn Transport>>,
-    default_channel: Option<Arc<dyn Channel>>,
     current: usize,
 }
 
 struct Inner {
-    /// The default channel, readable without the async state lock (the publish hot path).
-    cached_channel: Mutex<Option<Arc<dyn Channel>>>,
+    /// The default channel. Outside the async `state` lock so the publish hot path reads it
+    /// with a plain mutex; cleared whenever the transport is replaced or closed.
+    default_channel: Mutex<Option<Arc<dyn Channel>>>,
     urls: Vec<BrokerUrl>,
     options: ConnectionOptions,
     state: tokio::sync::Mutex<State>,
@@ -214,12 +214,11 @@ impl Connection {
         let urls = parse_failover(url)?;
         Ok(Connection {
             inner: Arc::new(Inner {
-                cached_channel: Mutex::new(None),
+                default_channel: Mutex::new(None),
                 urls,
                 options,
                 state: tokio::sync::Mutex::new(State {
                     transport: None,
-                    default_channel: None,
                     current: 0,
                 }),
                 declared: Mutex::new(Declared::default()),
@@ -231,12 +230,11 @@ impl Connection {
     pub fn clone_fresh(&self) -> Connection {
         Connection {
             inner: Arc::new(Inner {
-                cached_channel: Mutex::new(None),
+                default_channel: Mutex::new(None),
                 urls: self.inner.urls.clone(),
                 options: self.inner.options.clone(),
                 state: tokio::sync::Mutex::new(State {
                     transport: None,
-                    default_channel: None,
                     current: 0,
                 }),
                 declared: Mutex::new(Declared::default()),
@@ -308,8 +306,8 @@ impl Connection {
             return Ok(t.clone());
         }
         if state.transport.take().is_some() {
-            // Reconnecting: declarations must be made again on the new connection.
-            state.default_channel = None;
+            // Reconnecting: the old channel is gone and declarations must be made again.
+            self.set_default_channel(None);
             self.inner
                 .declared
                 .lock()
@@ -374,31 +372,38 @@ impl Connection {
 
     /// The connection's shared channel (created on first use, replaced after a reconnect).
     pub async fn default_channel(&self) -> Result<Arc<dyn Channel>> {
-        if let Some(c) = self
-            .inner
-            .cached_channel
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .filter(|c| c.is_open())
-        {
-            return Ok(c.clone());
+        if let Some(c) = self.open_default_channel() {
+            return Ok(c);
         }
         let mut state = self.inner.state.lock().await;
         let transport = self
             .ensure_locked(&mut state, &self.inner.options.connect_policy)
             .await?;
-        if let Some(c) = state.default_channel.as_ref().filter(|c| c.is_open()) {
-            return Ok(c.clone());
+        // Another task may have created it while this one waited for the lock.
+        if let Some(c) = self.open_default_channel() {
+            return Ok(c);
         }
         let channel = transport.create_channel().await?;
-        state.default_channel = Some(channel.clone());
+        self.set_default_channel(Some(channel.clone()));
+        Ok(channel)
+    }
+
+    fn open_default_channel(&self) -> Option<Arc<dyn Channel>> {
+        self.inner
+            .default_channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|c| c.is_open())
+            .cloned()
+    }
+
+    fn set_default_channel(&self, channel: Option<Arc<dyn Channel>>) {
         *self
             .inner
-            .cached_channel
+            .default_channel
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(channel.clone());
-        Ok(channel)
+            .unwrap_or_else(|p| p.into_inner()) = channel;
     }
 
     /// A producer publishing through the default channel.
@@ -487,7 +492,7 @@ impl Connection {
     /// Close the connection: every channel closes and restores its unacked messages.
     pub async fn close(&self) -> Result<()> {
         let mut state = self.inner.state.lock().await;
-        state.default_channel = None;
+        self.set_default_channel(None);
         self.inner
             .declared
             .lock()
@@ -502,5 +507,23 @@ impl Connection {
     /// A pool of up to `limit` connections like this one.
     pub fn pool(&self, limit: usize) -> crate::pool::ConnectionPool {
         crate::pool::ConnectionPool::new_connection_pool(self.clone_fresh(), limit)
+    }
+}
+
+#[cfg(all(test, feature = "memory"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn default_channel_is_shared_and_replaced_after_close() {
+        let conn = Connection::new("memory:///conn-default-channel").unwrap();
+        let a = conn.default_channel().await.unwrap();
+        let b = conn.default_channel().await.unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "one default channel per connection");
+        conn.close().await.unwrap();
+        assert!(!a.is_open(), "closing the connection closes its channels");
+        let c = conn.default_channel().await.unwrap();
+        assert!(c.is_open(), "a closed default channel is never handed out again");
+        assert!(!Arc::ptr_eq(&a, &c));
     }
 }
