@@ -123,10 +123,6 @@ enum Outcome {
     Skipped(&'static str),
 }
 
-fn json_escape(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
-}
-
 /// Register `descriptor` and run the suite for it against `KOMBU_TEST_URL` (or `default_url`); exit code 0 when
 /// nothing failed. Command-line arguments that do not start with `-` filter behaviours by
 /// substring.
@@ -142,19 +138,25 @@ pub fn run_main(
     }
     let url = std::env::var("KOMBU_TEST_URL").unwrap_or_else(|_| default_url.to_owned());
     let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    kombu::install_default_transports();
-    let caps = match kombu::BrokerUrl::parse(url.split(';').next().unwrap_or(&url))
-        .and_then(|u| kombu_core_lookup(&u))
-    {
-        Ok(caps) => caps,
-        Err(e) => {
+    let shown_url = kombu::transport::url::redact_raw(&url);
+    // The URL must select the transport under test, or the suite would test another one.
+    let selected = kombu::transport::url::parse_failover(&url)
+        .and_then(|urls| kombu::transport::registry::lookup_url(&urls[0]));
+    match selected {
+        Ok(d) if d.name == backend => {}
+        Ok(d) => {
             eprintln!(
-                "conformance suite for {backend}: cannot use {}: {e}",
-                kombu_url_display(&url)
+                "conformance suite for {backend}: {shown_url} selects the {} transport",
+                d.name
             );
             return ExitCode::FAILURE;
         }
-    };
+        Err(e) => {
+            eprintln!("conformance suite for {backend}: cannot use {shown_url}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let caps = descriptor.capabilities;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -166,15 +168,17 @@ pub fn run_main(
             return ExitCode::FAILURE;
         }
     };
-    let selected: Vec<Behaviour> = crate::behaviours::all()
+    let all = crate::behaviours::all();
+    let total = all.len();
+    let selected: Vec<Behaviour> = all
         .into_iter()
         .filter(|b| filters.is_empty() || filters.iter().any(|f| b.name.contains(f.as_str())))
         .collect();
-    let filtered_out = crate::behaviours::all().len() - selected.len();
+    let filtered_out = total - selected.len();
     println!(
         "\nrunning {} conformance behaviours for {backend} against {}",
         selected.len(),
-        kombu_url_display(&url)
+        shown_url
     );
     let started = Instant::now();
     let mut results: Vec<(&'static str, Outcome)> = Vec::new();
@@ -238,23 +242,15 @@ pub fn run_main(
         elapsed.as_secs_f64()
     );
     if let Ok(path) = std::env::var("KOMBU_TESTKIT_REPORT") {
-        let skipped_json: Vec<String> = skipped
-            .iter()
-            .map(|(n, r)| format!("{{\"name\": {}, \"reason\": {}}}", json_escape(n), json_escape(r)))
-            .collect();
-        let failures_json: Vec<String> = failed
-            .iter()
-            .map(|(n, m)| format!("{{\"name\": {}, \"error\": {}}}", json_escape(n), json_escape(m)))
-            .collect();
-        let report = format!(
-            "{{\"backend\": {}, \"passed\": {passed}, \"failed\": {}, \"skipped\": [{}], \"failures\": [{}], \"duration_ms\": {}}}\n",
-            json_escape(backend),
-            failed.len(),
-            skipped_json.join(", "),
-            failures_json.join(", "),
-            elapsed.as_millis()
-        );
-        if let Err(e) = std::fs::write(&path, report) {
+        let report = serde_json::json!({
+            "backend": backend,
+            "passed": passed,
+            "failed": failed.len(),
+            "skipped": skipped.iter().map(|(n, r)| serde_json::json!({"name": n, "reason": r})).collect::<Vec<_>>(),
+            "failures": failed.iter().map(|(n, m)| serde_json::json!({"name": n, "error": m})).collect::<Vec<_>>(),
+            "duration_ms": elapsed.as_millis() as u64,
+        });
+        if let Err(e) = std::fs::write(&path, format!("{report}\n")) {
             eprintln!("cannot write the report to {path}: {e}");
             return ExitCode::FAILURE;
         }
@@ -264,12 +260,4 @@ pub fn run_main(
     } else {
         ExitCode::FAILURE
     }
-}
-
-fn kombu_core_lookup(url: &kombu::BrokerUrl) -> kombu::Result<Capabilities> {
-    Ok(kombu::transport::registry::lookup_url(url)?.capabilities)
-}
-
-fn kombu_url_display(url: &str) -> String {
-    kombu::transport::url::redact_raw(url)
 }
