@@ -361,31 +361,9 @@ fn cells(m: &Measurement) -> [String; 6] {
 fn terminal_table(result: &GroupResult) -> String {
     let mut rows = vec![COLUMNS.map(str::to_owned)];
     rows.extend(result.runs.iter().map(|(_, m)| cells(m)));
-    let mut widths = [0usize; 6];
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
     let mut out = format!("{}\n", result.group.title);
-    for (i, row) in rows.iter().enumerate() {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .enumerate()
-            .map(|(col, (cell, w))| {
-                if col == 0 {
-                    format!("{cell:<w$}")
-                } else {
-                    format!("{cell:>w$}")
-                }
-            })
-            .collect();
-        let _ = writeln!(out, "{}", line.join(" | "));
-        if i == 0 {
-            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            let _ = writeln!(out, "{}", rule.join("-|-"));
-        }
+    for line in crate::util::text_table(&rows) {
+        let _ = writeln!(out, "{line}");
     }
     for line in result.ratios() {
         let _ = writeln!(out, "{line}");

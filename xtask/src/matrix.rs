@@ -18,8 +18,8 @@ cargo xtask test-matrix [--backends a,b] [--skip-backends c] [--skip-workspace-t
 
 Runs `cargo test --workspace --all-features` (conformance suites deferred via
 KOMBU_TESTKIT_DEFER=1), then for each backend provisions its broker and runs
-`cargo test -p <crate> --all-features --test conformance` with KOMBU_TEST_URL,
-KOMBU_TEST_BACKEND and KOMBU_TESTKIT_REPORT set, and prints a summary.
+`cargo test -p <crate> --all-features --test conformance` with KOMBU_TEST_URL and
+KOMBU_TESTKIT_REPORT set, and prints a summary.
 Exits non-zero if anything failed, including a backend that cannot be provisioned.
 
 Options:
@@ -260,7 +260,6 @@ fn conformance(root: &Path, backend: &Backend) -> Result<Counts> {
             "conformance",
         ])
         .env("KOMBU_TEST_URL", &provisioned.url)
-        .env("KOMBU_TEST_BACKEND", backend.name)
         .env("KOMBU_TESTKIT_REPORT", &report_path)
         .env_remove("KOMBU_TESTKIT_DEFER");
     println!("xtask: KOMBU_TEST_URL={} {}", provisioned.url, describe(&command));
@@ -391,37 +390,14 @@ fn summary(rows: &[Row]) -> String {
             None => table.push([row.name.clone(), "-".into(), "-".into(), "-".into(), "-".into()]),
         }
     }
-    let mut widths = [0usize; 5];
-    for line in &table {
-        for (width, cell) in widths.iter_mut().zip(line) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
     let mut out = String::from("test-matrix summary\n");
-    for (i, line) in table.iter().enumerate() {
-        let cells: Vec<String> = line
-            .iter()
-            .zip(widths)
-            .enumerate()
-            .map(|(col, (cell, width))| {
-                if col == 0 {
-                    format!("{cell:<width$}")
-                } else {
-                    format!("{cell:>width$}")
-                }
-            })
-            .collect();
-        let mut text = cells.join(" | ");
-        if i > 0 && rows[i - 1].result.is_none() {
+    for (i, mut text) in crate::util::text_table(&table).into_iter().enumerate() {
+        // Line 0 is the header, line 1 its rule; row r is on line r + 1.
+        if i >= 2 && rows[i - 2].result.is_none() {
             text.push_str("   (left out by request)");
         }
-        out.push_str(text.trim_end());
+        out.push_str(&text);
         out.push('\n');
-        if i == 0 {
-            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            out.push_str(&rule.join("-|-"));
-            out.push('\n');
-        }
     }
 
     let mut section = |title: &str, pick: &dyn Fn(&Counts) -> &Vec<Note>| {

@@ -318,6 +318,40 @@ pub(crate) fn tail_of(path: &Path, lines: usize) -> String {
     }
 }
 
+/// Render rows (the first is the header) as an aligned text table: first column left-aligned,
+/// the others right-aligned, a rule under the header. One string per line, no trailing blanks.
+pub(crate) fn text_table<R: AsRef<[String]>>(rows: &[R]) -> Vec<String> {
+    let columns = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0);
+    let mut widths = vec![0usize; columns];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row.as_ref()) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut lines = Vec::with_capacity(rows.len() + 1);
+    for (i, row) in rows.iter().enumerate() {
+        let cells: Vec<String> = row
+            .as_ref()
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(col, (cell, &w))| {
+                if col == 0 {
+                    format!("{cell:<w$}")
+                } else {
+                    format!("{cell:>w$}")
+                }
+            })
+            .collect();
+        lines.push(cells.join(" | ").trim_end().to_owned());
+        if i == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            lines.push(rule.join("-|-"));
+        }
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
