@@ -46,7 +46,7 @@ async fn run(url: &str) -> kombu::Result<()> {
         .build()
         .await?;
     let counter = processed.clone();
-    consumer.on_message(move |message: Message| {
+    consumer.on_message(move |message: Arc<Message>| {
         let counter = counter.clone();
         async move {
             let body: serde_json::Value = message.decode()?;

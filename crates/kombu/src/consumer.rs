@@ -15,7 +15,7 @@ use crate::connection::{declare_queue, Connection};
 use crate::message::{Accept, Message};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-type Callback = Box<dyn Fn(Message) -> BoxFuture<Result<()>> + Send + Sync>;
+type Callback = Box<dyn Fn(Arc<Message>) -> BoxFuture<Result<()>> + Send + Sync>;
 
 static TAG_COUNTER: AtomicU64 = AtomicU64::new(1);
 
@@ -281,10 +281,11 @@ impl Consumer {
         self.channel.close().await
     }
 
-    /// Register an async callback run for each message by [`Consumer::drain_events`].
+    /// Register an async callback run for each message by [`Consumer::drain_events`]. Every
+    /// callback receives the same message (as in Kombu), so one ack settles it for all.
     pub fn on_message<F, Fut>(&mut self, callback: F)
     where
-        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        F: Fn(Arc<Message>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<()>> + Send + 'static,
     {
         self.callbacks.push(Box::new(move |m| Box::pin(callback(m))));
@@ -295,7 +296,7 @@ impl Consumer {
     /// `ContentDisallowed` error and the message stays unacked.
     pub fn on_decode_error<F, Fut>(&mut self, callback: F)
     where
-        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        F: Fn(Arc<Message>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<()>> + Send + 'static,
     {
         self.on_decode_error = Some(Box::new(move |m| Box::pin(callback(m))));
@@ -326,19 +327,17 @@ impl Consumer {
                 "no callbacks registered (use on_message)",
             ));
         }
-        let message = self.recv_timeout(timeout).await?;
+        let message = Arc::new(self.recv_timeout(timeout).await?);
         if !self.accept.allows(message.content_type()) {
             return match &self.on_decode_error {
                 Some(cb) => cb(message).await,
                 None => message.decode::<serde::de::IgnoredAny>().map(|_| ()),
             };
         }
-        let last = self.callbacks.len() - 1;
-        // Every callback but the last sees a copy; the last gets the message itself.
-        for cb in &self.callbacks[..last] {
-            cb(Message::new(message.delivery().clone(), self.accept.clone())).await?;
+        for cb in &self.callbacks {
+            cb(message.clone()).await?;
         }
-        self.callbacks[last](message).await
+        Ok(())
     }
 }
 
@@ -373,5 +372,39 @@ impl Stream for Consumer {
         } else {
             Poll::Pending
         }
+    }
+}
+
+#[cfg(all(test, feature = "memory"))]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::{Connection, PublishOptions};
+
+    #[tokio::test]
+    async fn every_callback_sees_the_same_message() {
+        let conn = Connection::new("memory:///callbacks-share").unwrap();
+        let mut consumer = conn.consumer([Queue::new("cb")]).build().await.unwrap();
+        let seen_acked = Arc::new(AtomicUsize::new(0));
+        consumer.on_message(|m: Arc<Message>| async move { m.ack().await });
+        let seen = seen_acked.clone();
+        consumer.on_message(move |m: Arc<Message>| {
+            let seen = seen.clone();
+            async move {
+                // The first callback's ack is visible here: it is one message, settled once.
+                if m.acknowledged() {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+        });
+        consumer.consume().await.unwrap();
+        conn.producer()
+            .publish(&1, PublishOptions::new().routing_key("cb"))
+            .await
+            .unwrap();
+        consumer.drain_events(Duration::from_secs(1)).await.unwrap();
+        assert_eq!(seen_acked.load(Ordering::Relaxed), 1);
     }
 }
