@@ -6,7 +6,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use kombu_core::transport::{GetOptions, PublishOptions};
-use kombu_core::virtual_transport::{BrokerState, Claimed, StoredBinding, VirtualBackend, VirtualTransport};
+use kombu_core::virtual_transport::{
+    BrokerState, Claimed, StoredBinding, StoredRoutes, VirtualBackend, VirtualTransport,
+};
 use kombu_core::{Capabilities, Envelope, Exchange, FieldTable, Queue, RawMessage, Result, Transport};
 
 #[derive(Default)]
@@ -90,16 +92,13 @@ impl VirtualBackend for Backend {
             .push(binding.clone());
         Ok(())
     }
-    async fn load_bindings(&self, exchange: &str) -> Result<Option<Vec<StoredBinding>>> {
-        Ok(Some(
-            self.0
-                .bindings
-                .lock()
-                .unwrap()
-                .get(exchange)
-                .cloned()
-                .unwrap_or_default(),
-        ))
+    async fn load_bindings(&self, exchange: &str) -> Result<Option<StoredRoutes>> {
+        let bindings = self.0.bindings.lock().unwrap().get(exchange).cloned();
+        // Kombu's Redis layout: bindings without the exchange type.
+        Ok(Some(StoredRoutes {
+            kind: None,
+            bindings: bindings.unwrap_or_default(),
+        }))
     }
 }
 

@@ -80,6 +80,8 @@ pub use kombu_memory;
 pub fn install_default_transports() {
     #[cfg(feature = "memory")]
     kombu_memory::register();
+    #[cfg(feature = "sqlite")]
+    kombu_sqlite::register();
 }
 
 /// The transports registered in this build.
@@ -96,6 +98,9 @@ mod tests {
         let mut expected: Vec<&str> = Vec::new();
         if cfg!(feature = "memory") {
             expected.push("memory");
+        }
+        if cfg!(feature = "sqlite") {
+            expected.push("sqlite");
         }
         assert_eq!(names, expected);
     }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use crate::capabilities::Capabilities;
-use crate::entity::{Exchange, Queue};
+use crate::entity::{Exchange, ExchangeType, Queue};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::value::FieldTable;
@@ -41,6 +41,16 @@ pub struct StoredBinding {
     pub routing_key: String,
     /// Binding arguments.
     pub arguments: FieldTable,
+}
+
+/// The routing of one exchange as a backend persists it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoredRoutes {
+    /// The exchange type, where the backend stores it (Kombu's Redis and MongoDB layouts do
+    /// not: their publishers route an exchange they did not declare as direct).
+    pub kind: Option<ExchangeType>,
+    /// The bindings of the exchange.
+    pub bindings: Vec<StoredBinding>,
 }
 
 /// What a broker must provide to become a kombu-rs transport through the virtual channel.
@@ -122,14 +132,25 @@ pub trait VirtualBackend: Send + Sync + 'static {
         false
     }
 
+    /// An exchange was declared (not passively). Backends that persist bindings may record its
+    /// type, so other processes route it the same way. Default: nothing.
+    async fn declare_exchange(&self, _exchange: &Exchange) -> Result<()> {
+        Ok(())
+    }
+
+    /// An exchange was deleted: forget its persisted type and bindings. Default: nothing.
+    async fn delete_exchange(&self, _exchange: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// Persist a binding so other processes route through it. Default: bindings are kept by
     /// the [`BrokerState`](super::BrokerState) only.
     async fn store_binding(&self, _exchange: &Exchange, _binding: &StoredBinding) -> Result<()> {
         Ok(())
     }
 
-    /// Bindings of `exchange` persisted by any process (`None`: the backend persists none).
-    async fn load_bindings(&self, _exchange: &str) -> Result<Option<Vec<StoredBinding>>> {
+    /// The routing of `exchange` persisted by any process (`None`: nothing is stored for it).
+    async fn load_bindings(&self, _exchange: &str) -> Result<Option<StoredRoutes>> {
         Ok(None)
     }
 

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_core::Stream;
@@ -48,6 +49,8 @@ type UnackedMap = HashMap<u64, Unacked, std::hash::BuildHasherDefault<TagHasher>
 
 /// How many messages the dispatcher takes from one queue per turn.
 const DISPATCH_BATCH: usize = 64;
+/// The first idle sleep of a dispatcher (see [`idle_backoff`]).
+const FIRST_IDLE_POLL: Duration = Duration::from_millis(10);
 /// Buffered deliveries per consumer (in-flight unacked messages are bounded by prefetch, not
 /// by this).
 const CONSUMER_BUFFER: usize = 256;
@@ -337,8 +340,12 @@ impl<B: VirtualBackend> ChannelInner<B> {
         };
         if self.backend.persists_bindings() {
             if let Some(stored) = self.backend.load_bindings(exchange).await? {
-                let kind = kind.unwrap_or(ExchangeType::Direct);
-                route_stored(kind, &stored, routing_key, message, &mut queues);
+                // The local declaration wins (Kombu: the publisher's own state decides).
+                let kind = kind.or(stored.kind).unwrap_or(ExchangeType::Direct);
+                if kind == ExchangeType::Fanout && self.backend.native_fanout() {
+                    return Ok(RouteTarget::NativeFanout);
+                }
+                route_stored(kind, &stored.bindings, routing_key, message, &mut queues);
                 return Ok(RouteTarget::Queues(queues));
             }
         }
@@ -387,6 +394,7 @@ async fn dispatch_loop<B: VirtualBackend>(weak: Weak<ChannelInner<B>>, wakeup: A
     let mut version = u64::MAX;
     let mut turn = 0usize;
     let mut batch: Vec<Claimed> = Vec::with_capacity(DISPATCH_BATCH);
+    let mut idle_polls = 0u32;
     loop {
         let Some(inner) = weak.upgrade() else { return };
         if !inner.open.load(Ordering::Acquire) {
@@ -456,12 +464,14 @@ async fn dispatch_loop<B: VirtualBackend>(weak: Weak<ChannelInner<B>>, wakeup: A
         }
         turn = turn.wrapping_add(1);
         if delivered > 0 {
+            idle_polls = 0;
             // Give producers and consumers on this runtime a turn between batches.
             drop(inner);
             tokio::task::yield_now().await;
             continue;
         }
-        let interval = inner.backend.polling_interval();
+        let interval = idle_backoff(inner.backend.polling_interval(), idle_polls);
+        idle_polls = idle_polls.saturating_add(1);
         drop(inner);
         match backend_signal.as_mut().as_pin_mut() {
             Some(backend_signal) => {
@@ -479,6 +489,16 @@ async fn dispatch_loop<B: VirtualBackend>(weak: Weak<ChannelInner<B>>, wakeup: A
             }
         }
     }
+}
+
+/// How long an idle dispatcher sleeps before polling again: [`FIRST_IDLE_POLL`] after the last
+/// delivery, doubling on every empty poll up to the backend's polling interval. Messages that
+/// another process adds (which no wake-up signal announces) are picked up quickly while the
+/// queue is busy, and an idle queue costs one poll per interval.
+fn idle_backoff(polling_interval: Duration, idle_polls: u32) -> Duration {
+    FIRST_IDLE_POLL
+        .saturating_mul(1u32 << idle_polls.min(16))
+        .min(polling_interval)
 }
 
 /// Rebuild an envelope from a delivery (only used when a no-ack delivery could not be handed
@@ -604,14 +624,18 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
                 .with_context("transport", inner.backend.name())
                 .with_context("exchange", &exchange.name));
         }
-        inner
-            .state
-            .declare_exchange(exchange, options.passive || exchange.passive)
+        let passive = options.passive || exchange.passive;
+        inner.state.declare_exchange(exchange, passive)?;
+        if passive {
+            return Ok(());
+        }
+        inner.backend.declare_exchange(exchange).await
     }
 
     async fn delete_exchange(&self, name: &str, options: DeleteExchangeOptions) -> Result<()> {
         self.inner.ensure_open()?;
-        self.inner.state.delete_exchange(name, options.if_unused)
+        self.inner.state.delete_exchange(name, options.if_unused)?;
+        self.inner.backend.delete_exchange(name).await
     }
 
     async fn declare_queue(&self, queue: &Queue, options: DeclareOptions) -> Result<QueueDeclareOk> {
@@ -875,5 +899,21 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
 
     fn is_open(&self) -> bool {
         self.inner.open.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_backoff_doubles_up_to_the_polling_interval() {
+        let second = Duration::from_secs(1);
+        assert_eq!(idle_backoff(second, 0), Duration::from_millis(10));
+        assert_eq!(idle_backoff(second, 1), Duration::from_millis(20));
+        assert_eq!(idle_backoff(second, 6), Duration::from_millis(640));
+        assert_eq!(idle_backoff(second, 7), second);
+        assert_eq!(idle_backoff(second, u32::MAX), second);
+        assert_eq!(idle_backoff(Duration::from_millis(5), 0), Duration::from_millis(5));
     }
 }

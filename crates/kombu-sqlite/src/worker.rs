@@ -1,0 +1,204 @@
+//! The connection's own thread: rusqlite blocks, so each connection's [`Store`] lives on a
+//! dedicated thread fed by a command channel (sqlx-sqlite's design) and no tokio worker ever
+//! waits on SQLite.
+//!
+//! Two things happen on that thread besides running commands:
+//!
+//! * **group commit** — puts (and acks) queued while the thread was busy are written in one
+//!   transaction, so many concurrent producers cost one commit, not one each;
+//! * **claim renewal** — every quarter of the visibility timeout the deadlines of the messages
+//!   this connection holds are pushed forward, so only a consumer that died (and stopped
+//!   renewing) has its messages handed to someone else.
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use kombu_core::{Error, ErrorKind, Result};
+use tokio::sync::{oneshot, Notify};
+
+use crate::settings::Settings;
+use crate::store::Store;
+
+/// The most commands written in one group transaction.
+const GROUP_LIMIT: usize = 256;
+
+type Job = Box<dyn FnOnce(&mut Store) + Send>;
+
+enum Command {
+    Put {
+        queue: String,
+        payload: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Ack {
+        id: i64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Run(Job),
+}
+
+/// Handle to a connection thread. Dropping the last handle ends the thread, which gives back
+/// the messages the connection still held and closes the database.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    commands: mpsc::Sender<Command>,
+}
+
+fn stopped() -> Error {
+    Error::new(ErrorKind::Closed, "the SQLite connection thread has stopped").with_context("transport", "sqlite")
+}
+
+impl Worker {
+    /// Open the database on a new thread; `Ok` once it is open and its tables exist.
+    /// `arrivals` is notified after every committed put.
+    pub(crate) async fn start(settings: Settings, arrivals: Arc<Notify>) -> Result<Worker> {
+        let (commands, inbox) = mpsc::channel();
+        let (ready, opened) = oneshot::channel();
+        thread::Builder::new()
+            .name("kombu-sqlite".into())
+            .spawn(move || {
+                let renew_every = (settings.visibility_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+                match Store::open(&settings) {
+                    Ok(store) => {
+                        let _ = ready.send(Ok(()));
+                        run(store, &inbox, &arrivals, renew_every);
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                }
+            })
+            .map_err(|e| {
+                Error::new(ErrorKind::Connection, "could not start the SQLite connection thread").with_source(e)
+            })?;
+        opened.await.map_err(|_| stopped())??;
+        Ok(Worker { commands })
+    }
+
+    /// Queue a message for insertion (committed with whatever other puts are waiting).
+    pub(crate) async fn put(&self, queue: String, payload: String) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Put { queue, payload, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Delete an acknowledged message (committed with whatever other acks are waiting).
+    pub(crate) async fn ack(&self, id: i64) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Ack { id, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Run `f` on the connection thread.
+    pub(crate) async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |store| {
+            let _ = reply.send(f(store));
+        });
+        self.commands.send(Command::Run(job)).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// The thread's loop: until every handle is gone.
+fn run(mut store: Store, inbox: &mpsc::Receiver<Command>, arrivals: &Notify, renew_every: Duration) {
+    let mut next_renewal = Instant::now() + renew_every;
+    let mut held_back: Option<Command> = None;
+    loop {
+        let command = match held_back.take() {
+            Some(command) => command,
+            None => match inbox.recv_timeout(next_renewal.saturating_duration_since(Instant::now())) {
+                Ok(command) => command,
+                Err(RecvTimeoutError::Timeout) => {
+                    renew(&mut store);
+                    next_renewal = Instant::now() + renew_every;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            },
+        };
+        if Instant::now() >= next_renewal {
+            renew(&mut store);
+            next_renewal = Instant::now() + renew_every;
+        }
+        match command {
+            Command::Run(job) => job(&mut store),
+            Command::Put { queue, payload, reply } => {
+                let mut group = vec![(queue, payload, reply)];
+                while group.len() < GROUP_LIMIT {
+                    match inbox.try_recv() {
+                        Ok(Command::Put { queue, payload, reply }) => group.push((queue, payload, reply)),
+                        Ok(other) => {
+                            held_back = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                write_puts(&mut store, group);
+                arrivals.notify_waiters();
+            }
+            Command::Ack { id, reply } => {
+                let mut group = vec![(id, reply)];
+                while group.len() < GROUP_LIMIT {
+                    match inbox.try_recv() {
+                        Ok(Command::Ack { id, reply }) => group.push((id, reply)),
+                        Ok(other) => {
+                            held_back = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                write_acks(&mut store, group);
+            }
+        }
+    }
+}
+
+fn renew(store: &mut Store) {
+    if let Err(e) = store.renew_claims() {
+        tracing::warn!(error = %e, "could not renew message claims; retrying shortly");
+    }
+}
+
+/// One transaction for the group; if it fails, each put on its own so one bad message cannot
+/// fail the others.
+fn write_puts(store: &mut Store, group: Vec<(String, String, oneshot::Sender<Result<()>>)>) {
+    let items: Vec<(&str, &str)> = group.iter().map(|(q, p, _)| (q.as_str(), p.as_str())).collect();
+    let results: Vec<Result<()>> = match store.put_many(&items) {
+        Ok(()) => items.iter().map(|_| Ok(())).collect(),
+        Err(e) if items.len() == 1 => vec![Err(e)],
+        Err(_) => items
+            .iter()
+            .map(|item| store.put_many(std::slice::from_ref(item)))
+            .collect(),
+    };
+    drop(items);
+    for ((_, _, reply), result) in group.into_iter().zip(results) {
+        let _ = reply.send(result);
+    }
+}
+
+/// Acks as puts: one transaction, or one each if the group fails.
+fn write_acks(store: &mut Store, group: Vec<(i64, oneshot::Sender<Result<()>>)>) {
+    let ids: Vec<i64> = group.iter().map(|(id, _)| *id).collect();
+    let results: Vec<Result<()>> = match store.ack_many(&ids) {
+        Ok(()) => ids.iter().map(|_| Ok(())).collect(),
+        Err(e) if ids.len() == 1 => vec![Err(e)],
+        Err(_) => ids.iter().map(|id| store.ack_many(std::slice::from_ref(id))).collect(),
+    };
+    for ((_, reply), result) in group.into_iter().zip(results) {
+        let _ = reply.send(result);
+    }
+}

@@ -1,0 +1,9 @@
+//! The shared conformance suite against the SQLite transport, on a fresh database file (or
+//! `KOMBU_TEST_URL`).
+kombu_testkit::conformance_main!(&kombu_sqlite::DESCRIPTOR, &kombu_sqlite_test_url());
+
+fn kombu_sqlite_test_url() -> String {
+    let dir = std::env::temp_dir().join(format!("kombu-sqlite-conformance-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    format!("sqlite://{}", dir.join("conformance.db").display())
+}
