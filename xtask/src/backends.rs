@@ -51,11 +51,20 @@ pub(crate) struct Backend {
 }
 
 /// Every backend the matrix knows, in the order it runs them.
-pub(crate) static BACKENDS: &[Backend] = &[Backend {
-    name: "memory",
-    crate_name: "kombu-memory",
-    provision: Provision::InProcess { url: "memory://" },
-}];
+pub(crate) static BACKENDS: &[Backend] = &[
+    Backend {
+        name: "memory",
+        crate_name: "kombu-memory",
+        provision: Provision::InProcess { url: "memory://" },
+    },
+    Backend {
+        name: "sqlite",
+        crate_name: "kombu-sqlite",
+        provision: Provision::InProcess {
+            url: "sqlite://{data_dir}/conformance.db",
+        },
+    },
+];
 
 /// The backend called `name`, if any.
 pub(crate) fn find(name: &str) -> Option<&'static Backend> {
@@ -72,7 +81,8 @@ pub(crate) fn names() -> Vec<&'static str> {
 pub(crate) enum Provision {
     /// The transport lives in the test process; the URL is all it needs.
     InProcess {
-        /// Broker URL handed to the tests (`memory://`).
+        /// Broker URL handed to the tests (`memory://`); `{data_dir}` is replaced by a
+        /// fresh temporary directory that lives as long as the run (for database files).
         url: &'static str,
     },
     /// A real server started for the run and stopped afterwards.
@@ -88,10 +98,22 @@ impl Provision {
     /// The broker lives as long as the returned value.
     pub(crate) fn provision(&self, root: &Path, name: &str) -> Result<Provisioned> {
         match self {
-            Self::InProcess { url } => Ok(Provisioned {
-                url: (*url).to_owned(),
-                server: None,
-            }),
+            Self::InProcess { url } => {
+                let data_dir = if url.contains("{data_dir}") {
+                    Some(TempDir::new(root, name)?)
+                } else {
+                    None
+                };
+                let url = match &data_dir {
+                    Some(dir) => url.replace("{data_dir}", &dir.path().display().to_string()),
+                    None => (*url).to_owned(),
+                };
+                Ok(Provisioned {
+                    url,
+                    server: None,
+                    data_dir,
+                })
+            }
             Self::Server(spec) => {
                 let server = spec
                     .start(root, name)
@@ -99,6 +121,7 @@ impl Provision {
                 Ok(Provisioned {
                     url: server.url.clone(),
                     server: Some(server),
+                    data_dir: None,
                 })
             }
         }
@@ -113,13 +136,18 @@ pub(crate) struct Provisioned {
     pub(crate) url: String,
     /// The running server, stopped on drop.
     server: Option<ServerGuard>,
+    /// The temporary directory of an in-process broker's files, removed on drop.
+    data_dir: Option<TempDir>,
 }
 
 impl Provisioned {
     /// One line describing what was provisioned, for progress output.
     pub(crate) fn describe(&self) -> String {
         match &self.server {
-            None => format!("in-process, {}", self.url),
+            None => match &self.data_dir {
+                Some(dir) => format!("in-process, {} (files in {})", self.url, dir.path().display()),
+                None => format!("in-process, {}", self.url),
+            },
             Some(server) => format!(
                 "{} (pid {}) at {}, data in {}",
                 server.program,

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::backends::{self, Backend};
 use crate::cli::{split_list, Args};
+use crate::venv::{self, Venv};
 use crate::util::{
     self, cargo, describe, format_duration, run_streaming, run_tee_stdout, status_text, Result,
 };
@@ -16,8 +17,10 @@ use crate::util::{
 pub(crate) const USAGE: &str = "\
 cargo xtask test-matrix [--backends a,b] [--skip-backends c] [--skip-workspace-tests]
 
-Runs `cargo test --workspace --all-features` (conformance suites deferred via
-KOMBU_TESTKIT_DEFER=1), then for each backend provisions its broker and runs
+Ensures the project Python venv .venv (Python Kombu and SQLAlchemy from
+tests/python/requirements.txt, for the interop tests, which get it as
+KOMBU_PYTHON), runs `cargo test --workspace --all-features` (conformance suites
+deferred via KOMBU_TESTKIT_DEFER=1), then for each backend provisions its broker and runs
 `cargo test -p <crate> --all-features --test conformance` with KOMBU_TEST_URL and
 KOMBU_TESTKIT_REPORT set, and prints a summary.
 Exits non-zero if anything failed, including a backend that cannot be provisioned.
@@ -163,9 +166,12 @@ pub(crate) fn run(args: Args) -> Result<bool> {
     let root = util::workspace_root();
     let mut rows = Vec::new();
     if options.workspace_tests {
+        // The interop tests (Rust ⇄ Python Kombu) run among the workspace tests.
+        banner("python venv for the interop tests");
+        let venv = venv::ensure_bench_venv(&root, "xtask")?;
         rows.push(Row {
             name: "workspace".into(),
-            result: Some(workspace_tests(&root)?),
+            result: Some(workspace_tests(&root, &venv)?),
         });
     }
     for backend in &options.backends {
@@ -188,13 +194,15 @@ pub(crate) fn run(args: Args) -> Result<bool> {
 }
 
 /// Step 1: `cargo test --workspace --all-features` with the conformance suites deferred.
-fn workspace_tests(root: &Path) -> Result<Counts> {
+fn workspace_tests(root: &Path, venv: &Venv) -> Result<Counts> {
     let mut command = cargo(root);
     command
         .args(["test", "--workspace", "--all-features"])
-        .env("KOMBU_TESTKIT_DEFER", "1");
+        .env("KOMBU_TESTKIT_DEFER", "1")
+        .env("KOMBU_PYTHON", venv.python());
     banner(&format!(
-        "workspace tests: KOMBU_TESTKIT_DEFER=1 {}",
+        "workspace tests: KOMBU_TESTKIT_DEFER=1 KOMBU_PYTHON={} {}",
+        venv.python().display(),
         describe(&command)
     ));
     let start = Instant::now();
