@@ -54,7 +54,10 @@ fn shared_for(location: &Location) -> Shared {
         }
     }
     let shared = fresh();
-    files.insert(key, (Arc::downgrade(&shared.state), Arc::downgrade(&shared.arrivals)));
+    files.insert(
+        key,
+        (Arc::downgrade(&shared.state), Arc::downgrade(&shared.arrivals)),
+    );
     shared
 }
 
@@ -97,8 +100,11 @@ fn max_priority(queue: &Queue, arguments: &FieldTable) -> Result<Option<u8>> {
             .and_then(|n| u8::try_from(n).ok())
             .map(Some)
             .ok_or_else(|| {
-                Error::new(ErrorKind::InvalidArgument, "x-max-priority must be an integer from 0 to 255")
-                    .with_context("queue", &queue.name)
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    "x-max-priority must be an integer from 0 to 255",
+                )
+                .with_context("queue", &queue.name)
             }),
     }
 }

@@ -92,7 +92,10 @@ impl Tables {
     pub(crate) fn new(queue: &str, message: &str) -> Result<Tables> {
         for (option, name) in [("queue_tablename", queue), ("message_tablename", message)] {
             let valid = name.len() <= 100
-                && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
                 return Err(Error::new(
@@ -180,21 +183,39 @@ mod tests {
     #[test]
     fn urls_name_files_like_the_issue_and_sqlalchemy_say() {
         assert_eq!(location("sqlite:///abs/path.db").ok(), file("/abs/path.db").ok());
-        assert_eq!(location("sqlite://relative/path.db").ok(), file("relative/path.db").ok());
-        assert_eq!(location("sqlite://kombu.sqlite3").ok(), file("kombu.sqlite3").ok());
+        assert_eq!(
+            location("sqlite://relative/path.db").ok(),
+            file("relative/path.db").ok()
+        );
+        assert_eq!(
+            location("sqlite://kombu.sqlite3").ok(),
+            file("kombu.sqlite3").ok()
+        );
         assert_eq!(location("sqlite://:memory:").ok(), Some(Location::Memory));
         assert_eq!(location("sqla+sqlite:///rel.db").ok(), file("rel.db").ok());
         assert_eq!(location("sqla+sqlite:////tmp/k.db").ok(), file("/tmp/k.db").ok());
-        assert_eq!(location("sqlalchemy+sqlite:////tmp/k.db").ok(), file("/tmp/k.db").ok());
+        assert_eq!(
+            location("sqlalchemy+sqlite:////tmp/k.db").ok(),
+            file("/tmp/k.db").ok()
+        );
         assert_eq!(location("sqla+sqlite://").ok(), Some(Location::Memory));
         assert_eq!(location("sqla+sqlite:///:memory:").ok(), Some(Location::Memory));
     }
 
     #[test]
     fn bad_urls_are_invalid_url_errors() {
-        for url in ["sqlite://", "sqlite://user:pw@host/x.db", "sqlite://host:12/x.db", "sqlite://:memory:/x"] {
+        for url in [
+            "sqlite://",
+            "sqlite://user:pw@host/x.db",
+            "sqlite://host:12/x.db",
+            "sqlite://:memory:/x",
+        ] {
             let err = location(url).err();
-            assert_eq!(err.as_ref().map(Error::kind), Some(ErrorKind::InvalidUrl), "{url}");
+            assert_eq!(
+                err.as_ref().map(Error::kind),
+                Some(ErrorKind::InvalidUrl),
+                "{url}"
+            );
             assert!(!format!("{err:?}").contains("pw"), "password leaked for {url}");
         }
     }
@@ -211,12 +232,20 @@ mod tests {
 
     #[test]
     fn seconds_options_parse_fractions_and_reject_nonsense() {
-        let mut options = ConnectOptions::new(BrokerUrl::parse("sqlite:///x.db").unwrap_or_else(|e| panic!("{e}")));
-        options.transport_options.insert("visibility_timeout".into(), "2.5".into());
+        let mut options =
+            ConnectOptions::new(BrokerUrl::parse("sqlite:///x.db").unwrap_or_else(|e| panic!("{e}")));
+        options
+            .transport_options
+            .insert("visibility_timeout".into(), "2.5".into());
         let settings = Settings::from_options(&options).ok();
-        assert_eq!(settings.map(|s| s.visibility_timeout), Some(Duration::from_millis(2500)));
+        assert_eq!(
+            settings.map(|s| s.visibility_timeout),
+            Some(Duration::from_millis(2500))
+        );
         for bad in ["0", "-1", "soon", "NaN", "inf"] {
-            options.transport_options.insert("visibility_timeout".into(), bad.into());
+            options
+                .transport_options
+                .insert("visibility_timeout".into(), bad.into());
             let err = Settings::from_options(&options).err();
             assert_eq!(err.map(|e| e.kind()), Some(ErrorKind::InvalidArgument), "{bad}");
         }

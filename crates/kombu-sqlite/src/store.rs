@@ -40,7 +40,10 @@ impl Receipt {
             .and_then(|(id, version)| Some((id.parse().ok()?, version.parse().ok()?)));
         match parsed {
             Some((id, version)) => Ok(Receipt { id, version }),
-            None => Err(Error::new(ErrorKind::Unexpected, "malformed SQLite receipt").with_context("receipt", text)),
+            None => {
+                Err(Error::new(ErrorKind::Unexpected, "malformed SQLite receipt")
+                    .with_context("receipt", text))
+            }
         }
     }
 }
@@ -195,7 +198,8 @@ impl Store {
             if !mode.eq_ignore_ascii_case("wal") {
                 tracing::warn!(%mode, "SQLite refused WAL mode; consumers in other processes may wait on writers");
             }
-            conn.execute_batch("PRAGMA synchronous = NORMAL").map_err(sql_error)?;
+            conn.execute_batch("PRAGMA synchronous = NORMAL")
+                .map_err(sql_error)?;
         }
         let mut store = Store {
             conn,
@@ -304,7 +308,10 @@ impl Store {
     pub(crate) fn queue_exists(&mut self, name: &str) -> Result<bool> {
         self.conn
             .query_row(
-                &format!("SELECT EXISTS (SELECT 1 FROM {} WHERE name = ?1)", self.tables.queue),
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM {} WHERE name = ?1)",
+                    self.tables.queue
+                ),
                 [name],
                 |row| row.get(0),
             )
@@ -336,7 +343,10 @@ impl Store {
         let stored: Option<Option<i64>> = self
             .conn
             .query_row(
-                &format!("SELECT max_priority FROM {} WHERE name = ?1", self.tables.queue_settings),
+                &format!(
+                    "SELECT max_priority FROM {} WHERE name = ?1",
+                    self.tables.queue_settings
+                ),
                 [queue],
                 |row| row.get(0),
             )
@@ -505,8 +515,11 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_error)?;
-        let released = tx.execute(&self.sql.release_messages, [&self.owner]).map_err(sql_error)?;
-        tx.execute(&self.sql.release_claims, [&self.owner]).map_err(sql_error)?;
+        let released = tx
+            .execute(&self.sql.release_messages, [&self.owner])
+            .map_err(sql_error)?;
+        tx.execute(&self.sql.release_claims, [&self.owner])
+            .map_err(sql_error)?;
         tx.commit().map_err(sql_error)?;
         Ok(released)
     }
@@ -534,7 +547,9 @@ impl Store {
             .map_err(sql_error)?;
         let ready = tx
             .execute(
-                &format!("DELETE FROM {m} WHERE queue_id = (SELECT id FROM {q} WHERE name = ?1) AND visible = 1"),
+                &format!(
+                    "DELETE FROM {m} WHERE queue_id = (SELECT id FROM {q} WHERE name = ?1) AND visible = 1"
+                ),
                 [queue],
             )
             .map_err(sql_error)?;
@@ -580,7 +595,10 @@ impl Store {
     pub(crate) fn declare_exchange(&mut self, name: &str, kind: ExchangeType) -> Result<()> {
         self.conn
             .execute(
-                &format!("INSERT OR REPLACE INTO {} (name, type) VALUES (?1, ?2)", self.tables.exchange),
+                &format!(
+                    "INSERT OR REPLACE INTO {} (name, type) VALUES (?1, ?2)",
+                    self.tables.exchange
+                ),
                 [name, kind.as_str()],
             )
             .map(drop)
@@ -593,21 +611,35 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_error)?;
-        tx.execute(&format!("DELETE FROM {} WHERE name = ?1", self.tables.exchange), [name])
-            .map_err(sql_error)?;
-        tx.execute(&format!("DELETE FROM {} WHERE exchange = ?1", self.tables.binding), [name])
-            .map_err(sql_error)?;
+        tx.execute(
+            &format!("DELETE FROM {} WHERE name = ?1", self.tables.exchange),
+            [name],
+        )
+        .map_err(sql_error)?;
+        tx.execute(
+            &format!("DELETE FROM {} WHERE exchange = ?1", self.tables.binding),
+            [name],
+        )
+        .map_err(sql_error)?;
         tx.commit().map_err(sql_error)
     }
 
-    pub(crate) fn store_binding(&mut self, exchange: &str, kind: ExchangeType, binding: &StoredBinding) -> Result<()> {
+    pub(crate) fn store_binding(
+        &mut self,
+        exchange: &str,
+        kind: ExchangeType,
+        binding: &StoredBinding,
+    ) -> Result<()> {
         let arguments = arguments_json(&binding.arguments)?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_error)?;
         tx.execute(
-            &format!("INSERT OR REPLACE INTO {} (name, type) VALUES (?1, ?2)", self.tables.exchange),
+            &format!(
+                "INSERT OR REPLACE INTO {} (name, type) VALUES (?1, ?2)",
+                self.tables.exchange
+            ),
             [exchange, kind.as_str()],
         )
         .map_err(sql_error)?;
@@ -640,7 +672,10 @@ impl Store {
     pub(crate) fn load_routes(&mut self, exchange: &str) -> Result<Option<StoredRoutes>> {
         let kind: Option<String> = self
             .conn
-            .prepare_cached(&format!("SELECT type FROM {} WHERE name = ?1", self.tables.exchange))
+            .prepare_cached(&format!(
+                "SELECT type FROM {} WHERE name = ?1",
+                self.tables.exchange
+            ))
             .and_then(|mut s| s.query_row([exchange], |row| row.get(0)).optional())
             .map_err(sql_error)?;
         let rows: Vec<(String, String, String)> = self
@@ -685,8 +720,13 @@ impl Drop for Store {
     fn drop(&mut self) {
         match self.release_claims() {
             Ok(0) => {}
-            Ok(n) => tracing::debug!(messages = n, "connection closing: unacked messages made visible again"),
-            Err(e) => tracing::warn!(error = %e, "could not release claims on close; they expire after the visibility timeout"),
+            Ok(n) => tracing::debug!(
+                messages = n,
+                "connection closing: unacked messages made visible again"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release claims on close; they expire after the visibility timeout")
+            }
         }
     }
 }

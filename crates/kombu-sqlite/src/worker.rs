@@ -47,7 +47,8 @@ pub(crate) struct Worker {
 }
 
 fn stopped() -> Error {
-    Error::new(ErrorKind::Closed, "the SQLite connection thread has stopped").with_context("transport", "sqlite")
+    Error::new(ErrorKind::Closed, "the SQLite connection thread has stopped")
+        .with_context("transport", "sqlite")
 }
 
 impl Worker {
@@ -59,7 +60,8 @@ impl Worker {
         thread::Builder::new()
             .name("kombu-sqlite".into())
             .spawn(move || {
-                let renew_every = (settings.visibility_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+                let renew_every = (settings.visibility_timeout / 4)
+                    .clamp(Duration::from_millis(100), Duration::from_secs(60));
                 match Store::open(&settings) {
                     Ok(store) => {
                         let _ = ready.send(Ok(()));
@@ -71,7 +73,11 @@ impl Worker {
                 }
             })
             .map_err(|e| {
-                Error::new(ErrorKind::Connection, "could not start the SQLite connection thread").with_source(e)
+                Error::new(
+                    ErrorKind::Connection,
+                    "could not start the SQLite connection thread",
+                )
+                .with_source(e)
             })?;
         opened.await.map_err(|_| stopped())??;
         Ok(Worker { commands })
@@ -81,7 +87,11 @@ impl Worker {
     pub(crate) async fn put(&self, queue: String, payload: String) -> Result<()> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Put { queue, payload, reply })
+            .send(Command::Put {
+                queue,
+                payload,
+                reply,
+            })
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -133,11 +143,19 @@ fn run(mut store: Store, inbox: &mpsc::Receiver<Command>, arrivals: &Notify, ren
         }
         match command {
             Command::Run(job) => job(&mut store),
-            Command::Put { queue, payload, reply } => {
+            Command::Put {
+                queue,
+                payload,
+                reply,
+            } => {
                 let mut group = vec![(queue, payload, reply)];
                 while group.len() < GROUP_LIMIT {
                     match inbox.try_recv() {
-                        Ok(Command::Put { queue, payload, reply }) => group.push((queue, payload, reply)),
+                        Ok(Command::Put {
+                            queue,
+                            payload,
+                            reply,
+                        }) => group.push((queue, payload, reply)),
                         Ok(other) => {
                             held_back = Some(other);
                             break;
@@ -196,7 +214,10 @@ fn write_acks(store: &mut Store, group: Vec<(i64, oneshot::Sender<Result<()>>)>)
     let results: Vec<Result<()>> = match store.ack_many(&ids) {
         Ok(()) => ids.iter().map(|_| Ok(())).collect(),
         Err(e) if ids.len() == 1 => vec![Err(e)],
-        Err(_) => ids.iter().map(|id| store.ack_many(std::slice::from_ref(id))).collect(),
+        Err(_) => ids
+            .iter()
+            .map(|id| store.ack_many(std::slice::from_ref(id)))
+            .collect(),
     };
     for ((_, reply), result) in group.into_iter().zip(results) {
         let _ = reply.send(result);

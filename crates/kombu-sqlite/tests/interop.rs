@@ -135,16 +135,24 @@ async fn consume_in_rust(url: &str, queue: &str, count: usize) -> Vec<kombu::Mes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_publishes_rust_consumes() {
     let db = TempDb::new("py-to-rs");
-    let output = python_command(&["publish", &db.python_url(), "jobs", "20"]).output().unwrap();
+    let output = python_command(&["publish", &db.python_url(), "jobs", "20"])
+        .output()
+        .unwrap();
     check(&output, "Python publish");
     // Python created the tables; kombu-rs opens them as they are.
     let got = consume_in_rust(&db.rust_url(), "jobs", 20).await;
     for (n, message) in got.iter().enumerate() {
         let body: Value = message.decode().unwrap();
-        assert_eq!(body, json!({"n": n, "text": "h\u{e9}llo \u{2713}", "from": "python"}));
+        assert_eq!(
+            body,
+            json!({"n": n, "text": "h\u{e9}llo \u{2713}", "from": "python"})
+        );
         assert_eq!(message.content_type(), Some("application/json"));
         assert_eq!(message.content_encoding(), Some("utf-8"));
-        assert_eq!(message.headers().get("x-origin").and_then(|v| v.as_str()), Some("python"));
+        assert_eq!(
+            message.headers().get("x-origin").and_then(|v| v.as_str()),
+            Some("python")
+        );
         assert_eq!(message.delivery_info().routing_key, "jobs");
         assert_eq!(message.delivery_info().exchange, "");
         assert!(!message.redelivered());
@@ -163,19 +171,30 @@ async fn rust_publishes_python_consumes() {
         db.rows("SELECT count(*) FROM kombu_message WHERE visible = 1 AND timestamp IS NULL AND version = 1"),
         20
     );
-    let output = python_command(&["consume", &db.python_url(), "jobs", "20", "30"]).output().unwrap();
+    let output = python_command(&["consume", &db.python_url(), "jobs", "20", "30"])
+        .output()
+        .unwrap();
     check(&output, "Python consume");
     let lines = json_lines(&output);
     assert_eq!(lines.len(), 20);
     for (n, line) in lines.iter().enumerate() {
-        assert_eq!(line["body"], json!({"n": n, "text": "h\u{e9}llo \u{2713}", "from": "rust"}));
+        assert_eq!(
+            line["body"],
+            json!({"n": n, "text": "h\u{e9}llo \u{2713}", "from": "rust"})
+        );
         assert_eq!(line["content_type"], "application/json");
         assert_eq!(line["content_encoding"], "utf-8");
         assert_eq!(line["headers"]["x-origin"], "rust");
-        assert_eq!(line["delivery_info"], json!({"exchange": "", "routing_key": "jobs"}));
+        assert_eq!(
+            line["delivery_info"],
+            json!({"exchange": "", "routing_key": "jobs"})
+        );
     }
     // Kombu marks what it consumed invisible and keeps the rows, with its local timestamp.
-    assert_eq!(db.rows("SELECT count(*) FROM kombu_message WHERE visible = 0 AND version = 2"), 20);
+    assert_eq!(
+        db.rows("SELECT count(*) FROM kombu_message WHERE visible = 0 AND version = 2"),
+        20
+    );
     assert_eq!(
         db.rows("SELECT count(*) FROM kombu_message WHERE timestamp GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] *'"),
         20
@@ -213,7 +232,11 @@ async fn both_at_once_on_one_file() {
         .map(|m| m.decode::<Value>().unwrap()["n"].as_u64().unwrap())
         .collect();
     seen.sort_unstable();
-    assert_eq!(seen, (0..N as u64).collect::<Vec<_>>(), "each message exactly once");
+    assert_eq!(
+        seen,
+        (0..N as u64).collect::<Vec<_>>(),
+        "each message exactly once"
+    );
 
     // ...and Python consumes while kombu-rs publishes.
     let python = python_command(&["consume", &db.python_url(), "to-python", &N.to_string(), "60"])
@@ -229,5 +252,9 @@ async fn both_at_once_on_one_file() {
         .map(|line| line["body"]["n"].as_u64().unwrap())
         .collect();
     seen.sort_unstable();
-    assert_eq!(seen, (0..N as u64).collect::<Vec<_>>(), "each message exactly once");
+    assert_eq!(
+        seen,
+        (0..N as u64).collect::<Vec<_>>(),
+        "each message exactly once"
+    );
 }

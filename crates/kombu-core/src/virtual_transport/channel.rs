@@ -914,6 +914,9 @@ mod tests {
         assert_eq!(idle_backoff(second, 6), Duration::from_millis(640));
         assert_eq!(idle_backoff(second, 7), second);
         assert_eq!(idle_backoff(second, u32::MAX), second);
-        assert_eq!(idle_backoff(Duration::from_millis(5), 0), Duration::from_millis(5));
+        assert_eq!(
+            idle_backoff(Duration::from_millis(5), 0),
+            Duration::from_millis(5)
+        );
     }
 }
