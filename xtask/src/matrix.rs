@@ -8,10 +8,10 @@ use serde::Deserialize;
 
 use crate::backends::{self, Backend};
 use crate::cli::{split_list, Args};
-use crate::venv::{self, Venv};
 use crate::util::{
     self, cargo, describe, format_duration, run_streaming, run_tee_stdout, status_text, Result,
 };
+use crate::venv::{self, Venv};
 
 /// Help text of the subcommand.
 pub(crate) const USAGE: &str = "\
