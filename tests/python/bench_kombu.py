@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Python Kombu side of ``cargo xtask bench``.
 
-Runs the same workload as ``kombu-bench`` (the Rust benchmark) against Python
-Kombu 5.7 and prints one JSON object on stdout:
+Runs the same workload as ``kombu bench`` (the Rust benchmark, a command of the
+``kombu`` CLI) against Python Kombu 5.7 and prints one JSON object on stdout:
 
     {"name": "Python Kombu 5.7 memory://", "transport": "memory",
      "messages": N, "size": S,
@@ -26,7 +26,10 @@ Workload
 ``total_msgs_per_s`` is N / (publish seconds + consume seconds).
 
 Only Kombu itself is used, so any Kombu URL works (``memory://``,
-``redis://127.0.0.1:6379/0``, ``sqla+sqlite:///bench.sqlite3`` ...).
+``redis://127.0.0.1:6379/0`` ...). For the SQLAlchemy transport use
+``sqla+sqlite:////abs/path/bench.db`` (four slashes for an absolute path,
+SQLAlchemy's rule); it needs ``SQLAlchemy`` from ``requirements.txt``. Give it a
+file of its own: the tables are created on first use.
 """
 
 from __future__ import annotations
@@ -73,6 +76,10 @@ def transport_options(url: str) -> dict:
     # put), so the queue is never empty when we drain and the sleep never
     # happens. We therefore keep Kombu's defaults (no polling_interval=0) so the
     # numbers reflect a stock Kombu configuration.
+    #
+    # sqla+sqlite:// is a virtual transport too and behaves the same way: its
+    # `_get` is one SELECT, and the 1 s `polling_interval` sleep only follows an
+    # empty poll, which none of the phases below ever meets.
     return {}
 
 

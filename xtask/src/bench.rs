@@ -4,14 +4,17 @@
 //! The benchmarks are organised in [`GROUPS`]: one group per transport, each
 //! running up to three entries with the same workload:
 //!
-//! * kombu-rs: `kombu-bench --url <url>`;
-//! * the raw baseline (optional): `kombu-bench --baseline <name>`, the same
+//! * kombu-rs: `kombu --url <url> bench`, the `bench` command of the `kombu`
+//!   CLI (crate `kombu-cli`, built in release mode);
+//! * the raw baseline (optional): `kombu bench --baseline <name>`, the same
 //!   message flow without Kombu, i.e. the ceiling;
 //! * Python Kombu: `tests/python/bench_kombu.py --url <python url>`.
 //!
-//! Adding a transport (sqlite, redis, amqp, ...) means adding one
-//! [`BenchGroup`]; server-backed ones reuse [`Provision::Server`] from the test
-//! matrix to get a throwaway broker.
+//! Adding a transport (redis, amqp, ...) means adding one [`BenchGroup`];
+//! server-backed ones reuse [`Provision::Server`] from the test matrix to get a
+//! throwaway broker, file-backed ones [`Provision::InProcess`] with a
+//! `{data_dir}` URL. A slow transport can cap the workload of its group
+//! ([`BenchGroup::max_messages`]), the same cap for every entry.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -31,13 +34,15 @@ pub(crate) const USAGE: &str = "\
 cargo xtask bench [--messages N] [--latency-samples M] [--size BYTES]
 
 Ensures the Python venv .venv (Kombu from tests/python/requirements.txt), builds
-kombu-bench in release mode, runs kombu-rs, the raw baseline and Python Kombu on
-the same workload for every transport group, prints the results and writes
-docs/BENCHMARKS.md.
+the kombu CLI in release mode, runs kombu-rs (`kombu bench`), the raw baseline
+and Python Kombu on the same workload for every transport group, prints the
+results and writes docs/BENCHMARKS.md.
 
 Options:
-  --messages N          messages published then consumed (default 100000)
-  --latency-samples M   publish→receive round trips for p50/p99 (default 2000)
+  --messages N          messages published then consumed (default 100000;
+                        groups of slow transports cap it, e.g. sqlite at 5000)
+  --latency-samples M   publish→receive round trips for p50/p99 (default 2000;
+                        capped likewise, e.g. sqlite at 1000)
   --size BYTES          approximate serialized JSON body size (default 100)";
 
 /// Where the report goes, relative to the workspace root.
@@ -99,10 +104,27 @@ struct BenchGroup {
     title: &'static str,
     /// How to get the broker; its URL is what kombu-rs gets.
     provision: Provision,
-    /// `kombu-bench --baseline <name>`, if the transport has a raw counterpart.
+    /// `kombu bench --baseline <name>`, if the transport has a raw counterpart.
     baseline: Option<&'static str>,
     /// The Python Kombu URL for a kombu-rs URL (they differ for e.g. SQLAlchemy).
     python_url: fn(&str) -> String,
+    /// At most this many messages for every entry of the group (a slow
+    /// transport would otherwise dominate the run time).
+    max_messages: Option<u64>,
+    /// At most this many latency samples for every entry of the group.
+    max_latency_samples: Option<u64>,
+}
+
+impl BenchGroup {
+    /// The workload of this group: `options` with the group's caps applied.
+    fn workload(&self, options: &Options) -> Options {
+        let cap = |value: u64, max: Option<u64>| max.map_or(value, |max| value.min(max));
+        Options {
+            messages: cap(options.messages, self.max_messages),
+            latency_samples: cap(options.latency_samples, self.max_latency_samples),
+            size: options.size,
+        }
+    }
 }
 
 /// The Python Kombu URL is the kombu-rs one.
@@ -110,14 +132,40 @@ fn same_url(url: &str) -> String {
     url.to_owned()
 }
 
+/// Python Kombu's SQLAlchemy URL for a file next to the kombu-rs database:
+/// `sqlite:///dir/bench.db` → `sqla+sqlite:////dir/bench-py.db` (SQLAlchemy
+/// spells an absolute path with four slashes). A separate file, so neither run
+/// sees the other's rows.
+fn sqla_url(url: &str) -> String {
+    let path = Path::new(url.strip_prefix("sqlite://").unwrap_or(url));
+    format!("sqla+sqlite:///{}", path.with_file_name("bench-py.db").display())
+}
+
 /// Every benchmark group, in report order.
-static GROUPS: &[BenchGroup] = &[BenchGroup {
-    transport: "memory",
-    title: "memory — in-process transport (`memory://`)",
-    provision: Provision::InProcess { url: "memory://" },
-    baseline: Some("mpsc"),
-    python_url: same_url,
-}];
+static GROUPS: &[BenchGroup] = &[
+    BenchGroup {
+        transport: "memory",
+        title: "memory — in-process transport (`memory://`)",
+        provision: Provision::InProcess { url: "memory://" },
+        baseline: Some("mpsc"),
+        python_url: same_url,
+        max_messages: None,
+        max_latency_samples: None,
+    },
+    BenchGroup {
+        transport: "sqlite",
+        title: "sqlite — embedded database file (`sqlite://`; Python: `sqla+sqlite://`)",
+        provision: Provision::InProcess {
+            url: "sqlite://{data_dir}/bench.db",
+        },
+        baseline: None,
+        python_url: sqla_url,
+        // Every publish and ack is a transaction on both sides; Python's
+        // SQLAlchemy transport manages a few hundred per second.
+        max_messages: Some(5_000),
+        max_latency_samples: Some(1_000),
+    },
+];
 
 /// Which entry of a group a result is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +193,8 @@ struct Measurement {
 #[derive(Debug)]
 struct GroupResult {
     group: &'static BenchGroup,
+    /// The workload its entries ran (the run's, capped by the group).
+    workload: Options,
     runs: Vec<(Role, Measurement)>,
 }
 
@@ -195,14 +245,16 @@ pub(crate) fn run(args: Args) -> Result<bool> {
 
     let venv = venv::ensure_bench_venv(&root, "bench")?;
 
-    println!("bench: building kombu-bench (release)…");
+    println!("bench: building the kombu CLI (release)…");
     let mut build = cargo(&root);
-    build.args(["build", "--release", "-p", "kombu-bench"]);
+    build.args(["build", "--release", "-p", "kombu-cli"]);
     let status = run_streaming(&mut build)?;
     if !status.success() {
         return fail(format!("`{}` failed ({})", describe(&build), status_text(status)));
     }
-    let bench_bin = util::target_dir(&root).join("release").join("kombu-bench");
+    let bench_bin = util::target_dir(&root)
+        .join("release")
+        .join(format!("kombu{}", std::env::consts::EXE_SUFFIX));
     if !bench_bin.is_file() {
         return fail(format!("{} is missing after the build", bench_bin.display()));
     }
@@ -241,14 +293,18 @@ fn run_group(
         .provision
         .provision(root, &format!("bench-{}", group.transport))?;
     let url = provisioned.url.clone();
+    let options = &group.workload(options);
     let mut entries: Vec<(Role, Command)> = Vec::new();
 
     let mut kombu = Command::new(bench_bin);
-    kombu.args(["--url", &url]).args(options.flags()).arg("--json");
+    kombu
+        .args(["--url", &url, "bench"])
+        .args(options.flags())
+        .arg("--json");
     entries.push((Role::KombuRs, kombu));
     if let Some(baseline) = group.baseline {
         let mut raw = Command::new(bench_bin);
-        raw.args(["--baseline", baseline])
+        raw.args(["bench", "--baseline", baseline])
             .args(options.flags())
             .arg("--json");
         entries.push((Role::Baseline, raw));
@@ -265,8 +321,9 @@ fn run_group(
         command.current_dir(root);
         println!("bench: {}: {}", group.transport, describe(&command));
         let stdout = run_capture_stdout(&mut command)?;
-        let measurement =
+        let mut measurement =
             parse_measurement(&stdout).map_err(|e| Error::new(format!("`{}`: {e}", describe(&command))))?;
+        measurement.name = shorten_temp_paths(&measurement.name, &util::target_dir(root).join("xtask-tmp"));
         if measurement.messages != options.messages || measurement.size != options.size {
             println!(
                 "bench: warning: {} reports messages={} size={}, asked for {} and {}",
@@ -282,7 +339,11 @@ fn run_group(
         runs.push((role, measurement));
     }
     drop(provisioned);
-    Ok(GroupResult { group, runs })
+    Ok(GroupResult {
+        group,
+        workload: *options,
+        runs,
+    })
 }
 
 /// The last line of `stdout` that is a JSON object, as a [`Measurement`].
@@ -309,6 +370,23 @@ fn parse_measurement(stdout: &str) -> Result<Measurement> {
         return fail(format!("non-finite or negative numbers in `{line}`"));
     }
     Ok(measurement)
+}
+
+/// `name` with a per-run temporary directory under `tmp` (in a database URL)
+/// written as `<tmp>`, so the report's run names stay short and stable:
+/// `kombu-rs sqlite:///…/xtask-tmp/bench-sqlite-42-0/bench.db` →
+/// `kombu-rs sqlite://<tmp>/bench.db`.
+fn shorten_temp_paths(name: &str, tmp: &Path) -> String {
+    let tmp = tmp.display().to_string();
+    let Some(start) = name.find(&tmp) else {
+        return name.to_owned();
+    };
+    let rest = &name[start + tmp.len()..];
+    // Drop the run's own directory (`/bench-sqlite-42-0`) too.
+    let after = rest
+        .strip_prefix('/')
+        .map_or(rest, |r| r.find('/').map_or("", |i| &r[i..]));
+    format!("{}<tmp>{after}", &name[..start])
 }
 
 /// `1234567.8` → `1,234,568`.
@@ -445,8 +523,9 @@ fn markdown(options: &Options, machine: &Machine, date: &str, results: &[GroupRe
          bodies; the flags of this run are \
          under [Run](#run). \
          It creates the Python venv `.venv` with the pinned `tests/python/requirements.txt` if needed, \
-         builds `kombu-bench` in release mode, and for every transport runs `kombu-bench --url <url>`, \
-         the raw baseline `kombu-bench --baseline <name>` and `{PYTHON_BENCH} --url <url>`.\n\n\
+         builds the `kombu` CLI (`cargo build --release -p kombu-cli`), and for every transport runs \
+         `kombu --url <url> bench`, the raw baseline `kombu bench --baseline <name>` and \
+         `{PYTHON_BENCH} --url <url>`.\n\n\
          ## Run\n\n\
          - Date: {date}\n\
          - Command: `cargo xtask bench --messages {messages} --latency-samples {latency_samples} --size {size}`\n\n\
@@ -460,18 +539,26 @@ fn markdown(options: &Options, machine: &Machine, date: &str, results: &[GroupRe
          - Body: the JSON object `{{\"n\": i, \"pad\": \"xx…\"}}` padded so the serialized JSON is \
          ~{size} bytes; serializer `json`.\n\
          - Publish: declare the direct exchange `bench` and a fresh queue `bench-<uuid>` bound with \
-         routing key `bench`, then publish {messages} messages (timed).\n\
+         routing key `bench`, then publish {messages} messages (timed; groups of slow transports \
+         publish fewer, the same number on every side, as stated under their heading).\n\
          - Consume+ack: a consumer whose callback acks each message drains the queue until all \
          {messages} messages arrived (timed).\n\
          - Total msg/s = messages ÷ (publish seconds + consume seconds).\n\
          - Latency: {latency_samples} round trips, each publishing one message that carries its send \
-         time and draining until it arrives; p50 and p99 (nearest rank) in milliseconds.\n\
+         time and draining until it arrives; p50 and p99 in milliseconds.\n\
          - Raw baseline: the same bodies through a bare channel with no Kombu layer.\n\n\
          ## Results\n",
         machine.nproc, machine.cpu, machine.os, machine.rustc, machine.python
     );
     for result in results {
         let _ = write!(md, "\n### {}\n\n", result.group.title);
+        if result.workload != *options {
+            let _ = write!(
+                md,
+                "Workload of this group: {} messages, {} latency samples, {}-byte bodies.\n\n",
+                result.workload.messages, result.workload.latency_samples, result.workload.size
+            );
+        }
         let _ = writeln!(md, "| {} |", COLUMNS.join(" | "));
         let _ = writeln!(md, "|---|--:|--:|--:|--:|--:|");
         for (_, m) in &result.runs {
@@ -513,6 +600,7 @@ mod tests {
     fn memory_result() -> GroupResult {
         GroupResult {
             group: &GROUPS[0],
+            workload: Options::default(),
             runs: vec![
                 (
                     Role::KombuRs,
@@ -560,7 +648,65 @@ mod tests {
         assert!(parse_measurement("{\"name\": \"x\"}").is_err());
         let negative = stdout.replace("1e6", "-1");
         assert!(parse_measurement(&negative).is_err());
+        // What `kombu bench --json` prints: the fields above and more, which are ignored.
+        let cli = "{\"name\":\"kombu-rs memory://\",\"transport\":\"memory\",\"url\":\"memory://\",\
+                   \"messages\":10,\"size\":100,\"producers\":1,\"consumers\":1,\"prefetch\":100,\
+                   \"latency_samples\":20,\"publish_s\":0.00001,\"consume_s\":0.00002,\
+                   \"publish_msgs_per_s\":1e6,\"consume_msgs_per_s\":5e5,\"total_msgs_per_s\":333333.3,\
+                   \"latency_p50_ms\":0.0123,\"latency_p99_ms\":0.5,\"latency_max_ms\":0.9}";
+        assert_eq!(
+            parse_measurement(cli)?,
+            measurement("kombu-rs memory://", 1e6, 5e5, 333_333.3)
+        );
         Ok(())
+    }
+
+    #[test]
+    fn temp_paths_are_shortened_in_names() {
+        let tmp = Path::new("/w/target/xtask-tmp");
+        assert_eq!(
+            shorten_temp_paths(
+                "kombu-rs sqlite:///w/target/xtask-tmp/bench-sqlite-42-0/bench.db",
+                tmp
+            ),
+            "kombu-rs sqlite://<tmp>/bench.db"
+        );
+        assert_eq!(
+            shorten_temp_paths(
+                "Python Kombu 5.7 sqla+sqlite:////w/target/xtask-tmp/bench-sqlite-42-0/bench-py.db",
+                tmp
+            ),
+            "Python Kombu 5.7 sqla+sqlite:///<tmp>/bench-py.db"
+        );
+        assert_eq!(
+            shorten_temp_paths("kombu-rs memory://", tmp),
+            "kombu-rs memory://"
+        );
+    }
+
+    #[test]
+    fn groups_cap_the_workload_and_map_urls() {
+        let sqlite = GROUPS.iter().find(|g| g.transport == "sqlite");
+        let Some(sqlite) = sqlite else {
+            panic!("no sqlite group");
+        };
+        let capped = sqlite.workload(&Options::default());
+        assert_eq!(
+            (capped.messages, capped.latency_samples, capped.size),
+            (5_000, 1_000, 100)
+        );
+        let small = Options {
+            messages: 10,
+            latency_samples: 5,
+            size: 64,
+        };
+        assert_eq!(sqlite.workload(&small), small);
+        assert_eq!(GROUPS[0].workload(&Options::default()), Options::default());
+        assert_eq!(
+            (sqlite.python_url)("sqlite:///tmp/x/bench.db"),
+            "sqla+sqlite:////tmp/x/bench-py.db"
+        );
+        assert_eq!((GROUPS[0].python_url)("memory://"), "memory://");
     }
 
     #[test]
@@ -596,11 +742,19 @@ mod tests {
             rustc: "rustc 1.95.0".into(),
             python: "Python 3.11.7, Kombu 5.7.0".into(),
         };
+        let sqlite_result = GroupResult {
+            group: &GROUPS[1],
+            workload: GROUPS[1].workload(&Options::default()),
+            runs: vec![(
+                Role::KombuRs,
+                measurement("kombu-rs sqlite:///tmp/bench.db", 2_000.0, 2_000.0, 1_000.0),
+            )],
+        };
         let md = markdown(
             &Options::default(),
             &machine,
             "2026-01-02 03:04 UTC",
-            &[memory_result()],
+            &[memory_result(), sqlite_result],
         );
         for needle in [
             "# kombu-rs benchmarks\n",
@@ -614,6 +768,8 @@ mod tests {
             "## Results\n\n### memory — in-process transport (`memory://`)\n\n| run | publish msg/s |",
             "| kombu-rs memory:// | 1,000,000 | 500,000 | 333,333 | 0.012 | 0.500 |\n",
             "- kombu-rs ÷ Python Kombu: publish 20.00×",
+            "`kombu --url <url> bench`",
+            "Workload of this group: 5000 messages, 1000 latency samples, 100-byte bodies.\n\n| run |",
         ] {
             assert!(md.contains(needle), "missing {needle:?} in\n{md}");
         }
