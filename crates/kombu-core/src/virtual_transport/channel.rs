@@ -633,9 +633,27 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
     }
 
     async fn delete_exchange(&self, name: &str, options: DeleteExchangeOptions) -> Result<()> {
-        self.inner.ensure_open()?;
-        self.inner.state.delete_exchange(name, options.if_unused)?;
-        self.inner.backend.delete_exchange(name).await
+        let inner = &self.inner;
+        inner.ensure_open()?;
+        // Where bindings live on the broker, another process may have declared the exchange
+        // and bound queues to it: what is stored counts as much as what is known here.
+        let stored = if inner.backend.persists_bindings() {
+            inner.backend.load_bindings(name).await?
+        } else {
+            None
+        };
+        if options.if_unused && stored.as_ref().is_some_and(|r| !r.bindings.is_empty()) {
+            return Err(
+                Error::new(ErrorKind::PreconditionFailed, "exchange has bindings (if_unused)")
+                    .with_context("exchange", name),
+            );
+        }
+        match inner.state.delete_exchange(name, options.if_unused) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound && stored.is_some() => {}
+            Err(e) => return Err(e),
+        }
+        inner.backend.delete_exchange(name).await
     }
 
     async fn declare_queue(&self, queue: &Queue, options: DeclareOptions) -> Result<QueueDeclareOk> {
