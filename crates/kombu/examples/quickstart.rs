@@ -1,7 +1,7 @@
 //! The Quick Tour of Kombu's README, in Rust.
 //!
 //! ```text
-//! cargo run -p kombu --example quickstart                  # memory://
+//! cargo run -p kombu --example quickstart                  # sqlite://kombu.sqlite3 (embedded default)
 //! cargo run -p kombu --example quickstart -- memory:///demo
 //! ```
 //!
@@ -68,7 +68,14 @@ async fn run(url: &str) -> kombu::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let url = std::env::args().nth(1).unwrap_or_else(|| "memory://".to_owned());
+    // The embedded default: a durable queue in a file of the current directory, no server.
+    let default = if cfg!(feature = "sqlite") {
+        "sqlite://kombu.sqlite3"
+    } else {
+        "memory://"
+    };
+    let url = std::env::args().nth(1).unwrap_or_else(|| default.to_owned());
+    println!("quickstart on {url}");
     match run(&url).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -31,8 +31,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Transports are chosen by URL scheme and compiled in by Cargo features (`memory` is on by
-//! default). See the [`transports`] function for what this build has.
+//! Transports are chosen by URL scheme and compiled in by Cargo features (`memory` and the
+//! embedded `sqlite` are on by default). See the [`transports`] function for what this build has.
 #![forbid(unsafe_code)]
 
 pub mod compression;
