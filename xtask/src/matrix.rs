@@ -479,7 +479,10 @@ mod tests {
         };
         assert_eq!(
             message(&["--backends", "redis,memory"]),
-            format!("unknown backend `redis`; known backends: {}", backends::names().join(", "))
+            format!(
+                "unknown backend `redis`; known backends: {}",
+                backends::names().join(", ")
+            )
         );
         assert!(message(&["--skip-backends", "x"]).starts_with("unknown backend `x`"));
         assert!(message(&["--backends"]).contains("--backends needs a value"));

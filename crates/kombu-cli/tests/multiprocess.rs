@@ -208,23 +208,25 @@ fn a_consumer_killed_mid_stream_loses_nothing() {
 fn routing_declared_in_one_process_serves_another_until_the_exchange_is_deleted() {
     let db = TempDb::new("routing");
     let url = db.url();
-    let run = |args: &[&str]| {
-        let output = kombu(&url, args).output().unwrap();
+    // Each call is a separate `kombu` process.
+    let run = |command_line: &str| {
+        let args: Vec<&str> = command_line.split_whitespace().collect();
+        let output = kombu(&url, &args).output().unwrap();
         assert!(
             output.status.success(),
-            "kombu {args:?}: {}",
+            "kombu {command_line}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
-    run(&["declare", "exchange", "events", "--type", "topic"]);
-    run(&["declare", "queue", "audit", "--exchange", "events", "--routing-key", "user.#"]);
+    run("declare exchange events --type topic");
+    run("declare queue audit --exchange events --routing-key user.#");
     // Other processes route over the stored topic binding.
-    run(&["publish", "--exchange", "events", "--type", "topic", "-r", "user.created.eu", "1"]);
-    run(&["publish", "--exchange", "events", "--type", "topic", "-r", "order.created", "2"]);
-    assert!(run(&["stats", "audit", "--json"]).contains("\"messages\":1"));
+    run("publish --exchange events --type topic -r user.created.eu 1");
+    run("publish --exchange events --type topic -r order.created 2");
+    assert!(run("stats audit --json").contains("\"messages\":1"));
     // Deleting the exchange in yet another process removes its stored bindings.
-    run(&["delete", "exchange", "events"]);
-    run(&["publish", "--exchange", "events", "--type", "topic", "-r", "user.deleted", "3"]);
-    assert!(run(&["stats", "audit", "--json"]).contains("\"messages\":1"));
+    run("delete exchange events");
+    run("publish --exchange events --type topic -r user.deleted 3");
+    assert!(run("stats audit --json").contains("\"messages\":1"));
 }
