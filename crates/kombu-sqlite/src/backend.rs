@@ -159,7 +159,7 @@ impl VirtualBackend for SqliteBackend {
 
     async fn ack(&self, _queue: &str, receipt: Option<&str>) -> Result<()> {
         match receipt {
-            Some(text) => self.worker.ack(Receipt::decode(text)?.id).await,
+            Some(text) => self.worker.ack_later(Receipt::decode(text)?.id),
             None => Ok(()),
         }
     }
@@ -238,5 +238,11 @@ impl VirtualBackend for SqliteBackend {
 
     fn polling_interval(&self) -> Duration {
         self.polling_interval
+    }
+
+    /// Waits for the acks still queued, then gives back whatever this connection holds (its
+    /// channels have restored their unacked messages already).
+    async fn close(&self) -> Result<()> {
+        self.worker.call(|store| store.release_claims().map(drop)).await
     }
 }

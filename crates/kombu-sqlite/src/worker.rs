@@ -21,6 +21,9 @@ use tokio::sync::{oneshot, Notify};
 use crate::settings::Settings;
 use crate::store::Store;
 
+/// How long the thread looks for a next command before it sleeps (see [`brief_wait`]).
+const BRIEF_WAIT: Duration = Duration::from_micros(50);
+
 /// The most commands written in one group transaction.
 const GROUP_LIMIT: usize = 256;
 
@@ -32,9 +35,10 @@ enum Command {
         payload: String,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Acks are not answered (as AMQP's `basic.ack` is not): the consumer goes on while they
+    /// are committed in groups. `close` waits for them.
     Ack {
         id: i64,
-        reply: oneshot::Sender<Result<()>>,
     },
     Run(Job),
 }
@@ -96,13 +100,11 @@ impl Worker {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Delete an acknowledged message (committed with whatever other acks are waiting).
-    pub(crate) async fn ack(&self, id: i64) -> Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Ack { id, reply })
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+    /// Delete an acknowledged message, without waiting: acks queued together are committed in
+    /// one transaction. A failure is logged; the message then comes back after the visibility
+    /// timeout (at least once, never lost). Any later [`call`](Self::call) runs after it.
+    pub(crate) fn ack_later(&self, id: i64) -> Result<()> {
+        self.commands.send(Command::Ack { id }).map_err(|_| stopped())
     }
 
     /// Run `f` on the connection thread.
@@ -125,7 +127,7 @@ fn run(mut store: Store, inbox: &mpsc::Receiver<Command>, arrivals: &Notify, ren
     let mut next_renewal = Instant::now() + renew_every;
     let mut held_back: Option<Command> = None;
     loop {
-        let command = match held_back.take() {
+        let command = match held_back.take().or_else(|| brief_wait(inbox)) {
             Some(command) => command,
             None => match inbox.recv_timeout(next_renewal.saturating_duration_since(Instant::now())) {
                 Ok(command) => command,
@@ -166,11 +168,11 @@ fn run(mut store: Store, inbox: &mpsc::Receiver<Command>, arrivals: &Notify, ren
                 write_puts(&mut store, group);
                 arrivals.notify_waiters();
             }
-            Command::Ack { id, reply } => {
-                let mut group = vec![(id, reply)];
+            Command::Ack { id } => {
+                let mut group = vec![id];
                 while group.len() < GROUP_LIMIT {
                     match inbox.try_recv() {
-                        Ok(Command::Ack { id, reply }) => group.push((id, reply)),
+                        Ok(Command::Ack { id }) => group.push(id),
                         Ok(other) => {
                             held_back = Some(other);
                             break;
@@ -180,6 +182,21 @@ fn run(mut store: Store, inbox: &mpsc::Receiver<Command>, arrivals: &Notify, ren
                 }
                 write_acks(&mut store, group);
             }
+        }
+    }
+}
+
+/// Look for the next command for a few microseconds before sleeping: a caller that awaits
+/// one command and sends the next (a publish loop) is caught awake, which saves the two
+/// context switches of parking and waking this thread.
+fn brief_wait(inbox: &mpsc::Receiver<Command>) -> Option<Command> {
+    let until = Instant::now() + BRIEF_WAIT;
+    loop {
+        match inbox.try_recv() {
+            Ok(command) => return Some(command),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if Instant::now() >= until => return None,
+            Err(mpsc::TryRecvError::Empty) => thread::yield_now(),
         }
     }
 }
@@ -209,17 +226,17 @@ fn write_puts(store: &mut Store, group: Vec<(String, String, oneshot::Sender<Res
 }
 
 /// Acks as puts: one transaction, or one each if the group fails.
-fn write_acks(store: &mut Store, group: Vec<(i64, oneshot::Sender<Result<()>>)>) {
-    let ids: Vec<i64> = group.iter().map(|(id, _)| *id).collect();
-    let results: Vec<Result<()>> = match store.ack_many(&ids) {
-        Ok(()) => ids.iter().map(|_| Ok(())).collect(),
-        Err(e) if ids.len() == 1 => vec![Err(e)],
-        Err(_) => ids
-            .iter()
-            .map(|id| store.ack_many(std::slice::from_ref(id)))
-            .collect(),
-    };
-    for ((_, reply), result) in group.into_iter().zip(results) {
-        let _ = reply.send(result);
+fn write_acks(store: &mut Store, ids: Vec<i64>) {
+    if let Err(e) = store.ack_many(&ids) {
+        for id in ids {
+            if let Err(e) = store.ack_many(&[id]) {
+                tracing::warn!(
+                    message_id = id,
+                    error = %e,
+                    "could not delete an acked message; it is delivered again after the visibility timeout"
+                );
+            }
+        }
+        tracing::debug!(error = %e, "a group of acks failed and was retried one by one");
     }
 }

@@ -91,11 +91,11 @@ async fn a_dead_consumers_message_comes_back_after_the_visibility_timeout() {
     assert!(delivery.info.redelivered, "marked redelivered");
     let handle = delivery.ack.clone().expect("an ack handle");
     handle.acknowledger.ack(handle.tag).await.unwrap();
+    conn.close().await.unwrap(); // acks are committed in the background; close waits for them
     let left: i64 = sql
         .query_row("SELECT count(*) FROM kombu_message", [], |r| r.get(0))
         .unwrap();
     assert_eq!(left, 0, "acked row deleted");
-    conn.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
