@@ -1,9 +1,11 @@
 //! The transport registry.
 //!
-//! Each transport crate submits one `static` [`TransportDescriptor`] with `inventory`:
+//! Each transport crate defines one `static` [`TransportDescriptor`], submits a reference to it
+//! with `inventory`:
 //!
 //! ```ignore
-//! inventory::submit! { kombu_core::registry::TransportDescriptor { /* … */ } }
+//! pub static DESCRIPTOR: TransportDescriptor = TransportDescriptor { /* … */ };
+//! kombu_core::inventory::submit! { kombu_core::registry::Registration(&DESCRIPTOR) }
 //! ```
 //!
 //! and exports the same descriptor so applications can [`register`] it explicitly. Both are
@@ -44,7 +46,12 @@ pub struct TransportDescriptor {
     pub connect: fn(ConnectOptions) -> ConnectFuture,
 }
 
-inventory::collect!(TransportDescriptor);
+/// What a transport crate submits to `inventory`: a reference to its descriptor, so the
+/// descriptor is written once.
+#[derive(Debug)]
+pub struct Registration(pub &'static TransportDescriptor);
+
+inventory::collect!(Registration);
 
 /// Transports kombu-rs provides, by scheme → (transport crate, facade feature), for helpful
 /// errors when one is asked for but not compiled in.
@@ -92,7 +99,7 @@ pub fn transports() -> Vec<&'static TransportDescriptor> {
         .read()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .clone();
-    for d in inventory::iter::<TransportDescriptor> {
+    for Registration(d) in inventory::iter::<Registration> {
         if !all.iter().any(|e| e.name == d.name) {
             all.push(d);
         }

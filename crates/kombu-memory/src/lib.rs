@@ -77,16 +77,7 @@ pub static DESCRIPTOR: TransportDescriptor = TransportDescriptor {
     connect,
 };
 
-kombu_core::inventory::submit! {
-    TransportDescriptor {
-        name: DESCRIPTOR.name,
-        schemes: SCHEMES,
-        cargo_feature: "memory",
-        description: DESCRIPTOR.description,
-        capabilities: CAPABILITIES,
-        connect,
-    }
-}
+kombu_core::inventory::submit! { kombu_core::registry::Registration(&DESCRIPTOR) }
 
 /// Register the memory transport explicitly (see [`kombu_core::registry`]).
 pub fn register() {
@@ -425,6 +416,14 @@ impl VirtualBackend for MemoryBroker {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn inventory_holds_the_descriptor_itself() {
+        let submitted = kombu_core::inventory::iter::<kombu_core::registry::Registration>
+            .into_iter()
+            .any(|r| std::ptr::eq(r.0, &super::DESCRIPTOR));
+        assert!(submitted, "DESCRIPTOR was not submitted to inventory");
+    }
+
     use super::*;
     use kombu_core::RawMessage;
 

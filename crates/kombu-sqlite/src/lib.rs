@@ -126,16 +126,7 @@ pub static DESCRIPTOR: TransportDescriptor = TransportDescriptor {
     connect,
 };
 
-kombu_core::inventory::submit! {
-    TransportDescriptor {
-        name: DESCRIPTOR.name,
-        schemes: SCHEMES,
-        cargo_feature: "sqlite",
-        description: DESCRIPTOR.description,
-        capabilities: CAPABILITIES,
-        connect,
-    }
-}
+kombu_core::inventory::submit! { kombu_core::registry::Registration(&DESCRIPTOR) }
 
 /// Register the SQLite transport explicitly (see [`kombu_core::registry`]).
 pub fn register() {
@@ -149,4 +140,15 @@ fn connect(options: ConnectOptions) -> ConnectFuture {
         let transport: Arc<dyn Transport> = Arc::new(VirtualTransport::new(Arc::new(backend), state));
         Ok(transport)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn inventory_holds_the_descriptor_itself() {
+        let submitted = kombu_core::inventory::iter::<kombu_core::registry::Registration>
+            .into_iter()
+            .any(|r| std::ptr::eq(r.0, &super::DESCRIPTOR));
+        assert!(submitted, "DESCRIPTOR was not submitted to inventory");
+    }
 }

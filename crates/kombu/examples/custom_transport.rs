@@ -1,6 +1,6 @@
 //! A third-party transport in ~80 lines: implement `VirtualBackend`, describe it, register it.
 //!
-//! A real crate would `inventory::submit!` the descriptor too (see `kombu-memory`); an
+//! A real crate would also submit `Registration(&TOY)` with `inventory` (see `kombu-memory`); an
 //! explicit `register` is what makes it work everywhere. `docs/ARCHITECTURE.md` walks through
 //! this file.
 //!
