@@ -201,6 +201,14 @@ fn bound(ctx: &Ctx, base: &str, exchange: &Exchange, key: &str) -> Queue {
         .routing_key(key)
 }
 
+/// The error of an operation that must fail with `kind`; `if_ok` is the failure when it
+/// succeeds.
+fn expect_error<T>(result: kombu::Result<T>, kind: ErrorKind, if_ok: &str) -> Result<kombu::Error, Failure> {
+    let err = result.err().ok_or(if_ok)?;
+    check_eq!(err.kind(), kind, "kind of the error ({err})");
+    Ok(err)
+}
+
 fn body_text(m: &Message) -> String {
     String::from_utf8_lossy(m.body()).into_owned()
 }
@@ -870,12 +878,7 @@ async fn double_ack_is_message_state_error(ctx: Ctx) -> TestResult {
     .await?;
     let m = get_one(&ctx, &conn, &q.name).await?;
     m.ack().await?;
-    let err = m.ack().await.err().ok_or("second ack succeeded")?;
-    check_eq!(
-        err.kind(),
-        ErrorKind::MessageState,
-        "kind of the second ack's error"
-    );
+    expect_error(m.ack().await, ErrorKind::MessageState, "second ack succeeded")?;
     Ok(())
 }
 
@@ -892,8 +895,11 @@ async fn reject_after_ack_is_message_state_error(ctx: Ctx) -> TestResult {
     .await?;
     let m = get_one(&ctx, &conn, &q.name).await?;
     m.ack().await?;
-    let err = m.reject(true).await.err().ok_or("reject after ack succeeded")?;
-    check_eq!(err.kind(), ErrorKind::MessageState, "kind");
+    expect_error(
+        m.reject(true).await,
+        ErrorKind::MessageState,
+        "reject after ack succeeded",
+    )?;
     Ok(())
 }
 
@@ -910,8 +916,11 @@ async fn ack_after_requeue_is_message_state_error(ctx: Ctx) -> TestResult {
     .await?;
     let m = get_one(&ctx, &conn, &q.name).await?;
     m.requeue().await?;
-    let err = m.ack().await.err().ok_or("ack after requeue succeeded")?;
-    check_eq!(err.kind(), ErrorKind::MessageState, "kind");
+    expect_error(
+        m.ack().await,
+        ErrorKind::MessageState,
+        "ack after requeue succeeded",
+    )?;
     let again = get_one(&ctx, &conn, &q.name).await?;
     again.ack().await?;
     Ok(())
@@ -992,36 +1001,37 @@ async fn conflicting_exchange_redeclare_errors(ctx: Ctx) -> TestResult {
         Exchange::direct(name.clone()).durable(false)
     };
     let channel = conn.channel().await?;
-    let err = channel
-        .declare_exchange(&kind, DeclareOptions::default())
-        .await
-        .err()
-        .ok_or("redeclaring an exchange differently succeeded")?;
-    check_eq!(err.kind(), ErrorKind::NotEquivalent, "kind");
+    expect_error(
+        channel.declare_exchange(&kind, DeclareOptions::default()).await,
+        ErrorKind::NotEquivalent,
+        "redeclaring an exchange differently succeeded",
+    )?;
     Ok(())
 }
 
 async fn passive_declare_missing_queue_is_not_found(ctx: Ctx) -> TestResult {
     let conn = ctx.conn()?;
     let channel = conn.channel().await?;
-    let err = channel
-        .declare_queue(&Queue::new(ctx.name("ghost")), DeclareOptions::passive())
-        .await
-        .err()
-        .ok_or("passive declare of a missing queue succeeded")?;
-    check_eq!(err.kind(), ErrorKind::NotFound, "kind");
+    expect_error(
+        channel
+            .declare_queue(&Queue::new(ctx.name("ghost")), DeclareOptions::passive())
+            .await,
+        ErrorKind::NotFound,
+        "passive declare of a missing queue succeeded",
+    )?;
     Ok(())
 }
 
 async fn passive_declare_missing_exchange_is_not_found(ctx: Ctx) -> TestResult {
     let conn = ctx.conn()?;
     let channel = conn.channel().await?;
-    let err = channel
-        .declare_exchange(&Exchange::direct(ctx.name("ghost-ex")), DeclareOptions::passive())
-        .await
-        .err()
-        .ok_or("passive declare of a missing exchange succeeded")?;
-    check_eq!(err.kind(), ErrorKind::NotFound, "kind");
+    expect_error(
+        channel
+            .declare_exchange(&Exchange::direct(ctx.name("ghost-ex")), DeclareOptions::passive())
+            .await,
+        ErrorKind::NotFound,
+        "passive declare of a missing exchange succeeded",
+    )?;
     Ok(())
 }
 
@@ -1061,12 +1071,11 @@ async fn queue_delete_removes_queue(ctx: Ctx) -> TestResult {
     channel
         .delete_queue(&q.name, DeleteQueueOptions::default())
         .await?;
-    let err = channel
-        .declare_queue(&q, DeclareOptions::passive())
-        .await
-        .err()
-        .ok_or("deleted queue still exists")?;
-    check_eq!(err.kind(), ErrorKind::NotFound, "kind");
+    expect_error(
+        channel.declare_queue(&q, DeclareOptions::passive()).await,
+        ErrorKind::NotFound,
+        "deleted queue still exists",
+    )?;
     Ok(())
 }
 
@@ -1085,12 +1094,11 @@ async fn queue_delete_if_empty_refuses_nonempty(ctx: Ctx) -> TestResult {
     let channel = conn.channel().await?;
     let mut options = DeleteQueueOptions::default();
     options.if_empty = true;
-    let err = channel
-        .delete_queue(&q.name, options)
-        .await
-        .err()
-        .ok_or("if_empty delete of a non-empty queue succeeded")?;
-    check_eq!(err.kind(), ErrorKind::PreconditionFailed, "kind");
+    expect_error(
+        channel.delete_queue(&q.name, options).await,
+        ErrorKind::PreconditionFailed,
+        "if_empty delete of a non-empty queue succeeded",
+    )?;
     let m = get_one(&ctx, &conn, &q.name).await?;
     m.ack().await?;
     Ok(())
@@ -1430,11 +1438,11 @@ async fn disallowed_content_type_rejected_and_kept(ctx: Ctx) -> TestResult {
     let mut strict = conn.consumer([q.clone()]).accept(["json"]).build().await?;
     strict.consume().await?;
     let m = strict.recv_timeout(ctx.patience()).await?;
-    let err = m
-        .decode::<serde_json::Value>()
-        .err()
-        .ok_or("yaml decoded although only json is accepted")?;
-    check_eq!(err.kind(), ErrorKind::ContentDisallowed, "kind");
+    expect_error(
+        m.decode::<serde_json::Value>(),
+        ErrorKind::ContentDisallowed,
+        "yaml decoded although only json is accepted",
+    )?;
     m.requeue().await?;
     strict.close().await?;
     let mut lenient = conn.consumer([q]).accept(["yaml"]).build().await?;
@@ -1601,13 +1609,13 @@ async fn oversized_message_is_limit_exceeded(ctx: Ctx) -> TestResult {
     let q = Queue::new(ctx.name("huge"));
     declare(&conn, &q).await?;
     let body = vec![b'x'; (limit + 1) as usize];
-    let err = conn
-        .producer()
-        .publish_bytes(body, PublishOptions::new().routing_key(q.name.clone()))
-        .await
-        .err()
-        .ok_or("oversized publish succeeded")?;
-    check_eq!(err.kind(), ErrorKind::LimitExceeded, "kind");
+    expect_error(
+        conn.producer()
+            .publish_bytes(body, PublishOptions::new().routing_key(q.name.clone()))
+            .await,
+        ErrorKind::LimitExceeded,
+        "oversized publish succeeded",
+    )?;
     assert_empty(&ctx, &conn, &q.name).await
 }
 
@@ -1616,24 +1624,29 @@ async fn closed_channel_operations_fail(ctx: Ctx) -> TestResult {
     let channel = conn.channel().await?;
     channel.close().await?;
     check!(!channel.is_open(), "channel reports open after close");
-    let err = channel
-        .get(&ctx.name("closed"), GetOptions::default())
-        .await
-        .err()
-        .ok_or("get on a closed channel succeeded")?;
-    check_eq!(err.kind(), ErrorKind::Closed, "kind");
+    expect_error(
+        channel.get(&ctx.name("closed"), GetOptions::default()).await,
+        ErrorKind::Closed,
+        "get on a closed channel succeeded",
+    )?;
     Ok(())
 }
 
 async fn unknown_scheme_is_a_clear_error(_ctx: Ctx) -> TestResult {
     let conn = Connection::new("gopher://localhost:70/")?;
-    let err = conn.channel().await.err().ok_or("connected to gopher://")?;
-    check_eq!(err.kind(), ErrorKind::UnknownTransport, "kind");
+    let err = expect_error(
+        conn.channel().await,
+        ErrorKind::UnknownTransport,
+        "connected to gopher://",
+    )?;
     check!(
         err.to_string().contains("available"),
         "the error lists available schemes: {err}"
     );
-    let err = Connection::new("not a url").err().ok_or("parsed 'not a url'")?;
-    check_eq!(err.kind(), ErrorKind::InvalidUrl, "kind");
+    expect_error(
+        Connection::new("not a url"),
+        ErrorKind::InvalidUrl,
+        "parsed 'not a url'",
+    )?;
     Ok(())
 }
