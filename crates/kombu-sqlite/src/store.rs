@@ -171,6 +171,14 @@ pub(crate) fn sql_error(err: rusqlite::Error) -> Error {
         .with_context("transport", "sqlite")
 }
 
+/// A write transaction taken up front (`BEGIN IMMEDIATE`): it waits for other writers here,
+/// under the busy timeout, instead of failing at its first write, and no two processes claim
+/// the same row.
+fn write_transaction(conn: &mut Connection) -> Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_error)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -262,20 +270,14 @@ impl Store {
              CREATE TABLE IF NOT EXISTS {malformed} (message_id INTEGER NOT NULL, queue TEXT NOT NULL, \
                payload TEXT NOT NULL, error TEXT NOT NULL, parked_at TEXT NOT NULL);"
         );
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_error)?;
+        let tx = write_transaction(&mut self.conn)?;
         tx.execute_batch(&ddl).map_err(sql_error)?;
         tx.commit().map_err(sql_error)
     }
 
     /// Kombu's `_new_queue`, plus the queue's priority setting.
     pub(crate) fn declare_queue(&mut self, name: &str, max_priority: Option<u8>) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_error)?;
+        let tx = write_transaction(&mut self.conn)?;
         tx.prepare_cached(&self.sql.ensure_queue)
             .and_then(|mut s| s.execute([name]))
             .map_err(sql_error)?;
@@ -330,10 +332,7 @@ impl Store {
     /// Insert messages, all in one transaction (group commit). Queues are created on first
     /// put, as Kombu does.
     pub(crate) fn put_many(&mut self, items: &[(&str, &str)]) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_error)?;
+        let tx = write_transaction(&mut self.conn)?;
         {
             let mut ensure = tx.prepare_cached(&self.sql.ensure_queue).map_err(sql_error)?;
             let mut put = tx.prepare_cached(&self.sql.put).map_err(sql_error)?;
@@ -387,10 +386,7 @@ impl Store {
         let max_priority = self.max_priority(queue)?;
         let deadline = now.saturating_add(millis(self.visibility_timeout));
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_error)?;
+        let tx = write_transaction(&mut self.conn)?;
         let recovered = tx
             .prepare_cached(&self.sql.recover_expired)
             .and_then(|mut s| s.execute([now]))
@@ -424,9 +420,8 @@ impl Store {
             for (id, payload, version) in rows {
                 match Envelope::from_json(payload.as_bytes()) {
                     Ok(mut envelope) => {
-                        if take.execute([id]).map_err(sql_error)? == 0 {
-                            continue;
-                        }
+                        // Selected in this same write transaction: the row is still ready.
+                        take.execute([id]).map_err(sql_error)?;
                         claim
                             .execute(params![id, self.owner, deadline])
                             .map_err(sql_error)?;
@@ -473,10 +468,7 @@ impl Store {
 
     /// Delete acknowledged messages (Kombu keeps them forever; we do not) in one transaction.
     pub(crate) fn ack_many(&mut self, ids: &[i64]) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_error)?;
+        let tx = write_transaction(&mut self.conn)?;
         {
             let mut message = tx.prepare_cached(&self.sql.ack_message).map_err(sql_error)?;
             let mut claim = tx.prepare_cached(&self.sql.ack_claim).map_err(sql_error)?;
@@ -491,10 +483,7 @@ impl Store {
     /// Make a claimed message visible again at its old position (before newer messages). A
     /// row claimed by someone else since our claim expired is left alone.
     pub(crate) fn requeue(&mut self, receipt: Receipt) -> Result<bool> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_error)?;
+        let tx = write_transaction(&mut self.conn)?;
         let changed = tx
             .prepare_cached(&self.sql.requeue)
             .and_then(|mut s| s.execute([receipt.id, receipt.version]))
@@ -520,10 +509,7 @@ impl Store {
 
     /// Give back every message this connection still holds (the connection is ending).
     pub(crate) fn release_claims(&mut self) -> Result<usize> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_error)?;
+        let tx = write_transaction(&mut self.conn)?;
         let released = tx
             .execute(&self.sql.release_messages, [&self.owner])
             .map_err(sql_error)?;
@@ -550,10 +536,7 @@ impl Store {
     /// behind; messages in flight stay (AMQP semantics). Returns the ready count removed.
     pub(crate) fn purge(&mut self, queue: &str) -> Result<u64> {
         let (q, m, c) = (&self.tables.queue, &self.tables.message, &self.tables.claim);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_error)?;
+        let tx = write_transaction(&mut self.conn)?;
         let ready = tx
             .execute(
                 &format!(
@@ -588,10 +571,7 @@ impl Store {
             format!("DELETE FROM {} WHERE name = ?1", t.queue_settings),
             format!("DELETE FROM {} WHERE queue = ?1", t.binding),
         ];
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_error)?;
+        let tx = write_transaction(&mut self.conn)?;
         for sql in &statements {
             tx.execute(sql, [queue]).map_err(sql_error)?;
         }
@@ -616,10 +596,7 @@ impl Store {
 
     /// Forget an exchange and its bindings.
     pub(crate) fn delete_exchange(&mut self, name: &str) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_error)?;
+        let tx = write_transaction(&mut self.conn)?;
         tx.execute(
             &format!("DELETE FROM {} WHERE name = ?1", self.tables.exchange),
             [name],
@@ -640,10 +617,7 @@ impl Store {
         binding: &StoredBinding,
     ) -> Result<()> {
         let arguments = arguments_json(&binding.arguments)?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_error)?;
+        let tx = write_transaction(&mut self.conn)?;
         tx.execute(
             &format!(
                 "INSERT OR REPLACE INTO {} (name, type) VALUES (?1, ?2)",
