@@ -3,36 +3,13 @@
 //! and a row that is not an envelope is set aside instead of breaking the queue.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test scaffolding
 
-use std::path::PathBuf;
+mod common;
+use common::TempDb;
+
 use std::time::Duration;
 
 use kombu::transport::GetOptions;
 use kombu::{Connection, ErrorKind, PublishOptions, Queue};
-
-struct TempDb {
-    dir: PathBuf,
-}
-
-impl TempDb {
-    fn new(name: &str) -> TempDb {
-        let dir = std::env::temp_dir().join(format!("kombu-sqlite-durability-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDb { dir }
-    }
-    fn url(&self, options: &str) -> String {
-        format!("sqlite://{}/q.db{options}", self.dir.display())
-    }
-    fn sql(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open(self.dir.join("q.db")).unwrap()
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 async fn publish(url: &str, queue: &str, text: &str) {
     let conn = Connection::new(url).unwrap();

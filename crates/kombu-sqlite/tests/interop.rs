@@ -5,6 +5,9 @@
 //! they are never skipped silently.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test scaffolding
 
+mod common;
+use common::TempDb;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -37,40 +40,6 @@ fn python() -> PathBuf {
 
 fn script() -> PathBuf {
     workspace_root().join("tests/python/interop_kombu.py")
-}
-
-struct TempDb {
-    dir: PathBuf,
-}
-
-impl TempDb {
-    fn new(name: &str) -> TempDb {
-        let dir = std::env::temp_dir().join(format!("kombu-sqlite-interop-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDb { dir }
-    }
-    fn path(&self) -> PathBuf {
-        self.dir.join("shared.db")
-    }
-    /// kombu-rs spelling.
-    fn rust_url(&self) -> String {
-        format!("sqlite://{}", self.path().display())
-    }
-    /// Kombu's spelling: four slashes for an absolute path.
-    fn python_url(&self) -> String {
-        format!("sqla+sqlite:///{}", self.path().display())
-    }
-    fn rows(&self, sql: &str) -> i64 {
-        let conn = rusqlite::Connection::open(self.path()).unwrap();
-        conn.query_row(sql, [], |row| row.get(0)).unwrap()
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn python_command(args: &[&str]) -> Command {
@@ -140,7 +109,7 @@ async fn python_publishes_rust_consumes() {
         .unwrap();
     check(&output, "Python publish");
     // Python created the tables; kombu-rs opens them as they are.
-    let got = consume_in_rust(&db.rust_url(), "jobs", 20).await;
+    let got = consume_in_rust(&db.url(""), "jobs", 20).await;
     for (n, message) in got.iter().enumerate() {
         let body: Value = message.decode().unwrap();
         assert_eq!(
@@ -166,7 +135,7 @@ async fn python_publishes_rust_consumes() {
 async fn rust_publishes_python_consumes() {
     let db = TempDb::new("rs-to-py");
     // kombu-rs creates the tables; Python Kombu uses them as its own.
-    publish_from_rust(&db.rust_url(), "jobs", 20).await;
+    publish_from_rust(&db.url(""), "jobs", 20).await;
     assert_eq!(
         db.rows("SELECT count(*) FROM kombu_message WHERE visible = 1 AND timestamp IS NULL AND version = 1"),
         20
@@ -200,7 +169,7 @@ async fn rust_publishes_python_consumes() {
         20
     );
     // kombu-rs never resurrects rows Python consumed, and purge clears them away.
-    let conn = Connection::new(&db.rust_url()).unwrap();
+    let conn = Connection::new(&db.url("")).unwrap();
     let channel = conn.channel().await.unwrap();
     assert!(channel
         .get("jobs", kombu::transport::GetOptions::default())
@@ -216,7 +185,7 @@ async fn rust_publishes_python_consumes() {
 async fn both_at_once_on_one_file() {
     let db = TempDb::new("concurrent");
     // Create the schema first so neither side races the other's CREATE TABLE.
-    Connection::new(&db.rust_url()).unwrap().channel().await.unwrap();
+    Connection::new(&db.url("")).unwrap().channel().await.unwrap();
     const N: usize = 200;
 
     // Python publishes while kombu-rs consumes...
@@ -225,7 +194,7 @@ async fn both_at_once_on_one_file() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let got = consume_in_rust(&db.rust_url(), "to-rust", N).await;
+    let got = consume_in_rust(&db.url(""), "to-rust", N).await;
     check(&python.wait_with_output().unwrap(), "Python publish (concurrent)");
     let mut seen: Vec<u64> = got
         .iter()
@@ -244,7 +213,7 @@ async fn both_at_once_on_one_file() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    publish_from_rust(&db.rust_url(), "to-python", N).await;
+    publish_from_rust(&db.url(""), "to-python", N).await;
     let output = python.wait_with_output().unwrap();
     check(&output, "Python consume (concurrent)");
     let mut seen: Vec<u64> = json_lines(&output)
