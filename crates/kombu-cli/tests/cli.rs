@@ -4,11 +4,13 @@
 //! consume in the next) runs on an SQLite file in a fresh directory per test.
 
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
+
+mod common;
+use common::sqlite_url;
 
 /// What one invocation did.
 #[derive(Debug)]
@@ -48,21 +50,6 @@ impl Run {
         assert!(!line.contains("panicked"), "{line}");
         line
     }
-}
-
-/// A scratch directory for one test, emptied first.
-fn scratch(test: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("kombu-cli")
-        .join(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    dir
-}
-
-/// An SQLite broker URL in the test's scratch directory.
-fn sqlite_url(test: &str) -> String {
-    format!("sqlite://{}", scratch(test).join("broker.db").display())
 }
 
 /// Runs `kombu args…` with `stdin`, in the scratch area (never the repository) and without an

@@ -5,33 +5,13 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-struct TempDb {
-    dir: PathBuf,
-}
-
-impl TempDb {
-    fn new(name: &str) -> TempDb {
-        let dir = std::env::temp_dir().join(format!("kombu-cli-multiprocess-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDb { dir }
-    }
-    fn url(&self) -> String {
-        format!("sqlite://{}/queue.db", self.dir.display())
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+mod common;
+use common::sqlite_url;
 
 fn kombu(url: &str, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kombu"));
@@ -105,8 +85,7 @@ fn stop(mut child: Child) {
 #[test]
 fn two_consumer_processes_split_ten_thousand_messages_exactly_once() {
     const N: u64 = 10_000;
-    let db = TempDb::new("split");
-    let url = db.url();
+    let url = sqlite_url("split");
     publish_numbers(&url, "split", N);
 
     let (sink, numbers) = mpsc::channel();
@@ -150,8 +129,7 @@ fn two_consumer_processes_split_ten_thousand_messages_exactly_once() {
 #[test]
 fn a_consumer_killed_mid_stream_loses_nothing() {
     const N: u64 = 300;
-    let db = TempDb::new("sigkill");
-    let url = db.url();
+    let url = sqlite_url("sigkill");
     publish_numbers(&url, "work", N);
 
     let (sink, numbers) = mpsc::channel();
@@ -206,8 +184,7 @@ fn a_consumer_killed_mid_stream_loses_nothing() {
 
 #[test]
 fn routing_declared_in_one_process_serves_another_until_the_exchange_is_deleted() {
-    let db = TempDb::new("routing");
-    let url = db.url();
+    let url = sqlite_url("routing");
     // Each call is a separate `kombu` process.
     let run = |command_line: &str| {
         let args: Vec<&str> = command_line.split_whitespace().collect();
