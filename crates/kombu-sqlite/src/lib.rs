@@ -72,7 +72,9 @@
 //!
 //! rusqlite blocks, so every connection owns a thread that runs its SQL, fed by a command
 //! channel; tokio workers never wait on SQLite. Puts and acks that queue up while the thread
-//! is busy are committed together.
+//! is busy are committed together. A publish returns once its row is committed; an ack, like
+//! AMQP's `basic.ack`, returns once queued (closing the connection waits for queued acks; an
+//! ack lost to a crash means the message is delivered again, never lost).
 #![forbid(unsafe_code)]
 
 mod backend;
