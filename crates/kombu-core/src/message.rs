@@ -115,13 +115,14 @@ pub struct DeliveryInfo {
     pub routing_key: String,
     /// Whether it was delivered before and requeued (or restored after a crash).
     pub redelivered: bool,
-    /// The tag of the consumer it was delivered to (none for `get`).
-    pub consumer_tag: Option<String>,
+    /// The tag of the consumer it was delivered to (none for `get`); shared by every delivery
+    /// of that consumer.
+    pub consumer_tag: Option<Arc<str>>,
     /// The delivery tag as the broker names it: a uuid4 on virtual transports (minted at
     /// publish, as Kombu does), the channel's counter on AMQP.
     pub delivery_tag: String,
-    /// The queue it was taken from.
-    pub queue: String,
+    /// The queue it was taken from (shared by every delivery from that queue).
+    pub queue: Arc<str>,
 }
 
 /// Settles deliveries: implemented by each channel.

@@ -67,6 +67,22 @@ impl ConnectOptions {
             }),
         }
     }
+
+    /// Transport option `key` in seconds (Kombu's unit; fractions allowed): a positive, finite
+    /// number, else an `InvalidArgument` error.
+    pub fn seconds(&self, key: &str) -> Result<Option<Duration>> {
+        let Some(value) = self.option::<f64>(key)? else {
+            return Ok(None);
+        };
+        match Duration::try_from_secs_f64(value) {
+            Ok(d) if !d.is_zero() => Ok(Some(d)),
+            _ => Err(crate::Error::new(
+                crate::ErrorKind::InvalidArgument,
+                format!("transport option {key} must be a positive number of seconds"),
+            )
+            .with_context("value", value)),
+        }
+    }
 }
 
 /// A live connection to a broker.

@@ -146,25 +146,14 @@ impl Settings {
         Ok(Settings {
             location,
             tables,
-            visibility_timeout: seconds(options, "visibility_timeout")?.unwrap_or(DEFAULT_VISIBILITY_TIMEOUT),
-            polling_interval: seconds(options, "polling_interval")?.unwrap_or(Duration::from_secs(1)),
-            busy_timeout: seconds(options, "busy_timeout")?.unwrap_or(Duration::from_secs(5)),
+            visibility_timeout: options
+                .seconds("visibility_timeout")?
+                .unwrap_or(DEFAULT_VISIBILITY_TIMEOUT),
+            polling_interval: options
+                .seconds("polling_interval")?
+                .unwrap_or(Duration::from_secs(1)),
+            busy_timeout: options.seconds("busy_timeout")?.unwrap_or(Duration::from_secs(5)),
         })
-    }
-}
-
-/// A transport option in seconds (Kombu's unit; fractions allowed), positive and finite.
-fn seconds(options: &ConnectOptions, key: &'static str) -> Result<Option<Duration>> {
-    let Some(value) = options.option::<f64>(key)? else {
-        return Ok(None);
-    };
-    match Duration::try_from_secs_f64(value) {
-        Ok(d) if !d.is_zero() => Ok(Some(d)),
-        _ => Err(Error::new(
-            ErrorKind::InvalidArgument,
-            format!("transport option {key} must be a positive number of seconds"),
-        )
-        .with_context(key, value)),
     }
 }
 

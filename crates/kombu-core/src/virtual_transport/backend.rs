@@ -170,6 +170,17 @@ pub trait VirtualBackend: Send + Sync + 'static {
         Duration::from_secs(1)
     }
 
+    /// Wait, at most `timeout`, for a message on one of `queues` (the consumed queues with
+    /// room for more). The default sleeps: the dispatcher then polls again. Backends that can
+    /// block on the broker (Redis `BLMOVE`) watch the queues and notify their
+    /// [`wakeup`](Self::wakeup) signal when a message arrives; a wait must take nothing, so
+    /// cancelling it at any point loses nothing (the dispatcher claims with
+    /// [`get_batch`](Self::get_batch)).
+    async fn wait_for_messages(&self, _queues: &[Arc<str>], timeout: Duration) -> Result<()> {
+        tokio::time::sleep(timeout).await;
+        Ok(())
+    }
+
     /// Release the backend's resources.
     async fn close(&self) -> Result<()> {
         Ok(())

@@ -146,7 +146,7 @@ struct Unacked {
 }
 
 struct ConsumerEntry {
-    tag: String,
+    tag: Arc<str>,
     queue: Arc<str>,
     no_ack: bool,
     sender: mpsc::Sender<Result<Delivery>>,
@@ -237,27 +237,38 @@ impl<B: VirtualBackend> ChannelInner<B> {
         }
     }
 
-    /// Turn a claimed message into a delivery, tracking it unless `no_ack`.
+    /// Turn a claimed message into a delivery, tracking it unless `no_ack`. For a `no_ack`
+    /// delivery the broker's receipt is returned: it must be acked at once (see
+    /// [`settle_no_ack`](Self::settle_no_ack)).
     fn make_delivery(
         &self,
         queue: &Arc<str>,
         claimed: Claimed,
-        consumer_tag: Option<&str>,
+        consumer_tag: Option<&Arc<str>>,
         no_ack: bool,
-    ) -> Delivery {
+    ) -> (Delivery, Option<String>) {
         let env = &claimed.envelope;
         let info = DeliveryInfo {
             exchange: env.exchange.clone(),
             routing_key: env.routing_key.clone(),
             redelivered: env.redelivered,
-            consumer_tag: consumer_tag.map(str::to_owned),
+            consumer_tag: consumer_tag.cloned(),
             delivery_tag: env.delivery_tag.clone(),
-            queue: queue.to_string(),
+            queue: queue.clone(),
         };
+        if no_ack {
+            let Claimed { envelope, receipt } = claimed;
+            return (
+                Delivery {
+                    message: envelope.message,
+                    info,
+                    ack: None,
+                },
+                receipt,
+            );
+        }
         let message = env.message.clone();
-        let ack = if no_ack {
-            None
-        } else {
+        let ack = {
             let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
             self.lock_unacked().insert(
                 tag,
@@ -269,7 +280,16 @@ impl<B: VirtualBackend> ChannelInner<B> {
             self.acknowledger()
                 .map(|acknowledger| AckHandle { acknowledger, tag })
         };
-        Delivery { message, info, ack }
+        (Delivery { message, info, ack }, None)
+    }
+
+    /// Settle on the broker a message delivered with `no_ack` (claimed with a receipt).
+    async fn settle_no_ack(&self, queue: &str, receipt: Option<String>) {
+        if let Some(receipt) = receipt {
+            if let Err(e) = self.backend.ack(queue, Some(&receipt)).await {
+                warn!(error = %e, queue, "could not settle a no-ack delivery on the broker");
+            }
+        }
     }
 
     async fn restore(&self, queue: &str, mut claimed: Claimed) -> Result<()> {
@@ -417,6 +437,7 @@ async fn dispatch_loop<B: VirtualBackend>(weak: Weak<ChannelInner<B>>, wakeup: A
         }
 
         let mut delivered = 0usize;
+        let mut broker_trouble = false;
         let n = snapshot.len();
         for i in 0..n {
             let consumer = &snapshot[(turn + i) % n];
@@ -431,15 +452,13 @@ async fn dispatch_loop<B: VirtualBackend>(weak: Weak<ChannelInner<B>>, wakeup: A
                 continue;
             }
             batch.clear();
-            if let Err(e) = inner.backend.get_batch(&consumer.queue, budget, &mut batch).await {
-                warn!(error = %e, queue = %consumer.queue, "consumer poll failed");
-                let _ = consumer.sender.try_send(Err(e));
-                continue;
-            }
+            let polled = inner.backend.get_batch(&consumer.queue, budget, &mut batch).await;
+            // What was claimed is delivered even when the poll also reported an error.
             for claimed in batch.drain(..) {
                 delivered += 1;
-                let delivery =
+                let (delivery, receipt) =
                     inner.make_delivery(&consumer.queue, claimed, Some(&consumer.tag), consumer.no_ack);
+                inner.settle_no_ack(&consumer.queue, receipt).await;
                 if let Err(err) = consumer.sender.try_send(Ok(delivery)) {
                     // The consumer went away (or its buffer filled): nothing is lost.
                     let delivery = match err {
@@ -461,6 +480,17 @@ async fn dispatch_loop<B: VirtualBackend>(weak: Weak<ChannelInner<B>>, wakeup: A
                     }
                 }
             }
+            if let Err(e) = polled {
+                if e.is_recoverable() {
+                    // The broker is away: keep polling (with backoff) until it is back, so
+                    // consumers resume by themselves.
+                    warn!(error = %e, queue = %consumer.queue, "consumer poll failed; retrying");
+                    broker_trouble = true;
+                } else {
+                    warn!(error = %e, queue = %consumer.queue, "consumer poll failed");
+                    let _ = consumer.sender.try_send(Err(e));
+                }
+            }
         }
         turn = turn.wrapping_add(1);
         if delivered > 0 {
@@ -472,19 +502,39 @@ async fn dispatch_loop<B: VirtualBackend>(weak: Weak<ChannelInner<B>>, wakeup: A
         }
         let interval = idle_backoff(inner.backend.polling_interval(), idle_polls);
         idle_polls = idle_polls.saturating_add(1);
+        // The consumed queues with room: backends that can block on the broker watch them.
+        let room = inner.prefetch_room();
+        let mut waiting_on: Vec<Arc<str>> = Vec::new();
+        if !broker_trouble {
+            for c in snapshot
+                .iter()
+                .filter(|c| !c.sender.is_closed() && c.sender.capacity() > 0)
+            {
+                if (c.no_ack || room > 0) && !waiting_on.contains(&c.queue) {
+                    waiting_on.push(c.queue.clone());
+                }
+            }
+        }
+        let backend = inner.backend.clone();
         drop(inner);
+        let sleep = async {
+            if let Err(e) = backend.wait_for_messages(&waiting_on, interval).await {
+                debug!(error = %e, "waiting for messages failed");
+                tokio::time::sleep(interval).await;
+            }
+        };
         match backend_signal.as_mut().as_pin_mut() {
             Some(backend_signal) => {
                 tokio::select! {
                     _ = &mut channel_signal => {}
                     _ = backend_signal => {}
-                    _ = tokio::time::sleep(interval) => {}
+                    _ = sleep => {}
                 }
             }
             None => {
                 tokio::select! {
                     _ = &mut channel_signal => {}
-                    _ = tokio::time::sleep(interval) => {}
+                    _ = sleep => {}
                 }
             }
         }
@@ -841,11 +891,12 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
         let inner = &self.inner;
         inner.ensure_open()?;
         let queue: Arc<str> = Arc::from(queue);
-        Ok(inner
-            .backend
-            .get(&queue)
-            .await?
-            .map(|claimed| inner.make_delivery(&queue, claimed, None, options.no_ack)))
+        let Some(claimed) = inner.backend.get(&queue).await? else {
+            return Ok(None);
+        };
+        let (delivery, receipt) = inner.make_delivery(&queue, claimed, None, options.no_ack);
+        inner.settle_no_ack(&queue, receipt).await;
+        Ok(Some(delivery))
     }
 
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<ConsumerHandle> {
@@ -859,14 +910,14 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
         let (sender, receiver) = mpsc::channel(CONSUMER_BUFFER);
         {
             let mut consumers = inner.lock_consumers();
-            if consumers.iter().any(|c| c.tag == tag) {
+            if consumers.iter().any(|c| *c.tag == *tag) {
                 return Err(
                     Error::new(ErrorKind::InvalidArgument, "consumer tag already in use")
                         .with_context("consumer_tag", &tag),
                 );
             }
             consumers.push(Arc::new(ConsumerEntry {
-                tag: tag.clone(),
+                tag: Arc::from(tag.as_str()),
                 queue: Arc::from(queue),
                 no_ack: options.no_ack,
                 sender,
@@ -886,7 +937,7 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
 
     async fn cancel(&self, consumer_tag: &str) -> Result<()> {
         let inner = &self.inner;
-        inner.lock_consumers().retain(|c| c.tag != consumer_tag);
+        inner.lock_consumers().retain(|c| &*c.tag != consumer_tag);
         inner.consumers_version.fetch_add(1, Ordering::AcqRel);
         inner.wakeup.notify_one();
         Ok(())
