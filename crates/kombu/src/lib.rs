@@ -71,6 +71,8 @@ pub mod transport {
 /// The transport crates compiled into this build, under their features.
 #[cfg(feature = "memory")]
 pub use kombu_memory;
+#[cfg(feature = "redis")]
+pub use kombu_redis;
 
 /// Register every transport compiled into this build (idempotent).
 ///
@@ -82,6 +84,8 @@ pub fn install_default_transports() {
     kombu_memory::register();
     #[cfg(feature = "sqlite")]
     kombu_sqlite::register();
+    #[cfg(feature = "redis")]
+    kombu_redis::register();
 }
 
 /// The transports registered in this build.
@@ -102,6 +106,12 @@ mod tests {
         if cfg!(feature = "sqlite") {
             expected.push("sqlite");
         }
+        if cfg!(feature = "redis") {
+            expected.push("redis");
+        }
+        expected.sort_unstable();
+        let mut names = names;
+        names.sort_unstable();
         assert_eq!(names, expected);
     }
 }

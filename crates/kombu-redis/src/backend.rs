@@ -1,0 +1,920 @@
+//! [`RedisBackend`]: the virtual-transport backend over Kombu's Redis layout.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use kombu_core::envelope::{to_python_json, BodyEncoding};
+use kombu_core::virtual_transport::{Claimed, StoredBinding, StoredRoutes, VirtualBackend};
+use kombu_core::{
+    Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, FieldTable, Queue, Result, Value,
+};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::AsyncConnectionConfig;
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+
+use crate::fanout::Fanout;
+use crate::keys::Keys;
+use crate::scripts;
+use crate::settings::{Address, Settings};
+
+/// The Redis backend of one connection.
+pub(crate) struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    keys: Keys,
+    client: redis::Client,
+    /// Commands (reconnects by itself after the server went away).
+    commands: ConnectionManager,
+    /// Idle connections for blocking waits (one per list being watched).
+    waiters: Mutex<Vec<MultiplexedConnection>>,
+    /// Lists a watcher is blocked on.
+    watching: Mutex<HashSet<String>>,
+    /// Queues declared here with `x-expires` (milliseconds): their lists get PEXPIRE.
+    expiring: Mutex<HashMap<String, u64>>,
+    /// Queues declared on this connection (a passive declare of an empty one succeeds).
+    declared: Mutex<HashSet<String>>,
+    /// Delivery tags this connection claimed and has not settled: their deadlines are renewed.
+    in_flight: Mutex<HashSet<String>>,
+    last_restore: Mutex<Option<Instant>>,
+    fanout: Arc<Fanout>,
+    arrived: Arc<Notify>,
+    closed: AtomicBool,
+}
+
+impl RedisBackend {
+    /// Connect (failing fast with a typed error when the server is not there).
+    pub(crate) async fn connect(settings: Settings) -> Result<RedisBackend> {
+        let client =
+            redis::Client::open(connection_info(&settings)?).map_err(|e| redis_error(e, "cannot connect"))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.socket_connect_timeout))
+            .set_response_timeout(Some(settings.socket_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let mut commands = tokio::time::timeout(
+            settings.socket_connect_timeout + Duration::from_secs(1),
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| {
+            Error::new(ErrorKind::Connection, "timed out connecting to Redis")
+                .with_context("timeout_ms", settings.socket_connect_timeout.as_millis())
+        })?
+        .map_err(|e| redis_error(e, "cannot connect to Redis"))?;
+        // Kombu pings on channel creation; a PING here turns an unusable server into an error now.
+        let _: String = redis::cmd("PING")
+            .query_async(&mut commands)
+            .await
+            .map_err(|e| redis_error(e, "Redis did not answer PING"))?;
+        if let Some(name) = &settings.client_name {
+            let _: redis::RedisResult<()> = redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(name)
+                .query_async(&mut commands)
+                .await;
+        }
+        let arrived = Arc::new(Notify::new());
+        let inner = Arc::new(Inner {
+            keys: Keys::new(settings.keys.clone()),
+            fanout: Fanout::new(client.clone(), arrived.clone()),
+            settings,
+            client,
+            commands,
+            waiters: Mutex::new(Vec::new()),
+            watching: Mutex::new(HashSet::new()),
+            expiring: Mutex::new(HashMap::new()),
+            declared: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashSet::new()),
+            last_restore: Mutex::new(None),
+            arrived,
+            closed: AtomicBool::new(false),
+        });
+        if inner.settings.ack_emulation {
+            tokio::spawn(renew_loop(Arc::downgrade(&inner)));
+        }
+        Ok(RedisBackend { inner })
+    }
+
+    pub(crate) fn body_encoding(&self) -> BodyEncoding {
+        self.inner.settings.body_encoding
+    }
+}
+
+fn connection_info(settings: &Settings) -> Result<redis::ConnectionInfo> {
+    use redis::IntoConnectionInfo;
+    let addr = match &settings.address {
+        Address::Tcp {
+            host,
+            port,
+            tls: false,
+        } => redis::ConnectionAddr::Tcp(host.clone(), *port),
+        Address::Tcp {
+            host,
+            port,
+            tls: true,
+        } => tls_addr(host, *port)?,
+        Address::Unix(path) => redis::ConnectionAddr::Unix(path.clone()),
+    };
+    let mut redis_settings = redis::RedisConnectionInfo::default().set_db(settings.db);
+    if let Some(user) = &settings.username {
+        redis_settings = redis_settings.set_username(user.clone());
+    }
+    if let Some(password) = &settings.password {
+        redis_settings = redis_settings.set_password(password.clone());
+    }
+    Ok(addr
+        .into_connection_info()
+        .map_err(|e| redis_error(e, "invalid Redis address"))?
+        .set_redis_settings(redis_settings))
+}
+
+#[cfg(feature = "tls")]
+fn tls_addr(host: &str, port: u16) -> Result<redis::ConnectionAddr> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(redis::ConnectionAddr::TcpTls {
+        host: host.to_owned(),
+        port,
+        insecure: false,
+        tls_params: None,
+    })
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_addr(host: &str, _port: u16) -> Result<redis::ConnectionAddr> {
+    Err(Error::unsupported("rediss:// (TLS) needs the kombu feature `redis-tls`").with_context("host", host))
+}
+
+/// A typed error from a redis error: connection trouble is recoverable, the rest is not.
+pub(crate) fn redis_error(e: redis::RedisError, what: &'static str) -> Error {
+    let kind = if e.is_timeout() {
+        ErrorKind::Timeout
+    } else if e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+    {
+        ErrorKind::Connection
+    } else {
+        ErrorKind::Channel
+    };
+    Error::new(kind, what).with_source(e)
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+impl Inner {
+    fn conn(&self) -> ConnectionManager {
+        self.commands.clone()
+    }
+
+    fn expires_ms(&self, queue: &str) -> Option<u64> {
+        self.expiring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(queue)
+            .copied()
+    }
+
+    async fn push(&self, queue: &str, envelope: &Envelope, consume_next: bool) -> Result<()> {
+        let key = self.keys.key_for_priority(queue, envelope.priority());
+        let payload = envelope.to_json();
+        let mut pipe = redis::pipe();
+        if consume_next {
+            pipe.rpush(&key, payload).ignore();
+        } else {
+            pipe.lpush(&key, payload).ignore();
+        }
+        if let Some(ms) = self.expires_ms(queue) {
+            for k in self.keys.queue_keys(queue) {
+                pipe.pexpire(k, ms as i64).ignore();
+            }
+        }
+        let () = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| redis_error(e, "publish failed").with_context("queue", queue))?;
+        self.arrived.notify_waiters();
+        Ok(())
+    }
+
+    /// Kombu's `restore_visible`: under the `unacked_mutex` lock, give back every delivery
+    /// older than the visibility timeout, re-routed as Kombu does.
+    async fn restore_visible(&self) -> Result<usize> {
+        let mut conn = self.conn();
+        let token = uuid::Uuid::new_v4().to_string();
+        let locked: Option<String> = redis::cmd("SET")
+            .arg(&self.keys.unacked_mutex)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.settings.unacked_mutex_expire.as_millis() as u64)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| redis_error(e, "cannot take the unacked_mutex lock"))?;
+        if locked.is_none() {
+            return Ok(0);
+        }
+        let result = self.restore_expired(&mut conn).await;
+        let _: redis::RedisResult<i64> = scripts::UNLOCK
+            .key(&self.keys.unacked_mutex)
+            .arg(&token)
+            .invoke_async(&mut conn)
+            .await;
+        result
+    }
+
+    async fn restore_expired(&self, conn: &mut ConnectionManager) -> Result<usize> {
+        let ceiling = now_secs() - self.settings.visibility_timeout.as_secs_f64();
+        let mut cmd = redis::cmd("ZRANGEBYSCORE");
+        cmd.arg(&self.keys.unacked_index).arg("-inf").arg(ceiling);
+        if let Some(limit) = self.settings.unacked_restore_limit {
+            cmd.arg("LIMIT").arg(0).arg(limit);
+        }
+        let tags: Vec<String> = cmd
+            .query_async(conn)
+            .await
+            .map_err(|e| redis_error(e, "cannot read the unacked index"))?;
+        let mut restored = 0;
+        for tag in tags {
+            let record: Option<String> = redis::cmd("HGET")
+                .arg(&self.keys.unacked)
+                .arg(&tag)
+                .query_async(conn)
+                .await
+                .map_err(|e| redis_error(e, "cannot read the unacked hash"))?;
+            let Some(record) = record else {
+                // Acked between the two reads: drop the stale index entry.
+                let _: redis::RedisResult<i64> = redis::cmd("ZREM")
+                    .arg(&self.keys.unacked_index)
+                    .arg(&tag)
+                    .query_async(conn)
+                    .await;
+                continue;
+            };
+            match self.restore_record(conn, &tag, &record).await {
+                Ok(true) => restored += 1,
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, delivery_tag = %tag, "could not restore an expired delivery"),
+            }
+        }
+        if restored > 0 {
+            debug!(restored, "restored deliveries past the visibility timeout");
+            self.arrived.notify_waiters();
+        }
+        Ok(restored)
+    }
+
+    /// Restore one unacked record `[envelope, exchange, routing_key]` the way Kombu does:
+    /// mark it redelivered and route it again through the exchange.
+    async fn restore_record(&self, conn: &mut ConnectionManager, tag: &str, record: &str) -> Result<bool> {
+        let parsed: serde_json::Value = serde_json::from_str(record)
+            .map_err(|e| Error::new(ErrorKind::Decode, "malformed unacked record").with_source(e))?;
+        let (mut envelope, exchange, routing_key) = match parsed {
+            serde_json::Value::Array(mut parts) if parts.len() == 3 => {
+                let rk = parts
+                    .pop()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let ex = parts
+                    .pop()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let env = parts.pop().unwrap_or_default();
+                (env, ex, rk)
+            }
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Decode,
+                    "unacked record is not [envelope, exchange, routing_key]",
+                ))
+            }
+        };
+        if let serde_json::Value::Object(map) = &mut envelope {
+            if let Some(serde_json::Value::Object(headers)) = map.get_mut("headers") {
+                headers.insert("redelivered".into(), serde_json::Value::Bool(true));
+            }
+            if let Some(serde_json::Value::Object(props)) = map.get_mut("properties") {
+                if let Some(serde_json::Value::Object(info)) = props.get_mut("delivery_info") {
+                    info.insert("redelivered".into(), serde_json::Value::Bool(true));
+                }
+            }
+        }
+        let priority = envelope
+            .pointer("/properties/priority")
+            .and_then(serde_json::Value::as_f64)
+            .map_or(0, |p| p.clamp(0.0, 9.0) as u8);
+        let queues = self.lookup(conn, &exchange, &routing_key).await?;
+        if queues.is_empty() {
+            warn!(delivery_tag = %tag, exchange = %exchange, routing_key = %routing_key,
+                "an expired delivery routes to no queue; it stays in the unacked hash");
+            return Ok(false);
+        }
+        let payload = to_python_json(&envelope)?;
+        let payload = String::from_utf8(payload).unwrap_or_default();
+        let mut invocation = scripts::RESTORE.prepare_invoke();
+        invocation.key(&self.keys.unacked).key(&self.keys.unacked_index);
+        for q in &queues {
+            invocation.key(self.keys.key_for_priority(q, priority));
+        }
+        invocation.arg(tag).arg(record).arg(payload);
+        let done: i64 = invocation
+            .invoke_async(conn)
+            .await
+            .map_err(|e| redis_error(e, "restore failed"))?;
+        Ok(done == 1)
+    }
+
+    /// Kombu's `_lookup` over the stored bindings: exchange `''` is the queue named by the
+    /// routing key; topic members match by pattern, the others by equality.
+    async fn lookup(
+        &self,
+        conn: &mut ConnectionManager,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<Vec<String>> {
+        if exchange.is_empty() {
+            return Ok(if routing_key.is_empty() {
+                vec![]
+            } else {
+                vec![routing_key.to_owned()]
+            });
+        }
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.binding_set(exchange))
+            .query_async(conn)
+            .await
+            .map_err(|e| redis_error(e, "cannot read bindings"))?;
+        let mut queues: Vec<String> = Vec::new();
+        for m in members.iter().filter_map(|m| self.keys.parse_member(m)) {
+            if m.matches(routing_key) && !queues.contains(&m.queue) {
+                queues.push(m.queue);
+            }
+        }
+        Ok(queues)
+    }
+
+    fn maybe_restore_due(&self) -> bool {
+        if !self.settings.ack_emulation {
+            return false;
+        }
+        let mut last = self.last_restore.lock().unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= self.settings.unacked_restore_interval);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    }
+
+    /// Push the index score of every delivery still held here to now, so live consumers'
+    /// messages are never restored under them.
+    async fn renew(&self) -> Result<usize> {
+        let tags: Vec<String> = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        if tags.is_empty() {
+            return Ok(0);
+        }
+        let now = now_secs();
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(&self.keys.unacked_index).arg("XX");
+        for t in &tags {
+            cmd.arg(now).arg(t);
+        }
+        let _: i64 = cmd
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| redis_error(e, "cannot renew deliveries"))?;
+        Ok(tags.len())
+    }
+}
+
+/// Watch one list until it has a message (or `timeout` passes), then wake the dispatchers.
+///
+/// `BLMOVE list list RIGHT RIGHT` moves the oldest message onto itself: nothing changes, the
+/// command only blocks until the list is non-empty. The claim script takes the message
+/// afterwards, so a consumer killed at any point loses nothing. Each watched list has its own
+/// connection (kept in a pool between waits), since a blocking command holds its connection.
+async fn watch(weak: Weak<Inner>, key: String, timeout: Duration) {
+    let Some(inner) = weak.upgrade() else { return };
+    let pooled = inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    let client = inner.client.clone();
+    let connect_timeout = inner.settings.socket_connect_timeout;
+    drop(inner);
+    let conn = match pooled {
+        Some(c) => Ok(c),
+        None => {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(timeout + Duration::from_secs(5)));
+            client.get_multiplexed_async_connection_with_config(&config).await
+        }
+    };
+    let result = match conn {
+        Ok(mut conn) => redis::cmd("BLMOVE")
+            .arg(&key)
+            .arg(&key)
+            .arg("RIGHT")
+            .arg("RIGHT")
+            .arg(timeout.as_secs_f64())
+            .query_async::<Option<Vec<u8>>>(&mut conn)
+            .await
+            .map(|moved| (conn, moved.is_some())),
+        Err(e) => Err(e),
+    };
+    let Some(inner) = weak.upgrade() else { return };
+    match result {
+        Ok((conn, arrived)) => {
+            if !inner.closed.load(Ordering::Acquire) {
+                inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            }
+            if arrived {
+                inner.arrived.notify_waiters();
+            }
+        }
+        Err(e) => {
+            debug!(error = %e, key = %key, "blocking wait failed");
+            // Let the server come back before watching again.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    inner
+        .watching
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&key);
+}
+
+/// Every quarter of the visibility timeout (1 s to 60 s), renew this connection's deliveries.
+async fn renew_loop(weak: Weak<Inner>) {
+    let every = match weak.upgrade() {
+        Some(inner) => {
+            (inner.settings.visibility_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+        }
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = inner.renew().await {
+            warn!(error = %e, "could not renew in-flight deliveries");
+        }
+    }
+}
+
+#[async_trait]
+impl VirtualBackend for RedisBackend {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        crate::CAPABILITIES
+    }
+
+    async fn declare_queue(&self, queue: &Queue, arguments: &FieldTable) -> Result<()> {
+        let inner = &self.inner;
+        let expires = match arguments.get("x-expires") {
+            Some(Value::Int(ms)) if *ms > 0 => Some(*ms as u64),
+            Some(Value::Float(ms)) if *ms > 0.0 => Some(*ms as u64),
+            _ => None,
+        };
+        if let Some(ms) = expires {
+            inner
+                .expiring
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(queue.name.clone(), ms);
+        }
+        inner
+            .declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(queue.name.clone());
+        Ok(())
+    }
+
+    async fn queue_exists(&self, queue: &str) -> Result<bool> {
+        if self
+            .inner
+            .declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(queue)
+        {
+            return Ok(true);
+        }
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(self.inner.keys.queue_keys(queue))
+            .query_async(&mut self.inner.conn())
+            .await
+            .map_err(|e| redis_error(e, "EXISTS failed"))?;
+        Ok(n > 0)
+    }
+
+    async fn put(&self, queue: &str, envelope: Envelope) -> Result<()> {
+        self.inner.push(queue, &envelope, false).await
+    }
+
+    async fn get(&self, queue: &str) -> Result<Option<Claimed>> {
+        let mut out = Vec::with_capacity(1);
+        self.get_batch(queue, 1, &mut out).await?;
+        Ok(out.pop())
+    }
+
+    async fn get_batch(&self, queue: &str, max: usize, out: &mut Vec<Claimed>) -> Result<()> {
+        let inner = &self.inner;
+        if max == 0 {
+            return Ok(());
+        }
+        let mut fanned = Vec::new();
+        inner.fanout.take(queue, max, &mut fanned);
+        let taken = fanned.len();
+        out.extend(fanned.into_iter().map(Claimed::removed));
+        if taken >= max {
+            return Ok(());
+        }
+        if inner.maybe_restore_due() {
+            if let Err(e) = inner.restore_visible().await {
+                debug!(error = %e, "restore of expired deliveries failed");
+            }
+        }
+        let keys = inner.keys.queue_keys(queue);
+        let mut invocation = scripts::CLAIM.prepare_invoke();
+        invocation
+            .key(&inner.keys.unacked)
+            .key(&inner.keys.unacked_index)
+            .key(format!("{}_kombu_rs.malformed", inner.keys.prefix()));
+        for k in &keys {
+            invocation.key(k);
+        }
+        invocation
+            .arg(max - taken)
+            .arg(now_secs())
+            .arg(if inner.settings.ack_emulation { "1" } else { "0" });
+        let reply: Vec<Vec<u8>> = invocation
+            .invoke_async(&mut inner.conn())
+            .await
+            .map_err(|e| redis_error(e, "claim failed").with_context("queue", queue))?;
+        if let Some(ms) = inner.expires_ms(queue) {
+            let mut pipe = redis::pipe();
+            for k in &keys {
+                pipe.pexpire(k, ms as i64).ignore();
+            }
+            let _: redis::RedisResult<()> = pipe.query_async(&mut inner.conn()).await;
+        }
+        let mut malformed = 0usize;
+        let mut first_error = None;
+        for triple in reply.chunks(3) {
+            let [kind, payload, tag] = triple else { continue };
+            if kind.as_slice() != b"m" {
+                malformed += 1;
+                continue;
+            }
+            let tag = String::from_utf8_lossy(tag).into_owned();
+            match Envelope::from_json(payload) {
+                Ok(envelope) => {
+                    if inner.settings.ack_emulation {
+                        inner
+                            .in_flight
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(tag.clone());
+                        out.push(Claimed {
+                            envelope,
+                            receipt: Some(tag),
+                        });
+                    } else {
+                        out.push(Claimed::removed(envelope));
+                    }
+                }
+                Err(e) => {
+                    // A JSON object Kombu could not read either: park it with the others.
+                    let mut pipe = redis::pipe();
+                    pipe.atomic()
+                        .lpush(
+                            format!("{}_kombu_rs.malformed", inner.keys.prefix()),
+                            payload.as_slice(),
+                        )
+                        .ignore()
+                        .hdel(&inner.keys.unacked, &tag)
+                        .ignore()
+                        .zrem(&inner.keys.unacked_index, &tag)
+                        .ignore();
+                    let _: redis::RedisResult<()> = pipe.query_async(&mut inner.conn()).await;
+                    malformed += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if malformed > 0 {
+            let key = format!("{}_kombu_rs.malformed", inner.keys.prefix());
+            let error = first_error
+                .unwrap_or_else(|| Error::new(ErrorKind::Decode, "malformed message envelope"))
+                .with_context("queue", queue)
+                .with_context("moved_to", key)
+                .with_context("count", malformed);
+            warn!(error = %error, "parked malformed messages");
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    async fn ack(&self, _queue: &str, receipt: Option<&str>) -> Result<()> {
+        let Some(tag) = receipt else { return Ok(()) };
+        let inner = &self.inner;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .zrem(&inner.keys.unacked_index, tag)
+            .ignore()
+            .hdel(&inner.keys.unacked, tag)
+            .ignore();
+        let () = pipe
+            .query_async(&mut inner.conn())
+            .await
+            .map_err(|e| redis_error(e, "ack failed").with_context("delivery_tag", tag))?;
+        inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tag);
+        Ok(())
+    }
+
+    async fn requeue(&self, queue: &str, envelope: Envelope, receipt: Option<&str>) -> Result<()> {
+        let inner = &self.inner;
+        let Some(tag) = receipt else {
+            if inner.fanout.is_fanout_queue(queue) {
+                inner.fanout.push_front(queue, envelope);
+                return Ok(());
+            }
+            return inner.push(queue, &envelope, true).await;
+        };
+        // Back to the queue it came from (Kombu re-routes through the exchange, which copies
+        // the message into every other bound queue again), consumed next.
+        let payload = envelope.to_json();
+        let mut invocation = scripts::RESTORE.prepare_invoke();
+        invocation
+            .key(&inner.keys.unacked)
+            .key(&inner.keys.unacked_index)
+            .key(inner.keys.key_for_priority(queue, envelope.priority()))
+            .arg(tag)
+            .arg("")
+            .arg(payload);
+        let _: i64 = invocation
+            .invoke_async(&mut inner.conn())
+            .await
+            .map_err(|e| redis_error(e, "requeue failed").with_context("queue", queue))?;
+        inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tag);
+        inner.arrived.notify_waiters();
+        Ok(())
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        let inner = &self.inner;
+        let keys = inner.keys.queue_keys(queue);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for k in &keys {
+            pipe.llen(k);
+        }
+        for k in &keys {
+            pipe.del(k).ignore();
+        }
+        let sizes: Vec<u64> = pipe
+            .query_async(&mut inner.conn())
+            .await
+            .map_err(|e| redis_error(e, "purge failed").with_context("queue", queue))?;
+        let mut dropped = Vec::new();
+        inner.fanout.take(queue, usize::MAX, &mut dropped);
+        Ok(sizes.iter().sum::<u64>() + dropped.len() as u64)
+    }
+
+    async fn size(&self, queue: &str) -> Result<u64> {
+        let inner = &self.inner;
+        let mut pipe = redis::pipe();
+        for k in inner.keys.queue_keys(queue) {
+            pipe.llen(k);
+        }
+        let sizes: Vec<u64> = pipe
+            .query_async(&mut inner.conn())
+            .await
+            .map_err(|e| redis_error(e, "size failed").with_context("queue", queue))?;
+        Ok(sizes.iter().sum::<u64>() + inner.fanout.buffered(queue) as u64)
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<()> {
+        let inner = &self.inner;
+        let () = redis::cmd("DEL")
+            .arg(inner.keys.queue_keys(queue))
+            .query_async(&mut inner.conn())
+            .await
+            .map(|_: i64| ())
+            .map_err(|e| redis_error(e, "delete failed").with_context("queue", queue))?;
+        inner.fanout.remove_queue(queue).await;
+        inner
+            .declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(queue);
+        inner
+            .expiring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(queue);
+        Ok(())
+    }
+
+    fn native_fanout(&self) -> bool {
+        true
+    }
+
+    async fn put_fanout(&self, exchange: &str, envelope: Envelope, routing_key: &str) -> Result<()> {
+        let inner = &self.inner;
+        let topic = inner.keys.fanout_topic(exchange, routing_key);
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&topic)
+            .arg(envelope.to_json())
+            .query_async(&mut inner.conn())
+            .await
+            .map_err(|e| redis_error(e, "fanout publish failed").with_context("exchange", exchange))?;
+        Ok(())
+    }
+
+    fn persists_bindings(&self) -> bool {
+        true
+    }
+
+    async fn delete_exchange(&self, exchange: &str) -> Result<()> {
+        let inner = &self.inner;
+        let _: i64 = redis::cmd("DEL")
+            .arg(inner.keys.binding_set(exchange))
+            .arg(inner.keys.binding_permanent_set(exchange))
+            .query_async(&mut inner.conn())
+            .await
+            .map_err(|e| redis_error(e, "exchange delete failed").with_context("exchange", exchange))?;
+        Ok(())
+    }
+
+    async fn store_binding(&self, exchange: &Exchange, binding: &StoredBinding) -> Result<()> {
+        let inner = &self.inner;
+        let member = inner
+            .keys
+            .member(exchange.kind, &binding.routing_key, &binding.queue);
+        let set = inner.keys.binding_set(&exchange.name);
+        match inner.expires_ms(&binding.queue) {
+            Some(ms) => {
+                let ttl = (2 * ms).max(3_600_000);
+                let _: i64 = scripts::REFRESH_BINDING
+                    .key(&set)
+                    .key(format!("{}_kombu.binding_deadlines", inner.keys.prefix()))
+                    .arg(&member)
+                    .arg(ttl)
+                    .arg(&exchange.name)
+                    .invoke_async(&mut inner.conn())
+                    .await
+                    .map_err(|e| redis_error(e, "bind failed"))?;
+            }
+            None => {
+                // Kombu 5.7 sweeps binding sets whose permanent twin is missing: write both.
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .sadd(&set, &member)
+                    .ignore()
+                    .sadd(inner.keys.binding_permanent_set(&exchange.name), &member)
+                    .ignore();
+                let () = pipe
+                    .query_async(&mut inner.conn())
+                    .await
+                    .map_err(|e| redis_error(e, "bind failed"))?;
+            }
+        }
+        if exchange.kind == ExchangeType::Fanout {
+            let pattern = inner.keys.fanout_pattern(&exchange.name, &binding.routing_key);
+            inner
+                .fanout
+                .subscribe(&binding.queue, &pattern)
+                .await
+                .map_err(|e| redis_error(e, "cannot subscribe to the fanout exchange"))?;
+        }
+        Ok(())
+    }
+
+    async fn load_bindings(&self, exchange: &str) -> Result<Option<StoredRoutes>> {
+        let inner = &self.inner;
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(inner.keys.binding_set(exchange))
+            .query_async(&mut inner.conn())
+            .await
+            .map_err(|e| redis_error(e, "cannot read bindings").with_context("exchange", exchange))?;
+        if members.is_empty() {
+            return Ok(None);
+        }
+        let parsed: Vec<_> = members
+            .iter()
+            .filter_map(|m| inner.keys.parse_member(m))
+            .collect();
+        // Kombu's layout does not store the exchange type; a member with a pattern is a topic
+        // binding (Kombu itself would route an exchange it did not declare as direct).
+        let kind = parsed
+            .iter()
+            .any(|m| !m.pattern.is_empty())
+            .then_some(ExchangeType::Topic);
+        Ok(Some(StoredRoutes {
+            kind,
+            bindings: parsed
+                .into_iter()
+                .map(|m| StoredBinding {
+                    queue: m.queue,
+                    routing_key: m.routing_key,
+                    arguments: FieldTable::new(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn remove_binding(&self, exchange: &str, binding: &StoredBinding) -> Result<()> {
+        let inner = &self.inner;
+        let members = [
+            inner
+                .keys
+                .member(ExchangeType::Direct, &binding.routing_key, &binding.queue),
+            inner
+                .keys
+                .member(ExchangeType::Topic, &binding.routing_key, &binding.queue),
+        ];
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .srem(inner.keys.binding_set(exchange), &members)
+            .ignore()
+            .srem(inner.keys.binding_permanent_set(exchange), &members)
+            .ignore();
+        let () = pipe
+            .query_async(&mut inner.conn())
+            .await
+            .map_err(|e| redis_error(e, "unbind failed"))?;
+        let pattern = inner.keys.fanout_pattern(exchange, &binding.routing_key);
+        inner.fanout.unsubscribe(&binding.queue, &pattern).await;
+        Ok(())
+    }
+
+    fn wakeup(&self) -> Option<Arc<Notify>> {
+        Some(self.inner.arrived.clone())
+    }
+
+    fn polling_interval(&self) -> Duration {
+        self.inner.settings.polling_interval
+    }
+
+    async fn wait_for_messages(&self, queues: &[Arc<str>], timeout: Duration) -> Result<()> {
+        let inner = &self.inner;
+        for q in queues {
+            if inner.fanout.is_fanout_queue(q) {
+                continue;
+            }
+            for key in inner.keys.queue_keys(q) {
+                let newly_watched = inner
+                    .watching
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key.clone());
+                if newly_watched {
+                    tokio::spawn(watch(Arc::downgrade(inner), key, inner.settings.polling_interval));
+                }
+            }
+        }
+        // The watchers notify `arrived`, which the dispatcher also waits on.
+        tokio::time::sleep(timeout).await;
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner.closed.store(true, Ordering::Release);
+        inner.fanout.close();
+        inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        Ok(())
+    }
+}

@@ -1,0 +1,117 @@
+//! The Lua scripts that make claims, restores and lock releases atomic on the server.
+//!
+//! Kombu pops with BRPOP and then, in a second round trip, writes the unacked hash: a consumer
+//! that dies between the two loses the message (Kombu #1836). [`CLAIM`] pops and records in
+//! one script, so a message is always either in its queue or in the unacked hash, and the
+//! records look exactly like Kombu's, so Python restorers handle them too.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Pop up to `max` messages from a queue's bucket lists (in order) and record each in the
+/// unacked hash and index, as Kombu's `QoS.append` does: the hash value is
+/// `[<envelope>, <exchange>, <routing_key>]` with the envelope embedded as a JSON object.
+///
+/// KEYS: unacked hash, unacked index, malformed list, bucket lists…
+/// ARGV: max, now (epoch seconds), track (`1`/`0`).
+/// Returns a flat array of `kind, payload, delivery_tag` (`m` message, `x` parked malformed).
+pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local max = tonumber(ARGV[1])
+local now = ARGV[2]
+local track = ARGV[3] == '1'
+local out = {}
+local n = 0
+for i = 4, #KEYS do
+  while n < max do
+    local payload = redis.call('RPOP', KEYS[i])
+    if not payload then break end
+    local ok, msg = pcall(cjson.decode, payload)
+    local tag = nil
+    local ex, rk = '', ''
+    if ok and type(msg) == 'table' and type(msg['properties']) == 'table' then
+      tag = msg['properties']['delivery_tag']
+      local info = msg['properties']['delivery_info']
+      if type(info) == 'table' then
+        if type(info['exchange']) == 'string' then ex = info['exchange'] end
+        if type(info['routing_key']) == 'string' then rk = info['routing_key'] end
+      end
+    end
+    if type(tag) ~= 'string' or string.sub(payload, 1, 1) ~= '{' then
+      redis.call('LPUSH', KEYS[3], payload)
+      out[#out + 1] = 'x'
+      out[#out + 1] = payload
+      out[#out + 1] = ''
+    else
+      if track then
+        redis.call('ZADD', KEYS[2], now, tag)
+        redis.call('HSET', KEYS[1], tag, '[' .. payload .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']')
+      end
+      out[#out + 1] = 'm'
+      out[#out + 1] = payload
+      out[#out + 1] = tag
+      n = n + 1
+    end
+  end
+  if n >= max then break end
+end
+return out
+"#,
+    )
+});
+
+/// Restore a delivery: only if its unacked record is still the one read (`expected`, or any
+/// record when `expected` is empty), remove the record and push the message to the consume end
+/// of every target list. A record someone else restored or acked meanwhile is left alone, so a
+/// message is never restored twice.
+///
+/// KEYS: unacked hash, unacked index, target lists…
+/// ARGV: delivery tag, expected record, payload.
+/// Returns 1 when restored, 0 when the record was gone or changed.
+pub(crate) static RESTORE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if not current then return 0 end
+if ARGV[2] ~= '' and current ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+for i = 3, #KEYS do
+  redis.call('RPUSH', KEYS[i], ARGV[3])
+end
+return 1
+"#,
+    )
+});
+
+/// Release a lock only if this process still holds it (its token is the value).
+///
+/// KEYS: lock. ARGV: token.
+pub(crate) static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#,
+    )
+});
+
+/// Kombu 5.7's binding refresh for queues with `x-expires`: add the member and push the
+/// exchange's deadline (server time + ttl) forward.
+///
+/// KEYS: binding set, `_kombu.binding_deadlines`. ARGV: member, ttl ms, exchange.
+pub(crate) static REFRESH_BINDING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('SADD', KEYS[1], ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], 'GT', now + tonumber(ARGV[2]), ARGV[3])
+return 1
+"#,
+    )
+});

@@ -1,0 +1,80 @@
+//! A Redis restart mid-stream: every publish that returned Ok is consumed, the consumer
+//! resumes by itself, and no message whose ack succeeded comes back.
+#![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::RedisServer;
+use kombu::{Connection, PublishOptions, Queue, RetryPolicy};
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_mid_stream_loses_nothing_and_the_consumer_resumes() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let consumer_conn = Connection::new(&url).expect("connection");
+    let mut consumer = consumer_conn
+        .consumer([Queue::new("restart")])
+        .prefetch_count(10)
+        .build()
+        .await
+        .expect("consumer");
+    consumer.consume().await.expect("consume");
+
+    let producer_conn = Connection::new(&url).expect("connection");
+    let producer = producer_conn.producer();
+    let mut confirmed = BTreeSet::new();
+    let mut acked = BTreeSet::new();
+    let mut received = Vec::new();
+    let publish = |n: u64| {
+        producer.publish(
+            &json!({"n": n}),
+            PublishOptions::new()
+                .routing_key("restart")
+                .declare(Queue::new("restart"))
+                .retry(RetryPolicy::default().max_retries(10)),
+        )
+    };
+    for n in 0..200u64 {
+        if n == 100 {
+            server.restart();
+        }
+        if publish(n).await.is_ok() {
+            confirmed.insert(n);
+        }
+        // Consume as we go (a few at a time), acking what arrives.
+        while let Ok(m) = consumer.recv_timeout(Duration::from_millis(5)).await {
+            let n = m.decode::<Value>().expect("json")["n"].as_u64().expect("n");
+            assert!(
+                !acked.contains(&n),
+                "message {n} came back after a successful ack"
+            );
+            if m.ack().await.is_ok() {
+                acked.insert(n);
+            }
+            received.push(n);
+        }
+    }
+    assert_eq!(confirmed.len(), 200, "retrying publishes ride out the restart");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !confirmed.iter().all(|n| received.contains(n)) && Instant::now() < deadline {
+        if let Ok(m) = consumer.recv_timeout(Duration::from_millis(200)).await {
+            let n = m.decode::<Value>().expect("json")["n"].as_u64().expect("n");
+            assert!(
+                !acked.contains(&n),
+                "message {n} came back after a successful ack"
+            );
+            if m.ack().await.is_ok() {
+                acked.insert(n);
+            }
+            received.push(n);
+        }
+    }
+    let missing: Vec<&u64> = confirmed.iter().filter(|n| !received.contains(n)).collect();
+    assert!(missing.is_empty(), "confirmed but never consumed: {missing:?}");
+    consumer.close().await.expect("close");
+    producer_conn.close().await.expect("close");
+}
