@@ -64,7 +64,35 @@ pub(crate) static BACKENDS: &[Backend] = &[
             url: "sqlite://{data_dir}/conformance.db",
         },
     },
+    Backend {
+        name: "redis",
+        crate_name: "kombu-redis",
+        provision: Provision::Server(REDIS_SERVER),
+    },
 ];
+
+/// A throwaway redis-server: loopback only, data in the temp dir, append-only file on (so a
+/// restart keeps what was published).
+pub(crate) const REDIS_SERVER: ServerSpec = ServerSpec {
+    program: "redis-server",
+    args: &[
+        "--port",
+        "{port}",
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        "{data_dir}",
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--daemonize",
+        "no",
+    ],
+    apt: &["redis-server"],
+    url: "redis://127.0.0.1:{port}/0",
+    ..ServerSpec::DEFAULT
+};
 
 /// The backend called `name`, if any.
 pub(crate) fn find(name: &str) -> Option<&'static Backend> {
@@ -86,10 +114,6 @@ pub(crate) enum Provision {
         url: &'static str,
     },
     /// A real server started for the run and stopped afterwards.
-    #[allow(
-        dead_code,
-        reason = "no server-backed backend yet; redis, rabbitmq, ... add table entries"
-    )]
     Server(ServerSpec),
 }
 
@@ -205,10 +229,6 @@ pub(crate) struct ServerSpec {
     pub(crate) ready_timeout: Duration,
 }
 
-#[allow(
-    dead_code,
-    reason = "used by server-backed backends added later (and by the tests)"
-)]
 impl ServerSpec {
     /// Defaults for the optional fields, for `..ServerSpec::DEFAULT`.
     pub(crate) const DEFAULT: Self = Self {
@@ -322,7 +342,7 @@ impl ServerSpec {
     }
 
     /// Path of `program`, installing its apt or pip packages first if it is missing.
-    fn ensure_installed(&self, root: &Path, name: &str) -> Result<PathBuf> {
+    pub(crate) fn ensure_installed(&self, root: &Path, name: &str) -> Result<PathBuf> {
         if let Some(path) = self.find_program(root) {
             return Ok(path);
         }

@@ -165,6 +165,16 @@ static GROUPS: &[BenchGroup] = &[
         max_messages: Some(5_000),
         max_latency_samples: Some(1_000),
     },
+    BenchGroup {
+        transport: "redis",
+        title: "redis — a throwaway redis-server on loopback (`redis://`)",
+        provision: Provision::Server(crate::backends::REDIS_SERVER),
+        baseline: Some("redis"),
+        python_url: same_url,
+        // One round trip per publish and per ack on every side.
+        max_messages: Some(20_000),
+        max_latency_samples: Some(1_000),
+    },
 ];
 
 /// Which entry of a group a result is.
@@ -304,7 +314,7 @@ fn run_group(
     entries.push((Role::KombuRs, kombu));
     if let Some(baseline) = group.baseline {
         let mut raw = Command::new(bench_bin);
-        raw.args(["bench", "--baseline", baseline])
+        raw.args(["--url", &url, "bench", "--baseline", baseline])
             .args(options.flags())
             .arg("--json");
         entries.push((Role::Baseline, raw));

@@ -8,6 +8,7 @@
 mod backends;
 mod bench;
 mod cli;
+mod interop;
 mod matrix;
 mod util;
 mod venv;
@@ -24,6 +25,7 @@ cargo xtask <command> [options]
 Commands:
   test-matrix   workspace tests + the conformance suite against every backend
   bench         kombu-rs vs Python Kombu vs a raw channel; writes docs/BENCHMARKS.md
+  interop       kombu-rs <-> Python Kombu scenarios (sqlite, redis)
   help [cmd]    this help, or a command's
 
 Run `cargo xtask help <command>` (or `<command> --help`) for its options.";
@@ -33,6 +35,7 @@ fn usage(command: &str) -> Option<&'static str> {
     match command {
         "test-matrix" => Some(matrix::USAGE),
         "bench" => Some(bench::USAGE),
+        "interop" => Some(interop::USAGE),
         _ => None,
     }
 }
@@ -62,7 +65,9 @@ fn dispatch(args: Vec<String>) -> Result<bool> {
                 Some(topic) => match usage(topic) {
                     Some(text) => println!("{text}"),
                     None => {
-                        return util::fail(format!("unknown command `{topic}`; commands: test-matrix, bench"))
+                        return util::fail(format!(
+                            "unknown command `{topic}`; commands: test-matrix, bench, interop"
+                        ))
                     }
                 },
             }
@@ -74,8 +79,9 @@ fn dispatch(args: Vec<String>) -> Result<bool> {
         }
         "test-matrix" => matrix::run(Args::new(rest.to_vec())),
         "bench" => bench::run(Args::new(rest.to_vec())),
+        "interop" => interop::run(Args::new(rest.to_vec())),
         other => util::fail(format!(
-            "unknown command `{other}`; commands: test-matrix, bench (see `cargo xtask help`)"
+            "unknown command `{other}`; commands: test-matrix, bench, interop (see `cargo xtask help`)"
         )),
     }
 }

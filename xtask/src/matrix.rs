@@ -167,8 +167,10 @@ pub(crate) fn run(args: Args) -> Result<bool> {
     let mut rows = Vec::new();
     if options.workspace_tests {
         // The interop tests (Rust ⇄ Python Kombu) run among the workspace tests.
-        banner("python venv for the interop tests");
+        banner("python venv and redis-server for the interop tests");
         let venv = venv::ensure_bench_venv(&root, "xtask")?;
+        // The Redis interop, crash and restart tests start their own redis-server.
+        crate::backends::REDIS_SERVER.ensure_installed(&root, "redis")?;
         rows.push(Row {
             name: "workspace".into(),
             result: Some(workspace_tests(&root, &venv)?),
@@ -478,9 +480,9 @@ mod tests {
                 .unwrap_or_default()
         };
         assert_eq!(
-            message(&["--backends", "redis,memory"]),
+            message(&["--backends", "zookeeper,memory"]),
             format!(
-                "unknown backend `redis`; known backends: {}",
+                "unknown backend `zookeeper`; known backends: {}",
                 backends::names().join(", ")
             )
         );

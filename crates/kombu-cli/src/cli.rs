@@ -455,6 +455,8 @@ pub(crate) struct TransportsArgs {
 pub(crate) enum Baseline {
     /// An unbounded `tokio::sync::mpsc` channel: serialize, send, receive, decode.
     Mpsc,
+    /// A bare redis-rs client on the --url Redis server: serialize, LPUSH, BRPOP, decode.
+    Redis,
 }
 
 /// `kombu bench`.

@@ -102,7 +102,7 @@ fn transports_lists_every_compiled_transport_with_capabilities() {
         .as_array()
         .map(|a| a.iter().filter_map(|t| t["name"].as_str()).collect())
         .unwrap_or_default();
-    assert_eq!(names, ["memory", "sqlite"]);
+    assert_eq!(names, ["memory", "redis", "sqlite"]);
     let memory = &list[0];
     assert_eq!(memory["schemes"], json!(["memory"]));
     assert_eq!(memory["cargo_feature"], "memory");

@@ -187,6 +187,27 @@ pub(crate) async fn run(global: &GlobalArgs, args: BenchArgs) -> CliResult {
             let timings = bench_mpsc(&args, show).await?;
             report("raw tokio mpsc".into(), "mpsc", None, &args, timings)
         }
+        Some(Baseline::Redis) => {
+            if args.producers != 1 || args.consumers != 1 {
+                return Err(CliError::other(
+                    "--baseline redis measures one producer and one consumer; drop --producers/--consumers",
+                ));
+            }
+            let connection = connect(global)?;
+            let url = connection
+                .urls()
+                .first()
+                .cloned()
+                .ok_or_else(|| CliError::other("--baseline redis needs a redis:// --url"))?;
+            let timings = bench_redis(&url, &args, show).await?;
+            report(
+                "raw redis-rs".into(),
+                "redis-raw",
+                Some(url.to_string()),
+                &args,
+                timings,
+            )
+        }
         None => {
             let connection = connect(global)?;
             let url = connection.to_string();
@@ -445,6 +466,84 @@ async fn bench_mpsc(args: &BenchArgs, show: bool) -> CliResult<Timings> {
         let t = Instant::now();
         tx.send(encode(&body(i, args.size))?).map_err(|_| closed())?;
         let bytes = rx.recv().await.ok_or_else(closed)?;
+        let _decoded = decode(&bytes)?;
+        latencies.push(t.elapsed());
+        progress.tick();
+    }
+    progress.finish();
+    Ok(Timings {
+        publish,
+        consume,
+        latencies,
+    })
+}
+
+fn started_at_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// The same work with a bare redis-rs client: serialize + LPUSH, then BRPOP + decode.
+async fn bench_redis(
+    url: &kombu::transport::url::BrokerUrl,
+    args: &BenchArgs,
+    show: bool,
+) -> CliResult<Timings> {
+    let fail = |e: redis::RedisError| CliError::other(format!("redis: {e}"));
+    let encode = |b: &Body| serde_json::to_vec(b).map_err(|e| CliError::other(e.to_string()));
+    let decode =
+        |bytes: &[u8]| serde_json::from_slice::<Body>(bytes).map_err(|e| CliError::other(e.to_string()));
+    let client = redis::Client::open(url.as_uri(true).as_str()).map_err(fail)?;
+    let mut conn = client.get_multiplexed_async_connection().await.map_err(fail)?;
+    let key = format!("bench-raw-{}-{}", std::process::id(), started_at_nanos());
+    let progress = Progress::start(show, "publish", args.messages);
+    let started = Instant::now();
+    for i in 0..args.messages {
+        let payload = encode(&body(i, args.size))?;
+        let () = redis::cmd("LPUSH")
+            .arg(&key)
+            .arg(payload)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(fail)?;
+        progress.tick();
+    }
+    let publish = started.elapsed();
+    progress.finish();
+    let progress = Progress::start(show, "consume", args.messages);
+    let started = Instant::now();
+    for _ in 0..args.messages {
+        let (_, bytes): (String, Vec<u8>) = redis::cmd("BRPOP")
+            .arg(&key)
+            .arg(0.25)
+            .query_async(&mut conn)
+            .await
+            .map_err(fail)?;
+        let _decoded = decode(&bytes)?;
+        progress.tick();
+    }
+    let consume = started.elapsed();
+    progress.finish();
+    let progress = Progress::start(show, "latency", args.latency_samples);
+    let mut latencies = Vec::with_capacity(usize::try_from(args.latency_samples).unwrap_or(0));
+    for i in 0..args.latency_samples {
+        let t = Instant::now();
+        let () = redis::cmd("LPUSH")
+            .arg(&key)
+            .arg(encode(&body(i, args.size))?)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(fail)?;
+        let (_, bytes): (String, Vec<u8>) = redis::cmd("BRPOP")
+            .arg(&key)
+            .arg(0.25)
+            .query_async(&mut conn)
+            .await
+            .map_err(fail)?;
         let _decoded = decode(&bytes)?;
         latencies.push(t.elapsed());
         progress.tick();
