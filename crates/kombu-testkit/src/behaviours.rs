@@ -1254,18 +1254,25 @@ async fn competing_consumers_get_each_message_once(ctx: Ctx) -> TestResult {
     declare(&producer_conn, &q).await?;
     const N: usize = 400;
     let mut handles = Vec::new();
-    let stop = Arc::new(tokio::sync::Notify::new());
+    // Both consumers subscribe before the first publish: otherwise a fast consumer can drain
+    // the queue before the other exists, and "both get work" would test the scheduler.
+    let subscribed = Arc::new(tokio::sync::Barrier::new(3));
+    // Level-triggered, so a consumer busy acking when the test ends still sees it.
+    let (stop, _) = tokio::sync::watch::channel(false);
     for _ in 0..2 {
         let conn = ctx.conn()?;
         let q = q.clone();
         let patience = ctx.patience();
-        let stop = stop.clone();
+        let mut stopped = stop.subscribe();
+        let subscribed = subscribed.clone();
         handles.push(tokio::spawn(async move {
-            let mut c = consumer(&conn, vec![q], Some(5)).await?;
+            let consumed = consumer(&conn, vec![q], Some(5)).await;
+            subscribed.wait().await;
+            let mut c = consumed?;
             let mut got = Vec::new();
             loop {
                 tokio::select! {
-                    _ = stop.notified() => break,
+                    _ = async { stopped.wait_for(|&stop| stop).await.is_ok() } => break,
                     r = c.recv_timeout(patience) => {
                         let m = r?;
                         got.push(m.decode::<usize>()?);
@@ -1278,6 +1285,7 @@ async fn competing_consumers_get_each_message_once(ctx: Ctx) -> TestResult {
             Ok::<_, Failure>(got)
         }));
     }
+    subscribed.wait().await;
     let p = producer_conn.producer();
     for i in 0..N {
         p.publish(&i, PublishOptions::new().routing_key(q.name.clone()))
@@ -1296,7 +1304,7 @@ async fn competing_consumers_get_each_message_once(ctx: Ctx) -> TestResult {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(ctx.quiet_period()).await;
-    stop.notify_waiters();
+    stop.send_replace(true);
     let mut all = Vec::new();
     let mut per_consumer = Vec::new();
     for h in handles {
