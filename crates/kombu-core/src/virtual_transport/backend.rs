@@ -159,6 +159,32 @@ pub trait VirtualBackend: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether [`put_routed`](Self::put_routed) routes and appends on the broker in one step
+    /// (only consulted when [`persists_bindings`](Self::persists_bindings) is true too).
+    fn routes_on_broker(&self) -> bool {
+        false
+    }
+
+    /// Route over the bindings stored on the broker and append the message to every matching
+    /// queue, in one step: Redis runs one Lua script where reading the binding set and then
+    /// pushing would take two round trips (Kombu's way).
+    ///
+    /// `kind` is the exchange type declared locally (`None`: infer it from what is stored, as
+    /// [`load_bindings`](Self::load_bindings) does); `local` are the queues the local
+    /// declarations route to, appended too, each queue once. Returns `Ok(None)`, having
+    /// appended nothing, when nothing is stored for the exchange (the channel then routes with
+    /// its local table), else `Ok(Some(n))` for the `n` queues the message went to.
+    async fn put_routed(
+        &self,
+        exchange: &str,
+        _kind: Option<ExchangeType>,
+        _routing_key: &str,
+        _local: &[Arc<str>],
+        _envelope: &Envelope,
+    ) -> Result<Option<usize>> {
+        Err(Error::unsupported("routing on the broker").with_context("exchange", exchange))
+    }
+
     /// A signal notified when messages arrive, so consumers wake at once instead of polling.
     fn wakeup(&self) -> Option<Arc<Notify>> {
         None

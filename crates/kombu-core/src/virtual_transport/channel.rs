@@ -336,6 +336,43 @@ impl<B: VirtualBackend> ChannelInner<B> {
         tokio::spawn(dispatch_loop(weak, self.wakeup.clone()));
     }
 
+    /// Publish to a named exchange through a backend that routes on the broker
+    /// ([`VirtualBackend::put_routed`]): one broker call instead of reading the stored
+    /// bindings and then appending. `None` when the backend does not, or when nothing is
+    /// stored for the exchange (the caller then routes as usual).
+    async fn publish_routed_on_broker(
+        &self,
+        envelope: &Envelope,
+        options: &PublishOptions,
+    ) -> Result<Option<Result<()>>> {
+        if options.exchange.is_empty()
+            || !self.backend.persists_bindings()
+            || !self.backend.routes_on_broker()
+        {
+            return Ok(None);
+        }
+        let mut local: Vec<Arc<str>> = Vec::new();
+        let kind = match self.state.route(
+            &options.exchange,
+            &options.routing_key,
+            &envelope.message.headers,
+            &mut local,
+        ) {
+            Routed::Local(ExchangeType::Fanout) if self.backend.native_fanout() => return Ok(None),
+            Routed::Local(kind) => Some(kind),
+            Routed::UnknownExchange => None,
+        };
+        let routed = self
+            .backend
+            .put_routed(&options.exchange, kind, &options.routing_key, &local, envelope)
+            .await?;
+        Ok(match routed {
+            Some(0) => Some(unroutable(options)),
+            Some(_) => Some(Ok(())),
+            None => None,
+        })
+    }
+
     /// Route a publish: exchange `""` goes to the queue named by the routing key; otherwise the
     /// [`BrokerState`] table, plus the bindings the backend stores on the broker if it does.
     /// An exchange declared nowhere is `NotFound`; one known only from stored bindings routes
@@ -378,6 +415,19 @@ impl<B: VirtualBackend> ChannelInner<B> {
             .with_context("exchange", exchange)),
         }
     }
+}
+
+/// A message that matched no queue: an error for a mandatory publish, else dropped (AMQP).
+fn unroutable(options: &PublishOptions) -> Result<()> {
+    if options.mandatory {
+        return Err(
+            Error::new(ErrorKind::NotFound, "message is unroutable (mandatory)")
+                .with_context("exchange", &options.exchange)
+                .with_context("routing_key", &options.routing_key),
+        );
+    }
+    debug!(exchange = %options.exchange, routing_key = %options.routing_key, "message routed to no queue, dropped");
+    Ok(())
 }
 
 enum RouteTarget {
@@ -846,11 +896,14 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
                 .with_context("transport", inner.backend.name()));
             }
         }
-        let target = inner
-            .route(&options.exchange, &options.routing_key, &message)
-            .await?;
         let mut envelope = Envelope::new(message, &options.exchange, &options.routing_key);
         envelope.body_encoding = inner.body_encoding;
+        if let Some(routed) = inner.publish_routed_on_broker(&envelope, &options).await? {
+            return routed;
+        }
+        let target = inner
+            .route(&options.exchange, &options.routing_key, &envelope.message)
+            .await?;
         match target {
             RouteTarget::NativeFanout => {
                 inner
@@ -860,15 +913,7 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
             }
             RouteTarget::Queues(queues) => {
                 if queues.is_empty() {
-                    if options.mandatory {
-                        return Err(
-                            Error::new(ErrorKind::NotFound, "message is unroutable (mandatory)")
-                                .with_context("exchange", &options.exchange)
-                                .with_context("routing_key", &options.routing_key),
-                        );
-                    }
-                    debug!(exchange = %options.exchange, routing_key = %options.routing_key, "message routed to no queue, dropped");
-                    return Ok(());
+                    return unroutable(&options);
                 }
                 let last = queues.len() - 1;
                 let mut envelope = Some(envelope);
