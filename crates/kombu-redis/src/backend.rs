@@ -16,6 +16,7 @@ use redis::AsyncConnectionConfig;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
+use crate::acks::AckQueue;
 use crate::fanout::Fanout;
 use crate::keys::Keys;
 use crate::scripts;
@@ -43,6 +44,8 @@ struct Inner {
     /// Delivery tags this connection claimed and has not settled: their deadlines are renewed.
     in_flight: Mutex<HashSet<String>>,
     last_restore: Mutex<Option<Instant>>,
+    /// Acks waiting to be written in a batch.
+    acks: AckQueue,
     fanout: Arc<Fanout>,
     arrived: Arc<Notify>,
     closed: AtomicBool,
@@ -81,8 +84,11 @@ impl RedisBackend {
                 .await;
         }
         let arrived = Arc::new(Notify::new());
+        let keys = Keys::new(settings.keys.clone());
+        let acks = AckQueue::spawn(commands.clone(), keys.unacked.clone(), keys.unacked_index.clone());
         let inner = Arc::new(Inner {
-            keys: Keys::new(settings.keys.clone()),
+            keys,
+            acks,
             fanout: Fanout::new(client.clone(), arrived.clone()),
             settings,
             client,
@@ -207,6 +213,24 @@ impl Inner {
             .map_err(|e| redis_error(e, "publish failed").with_context("queue", queue))?;
         self.arrived.notify_waiters();
         Ok(())
+    }
+
+    /// Push the `x-expires` deadline of the queues among `queues` that have one (Redis
+    /// expires their lists, as Kombu 5.7 does). Best effort: a failure only shortens a life.
+    async fn refresh_expiry(&self, queues: &[String]) {
+        let mut pipe = redis::pipe();
+        let mut any = false;
+        for queue in queues {
+            if let Some(ms) = self.expires_ms(queue) {
+                any = true;
+                for k in self.keys.queue_keys(queue) {
+                    pipe.pexpire(k, ms as i64).ignore();
+                }
+            }
+        }
+        if any {
+            let _: redis::RedisResult<()> = pipe.query_async(&mut self.conn()).await;
+        }
     }
 
     /// Kombu's `restore_visible`: under the `unacked_mutex` lock, give back every delivery
@@ -638,9 +662,18 @@ impl VirtualBackend for RedisBackend {
         Ok(())
     }
 
+    /// Returns once queued (see [`crate::acks`]); closing the connection waits for the write.
     async fn ack(&self, _queue: &str, receipt: Option<&str>) -> Result<()> {
         let Some(tag) = receipt else { return Ok(()) };
         let inner = &self.inner;
+        if inner.acks.push(tag) {
+            inner
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(tag);
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         pipe.atomic()
             .zrem(&inner.keys.unacked_index, tag)
@@ -855,6 +888,62 @@ impl VirtualBackend for RedisBackend {
         }))
     }
 
+    fn routes_on_broker(&self) -> bool {
+        true
+    }
+
+    async fn put_routed(
+        &self,
+        exchange: &str,
+        kind: Option<ExchangeType>,
+        routing_key: &str,
+        local: &[Arc<str>],
+        envelope: &Envelope,
+    ) -> Result<Option<usize>> {
+        let inner = &self.inner;
+        let kind = match kind {
+            None => "",
+            Some(ExchangeType::Direct) => "direct",
+            Some(ExchangeType::Topic) => "topic",
+            Some(ExchangeType::Fanout) => "fanout",
+            Some(other) => {
+                return Err(Error::unsupported("this exchange type on Redis")
+                    .with_context("exchange", exchange)
+                    .with_context("type", other.as_str()))
+            }
+        };
+        let mut invocation = scripts::ROUTE_AND_PUSH.prepare_invoke();
+        invocation
+            .key(inner.keys.binding_set(exchange))
+            .arg(kind)
+            .arg(routing_key)
+            .arg(inner.keys.sep())
+            .arg(inner.keys.prefix())
+            .arg(inner.keys.suffix_for_priority(envelope.priority()))
+            .arg(envelope.to_json());
+        for queue in local {
+            invocation.arg(&**queue);
+        }
+        let reply: Vec<String> = invocation
+            .invoke_async(&mut inner.conn())
+            .await
+            .map_err(|e| redis_error(e, "publish failed").with_context("exchange", exchange))?;
+        let Some((status, queues)) = reply.split_first() else {
+            return Err(
+                Error::new(ErrorKind::Unexpected, "unexpected reply from the routing script")
+                    .with_context("exchange", exchange),
+            );
+        };
+        if status != "routed" {
+            return Ok(None);
+        }
+        inner.refresh_expiry(queues).await;
+        if !queues.is_empty() {
+            inner.arrived.notify_waiters();
+        }
+        Ok(Some(queues.len()))
+    }
+
     async fn remove_binding(&self, exchange: &str, binding: &StoredBinding) -> Result<()> {
         let inner = &self.inner;
         let members = [
@@ -912,6 +1001,14 @@ impl VirtualBackend for RedisBackend {
 
     async fn close(&self) -> Result<()> {
         let inner = &self.inner;
+        if tokio::time::timeout(inner.settings.socket_timeout, inner.acks.flush())
+            .await
+            .is_err()
+        {
+            warn!(
+                "closing with acks not yet written (Redis unreachable); they are retried in the background"
+            );
+        }
         inner.closed.store(true, Ordering::Release);
         inner.fanout.close();
         inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).clear();

@@ -57,11 +57,22 @@ impl Keys {
 
     /// The list holding `queue`'s messages of priority bucket `step` (bucket 0 is the bare name).
     pub(crate) fn queue_key(&self, queue: &str, step: u8) -> String {
+        format!("{}{queue}{}", self.prefix(), self.step_suffix(step))
+    }
+
+    /// What follows the queue name in the list of bucket `step`: nothing for bucket 0, else
+    /// the separator and the step.
+    fn step_suffix(&self, step: u8) -> String {
         if step == 0 {
-            format!("{}{queue}", self.prefix())
+            String::new()
         } else {
-            format!("{}{queue}{}{step}", self.prefix(), self.sep())
+            format!("{}{step}", self.sep())
         }
+    }
+
+    /// What follows the queue name in the list a message of `priority` goes to.
+    pub(crate) fn suffix_for_priority(&self, priority: u8) -> String {
+        self.step_suffix(self.bucket(priority))
     }
 
     /// The list a message of `priority` goes to.

@@ -62,6 +62,7 @@
 //!   subscriptions are renewed.
 #![forbid(unsafe_code)]
 
+mod acks;
 mod backend;
 mod fanout;
 mod keys;

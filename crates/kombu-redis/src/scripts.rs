@@ -115,3 +115,108 @@ return 1
 "#,
     )
 });
+
+/// Route a message over an exchange's binding set and push it to every matching queue, in one
+/// round trip (Kombu reads the set with `SMEMBERS`, routes in Python, then pushes).
+///
+/// Routing is kombu-rs's (`kombu_core::router`): direct bindings match by equality, topic
+/// bindings by their binding key with AMQP word semantics (`*` one word, `#` zero or more),
+/// fanout matches every member. With no declared type the exchange is topic when a member
+/// carries a pattern, else direct, as `load_bindings` infers it. Each queue gets the message
+/// once, the locally routed queues first.
+///
+/// KEYS: the binding set.
+/// ARGV: kind (`direct`, `topic`, `fanout` or empty to infer), routing key, separator, key
+/// prefix, priority-bucket suffix, payload, then the locally routed queues.
+/// Returns `{'none'}` when the set is empty (nothing pushed), else `{'routed', queues…}`.
+pub(crate) static ROUTE_AND_PUSH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local members = redis.call('SMEMBERS', KEYS[1])
+if #members == 0 then return {'none'} end
+local kind, rk, sep, prefix, suffix, payload = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+
+local function words(key)
+  local out = {}
+  if key == '' then return out end
+  local start = 1
+  while true do
+    local dot = string.find(key, '.', start, true)
+    if not dot then
+      out[#out + 1] = string.sub(key, start)
+      return out
+    end
+    out[#out + 1] = string.sub(key, start, dot - 1)
+    start = dot + 1
+  end
+end
+
+local function match(p, pi, k, ki)
+  while pi <= #p do
+    local w = p[pi]
+    if w == '#' then
+      while p[pi + 1] == '#' do pi = pi + 1 end
+      if pi == #p then return true end
+      for j = ki, #k + 1 do
+        if match(p, pi + 1, k, j) then return true end
+      end
+      return false
+    elseif w == '*' then
+      if ki > #k then return false end
+    else
+      if ki > #k or k[ki] ~= w then return false end
+    end
+    ki = ki + 1
+    pi = pi + 1
+  end
+  return ki > #k
+end
+
+-- member: <binding key><sep><pattern><sep><queue>
+local parsed = {}
+local has_pattern = false
+for _, m in ipairs(members) do
+  local first = string.find(m, sep, 1, true)
+  if first then
+    local last, from = nil, first + #sep
+    while true do
+      local at = string.find(m, sep, from, true)
+      if not at then break end
+      last = at
+      from = at + #sep
+    end
+    if last then
+      local pattern = string.sub(m, first + #sep, last - 1)
+      if pattern ~= '' then has_pattern = true end
+      parsed[#parsed + 1] = {string.sub(m, 1, first - 1), string.sub(m, last + #sep)}
+    end
+  end
+end
+if kind == '' then
+  if has_pattern then kind = 'topic' else kind = 'direct' end
+end
+
+local seen, routed = {}, {'routed'}
+local function push(queue)
+  if seen[queue] then return end
+  seen[queue] = true
+  redis.call('LPUSH', prefix .. queue .. suffix, payload)
+  routed[#routed + 1] = queue
+end
+for i = 7, #ARGV do push(ARGV[i]) end
+local key_words = words(rk)
+for _, b in ipairs(parsed) do
+  local hit
+  if kind == 'fanout' then
+    hit = true
+  elseif kind == 'topic' then
+    hit = match(words(b[1]), 1, key_words, 1)
+  else
+    hit = b[1] == rk
+  end
+  if hit then push(b[2]) end
+end
+return routed
+"#,
+    )
+});
