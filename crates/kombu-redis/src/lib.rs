@@ -57,6 +57,12 @@
 //!   through the exchange, duplicating it into every other bound queue.
 //! * Messages that are not Kombu envelopes are moved intact to the list `_kombu_rs.malformed`
 //!   with a typed `Decode` error, and the queue keeps flowing.
+//! * **One round trip per publish**: a Lua script matches the exchange's binding set and
+//!   pushes to every matching queue, where Kombu reads the set and pushes in a second call.
+//! * **Acks do not wait for the server**: like AMQP's `basic.ack` they are queued, and a
+//!   background task writes all acks queued meanwhile in one transaction (retrying while the
+//!   server is away). Closing the connection waits for them; until written a message is still
+//!   recorded as in flight, so a crash means a redelivery, never a loss.
 //! * A passive declare of an empty queue declared on this connection succeeds.
 //! * The consumer survives a Redis restart: commands reconnect by themselves, fanout
 //!   subscriptions are renewed.
