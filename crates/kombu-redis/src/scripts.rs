@@ -132,25 +132,57 @@ return 1
 pub(crate) static ROUTE_AND_PUSH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local kind, rk, sep, prefix, suffix, payload = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if sep == '' then return redis.error_reply('the binding separator must not be empty') end
 local members = redis.call('SMEMBERS', KEYS[1])
 if #members == 0 then return {'none'} end
-local kind, rk, sep, prefix, suffix, payload = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local find, sub = string.find, string.sub
+local nsep = #sep
 
+-- the position of the last separator in member m (the queue follows it)
+local function last_sep(m, first)
+  local last, from = nil, first + nsep
+  while true do
+    local at = find(m, sep, from, true)
+    if not at then return last end
+    last = at
+    from = at + nsep
+  end
+end
+local routed = {'routed'}
+local seen = {}
+for i = 7, #ARGV do
+  local q = ARGV[i]
+  if not seen[q] then
+    seen[q] = true
+    redis.call('LPUSH', prefix .. q .. suffix, payload)
+    routed[#routed + 1] = q
+  end
+end
+-- no declared type: topic when a member carries a pattern (between the first and last separator)
+if kind == '' then
+  kind = 'direct'
+  for _, m in ipairs(members) do
+    local first = find(m, sep, 1, true)
+    local last = first and last_sep(m, first)
+    if last and last > first + nsep then
+      kind = 'topic'
+      break
+    end
+  end
+end
+local key_words
 local function words(key)
   local out = {}
   if key == '' then return out end
   local start = 1
   while true do
-    local dot = string.find(key, '.', start, true)
-    if not dot then
-      out[#out + 1] = string.sub(key, start)
-      return out
-    end
-    out[#out + 1] = string.sub(key, start, dot - 1)
+    local dot = find(key, '.', start, true)
+    if not dot then out[#out + 1] = sub(key, start) return out end
+    out[#out + 1] = sub(key, start, dot - 1)
     start = dot + 1
   end
 end
-
 local function match(p, pi, k, ki)
   while pi <= #p do
     local w = p[pi]
@@ -163,58 +195,39 @@ local function match(p, pi, k, ki)
       return false
     elseif w == '*' then
       if ki > #k then return false end
-    else
-      if ki > #k or k[ki] ~= w then return false end
+    elseif ki > #k or k[ki] ~= w then
+      return false
     end
     ki = ki + 1
     pi = pi + 1
   end
   return ki > #k
 end
-
--- member: <binding key><sep><pattern><sep><queue>
-local parsed = {}
-local has_pattern = false
 for _, m in ipairs(members) do
-  local first = string.find(m, sep, 1, true)
+  local first = find(m, sep, 1, true)
   if first then
-    local last, from = nil, first + #sep
-    while true do
-      local at = string.find(m, sep, from, true)
-      if not at then break end
-      last = at
-      from = at + #sep
+    local binding = sub(m, 1, first - 1)
+    local hit
+    if kind == 'direct' then
+      hit = binding == rk
+    elseif kind == 'fanout' then
+      hit = true
+    else
+      if not key_words then key_words = words(rk) end
+      hit = match(words(binding), 1, key_words, 1)
     end
-    if last then
-      local pattern = string.sub(m, first + #sep, last - 1)
-      if pattern ~= '' then has_pattern = true end
-      parsed[#parsed + 1] = {string.sub(m, 1, first - 1), string.sub(m, last + #sep)}
+    if hit then
+      local last = last_sep(m, first)
+      if last then
+        local q = sub(m, last + nsep)
+        if not seen[q] then
+          seen[q] = true
+          redis.call('LPUSH', prefix .. q .. suffix, payload)
+          routed[#routed + 1] = q
+        end
+      end
     end
   end
-end
-if kind == '' then
-  if has_pattern then kind = 'topic' else kind = 'direct' end
-end
-
-local seen, routed = {}, {'routed'}
-local function push(queue)
-  if seen[queue] then return end
-  seen[queue] = true
-  redis.call('LPUSH', prefix .. queue .. suffix, payload)
-  routed[#routed + 1] = queue
-end
-for i = 7, #ARGV do push(ARGV[i]) end
-local key_words = words(rk)
-for _, b in ipairs(parsed) do
-  local hit
-  if kind == 'fanout' then
-    hit = true
-  elseif kind == 'topic' then
-    hit = match(words(b[1]), 1, key_words, 1)
-  else
-    hit = b[1] == rk
-  end
-  if hit then push(b[2]) end
 end
 return routed
 "#,
