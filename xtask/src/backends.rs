@@ -71,6 +71,13 @@ pub(crate) static BACKENDS: &[Backend] = &[
     },
 ];
 
+/// The `openssl` command: the Redis TLS test makes its certificate authority with it.
+pub(crate) const OPENSSL: ServerSpec = ServerSpec {
+    program: "openssl",
+    apt: &["openssl"],
+    ..ServerSpec::DEFAULT
+};
+
 /// A throwaway redis-server: loopback only, data in the temp dir, append-only file on (so a
 /// restart keeps what was published).
 pub(crate) const REDIS_SERVER: ServerSpec = ServerSpec {

@@ -167,10 +167,11 @@ pub(crate) fn run(args: Args) -> Result<bool> {
     let mut rows = Vec::new();
     if options.workspace_tests {
         // The interop tests (Rust ⇄ Python Kombu) run among the workspace tests.
-        banner("python venv and redis-server for the interop tests");
+        banner("python venv, redis-server and openssl for the interop and TLS tests");
         let venv = venv::ensure_bench_venv(&root, "xtask")?;
         // The Redis interop, crash and restart tests start their own redis-server.
         crate::backends::REDIS_SERVER.ensure_installed(&root, "redis")?;
+        crate::backends::OPENSSL.ensure_installed(&root, "redis (TLS test)")?;
         rows.push(Row {
             name: "workspace".into(),
             result: Some(workspace_tests(&root, &venv)?),

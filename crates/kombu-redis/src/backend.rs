@@ -54,8 +54,7 @@ struct Inner {
 impl RedisBackend {
     /// Connect (failing fast with a typed error when the server is not there).
     pub(crate) async fn connect(settings: Settings) -> Result<RedisBackend> {
-        let client =
-            redis::Client::open(connection_info(&settings)?).map_err(|e| redis_error(e, "cannot connect"))?;
+        let client = client(&settings)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.socket_connect_timeout))
             .set_response_timeout(Some(settings.socket_timeout))
@@ -113,6 +112,43 @@ impl RedisBackend {
     }
 }
 
+/// The client for `settings`: with the TLS certificates they name, if any.
+fn client(settings: &Settings) -> Result<redis::Client> {
+    let info = connection_info(settings)?;
+    #[cfg(feature = "tls")]
+    if settings.tls.ca_certs.is_some() || settings.tls.certfile.is_some() {
+        return redis::Client::build_with_tls(info, tls_certificates(&settings.tls)?)
+            .map_err(|e| redis_error(e, "invalid TLS settings"));
+    }
+    redis::Client::open(info).map_err(|e| redis_error(e, "cannot connect"))
+}
+
+#[cfg(feature = "tls")]
+fn tls_certificates(tls: &crate::settings::TlsOptions) -> Result<redis::TlsCertificates> {
+    let read = |option: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            Error::new(ErrorKind::InvalidArgument, format!("cannot read {option}"))
+                .with_context("path", path.display())
+                .with_source(e)
+        })
+    };
+    let client_tls = match (&tls.certfile, &tls.keyfile) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("ssl_certfile", cert)?,
+            client_key: read("ssl_keyfile", key)?,
+        }),
+        _ => None,
+    };
+    let root_cert = match &tls.ca_certs {
+        Some(path) => Some(read("ssl_ca_certs", path)?),
+        None => None,
+    };
+    Ok(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    })
+}
+
 fn connection_info(settings: &Settings) -> Result<redis::ConnectionInfo> {
     use redis::IntoConnectionInfo;
     let addr = match &settings.address {
@@ -125,7 +161,7 @@ fn connection_info(settings: &Settings) -> Result<redis::ConnectionInfo> {
             host,
             port,
             tls: true,
-        } => tls_addr(host, *port)?,
+        } => tls_addr(host, *port, settings.tls.verify)?,
         Address::Unix(path) => redis::ConnectionAddr::Unix(path.clone()),
     };
     let mut redis_settings = redis::RedisConnectionInfo::default().set_db(settings.db);
@@ -142,18 +178,18 @@ fn connection_info(settings: &Settings) -> Result<redis::ConnectionInfo> {
 }
 
 #[cfg(feature = "tls")]
-fn tls_addr(host: &str, port: u16) -> Result<redis::ConnectionAddr> {
+fn tls_addr(host: &str, port: u16, verify: bool) -> Result<redis::ConnectionAddr> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     Ok(redis::ConnectionAddr::TcpTls {
         host: host.to_owned(),
         port,
-        insecure: false,
+        insecure: !verify,
         tls_params: None,
     })
 }
 
 #[cfg(not(feature = "tls"))]
-fn tls_addr(host: &str, _port: u16) -> Result<redis::ConnectionAddr> {
+fn tls_addr(host: &str, _port: u16, _verify: bool) -> Result<redis::ConnectionAddr> {
     Err(Error::unsupported("rediss:// (TLS) needs the kombu feature `redis-tls`").with_context("host", host))
 }
 

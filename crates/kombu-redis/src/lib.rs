@@ -43,6 +43,16 @@
 //! `client_name`. Pool and keep-alive options Kombu has are accepted and have no effect;
 //! any other option is an error.
 //!
+//! ## TLS
+//!
+//! `rediss://` (feature `tls`; `redis-tls` on the `kombu` crate) verifies the server against
+//! the web's root certificates, or against the authorities in `ssl_ca_certs` (a PEM file);
+//! `ssl_certfile` + `ssl_keyfile` present a client certificate; `ssl_cert_reqs=none` turns
+//! verification off (`optional` is treated as `required`). These are redis-py's names, given
+//! in the URL query as Celery users write them
+//! (`rediss://host:6380/0?ssl_ca_certs=/etc/ssl/redis-ca.pem`) or as transport options; on a
+//! plain `redis://` URL they are an error rather than silently ignored.
+//!
 //! ## Better than Kombu
 //!
 //! * **No lost message between pop and bookkeeping** (Kombu #1836): a Lua script pops and

@@ -16,10 +16,79 @@ pub(crate) enum Address {
     Unix(PathBuf),
 }
 
+/// TLS for `rediss://`, with redis-py's / Kombu's option names (`ssl_cert_reqs`,
+/// `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`), given in the URL query or as transport
+/// options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TlsOptions {
+    /// Verify the server's certificate and name (`ssl_cert_reqs` `required`, the default, or
+    /// `optional`, which is treated as required); `none` turns verification off.
+    pub(crate) verify: bool,
+    /// PEM file of the certificate authorities to trust instead of the built-in web roots.
+    pub(crate) ca_certs: Option<PathBuf>,
+    /// PEM client certificate and key, for servers that authenticate clients.
+    pub(crate) certfile: Option<PathBuf>,
+    pub(crate) keyfile: Option<PathBuf>,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        TlsOptions {
+            verify: true,
+            ca_certs: None,
+            certfile: None,
+            keyfile: None,
+        }
+    }
+}
+
+impl TlsOptions {
+    const KEYS: [&'static str; 4] = ["ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"];
+
+    fn from_options(options: &ConnectOptions, tls: bool) -> Result<TlsOptions> {
+        let get = |key: &str| options.transport_options.get(key).filter(|v| !v.is_empty());
+        let invalid = |message: String| Error::new(ErrorKind::InvalidArgument, message);
+        if !tls {
+            if let Some(key) = Self::KEYS.iter().find(|k| get(k).is_some()) {
+                return Err(invalid(format!(
+                    "transport option {key} needs a TLS URL (rediss://)"
+                )));
+            }
+            return Ok(TlsOptions::default());
+        }
+        let verify = match get("ssl_cert_reqs").map(|v| v.to_ascii_lowercase()) {
+            None => true,
+            Some(v) => match v.trim_start_matches("cert_").trim_start_matches("ssl.cert_") {
+                "required" | "optional" => true,
+                "none" => false,
+                _ => {
+                    return Err(invalid(format!(
+                        "ssl_cert_reqs must be required, optional or none, got {v:?}"
+                    )))
+                }
+            },
+        };
+        let path = |key: &str| get(key).map(PathBuf::from);
+        let (certfile, keyfile) = (path("ssl_certfile"), path("ssl_keyfile"));
+        if certfile.is_some() != keyfile.is_some() {
+            return Err(invalid(
+                "a client certificate needs both ssl_certfile and ssl_keyfile".into(),
+            ));
+        }
+        Ok(TlsOptions {
+            verify,
+            ca_certs: path("ssl_ca_certs"),
+            certfile,
+            keyfile,
+        })
+    }
+}
+
 /// Everything a connection is configured with.
 #[derive(Clone)]
 pub(crate) struct Settings {
     pub(crate) address: Address,
+    pub(crate) tls: TlsOptions,
     pub(crate) db: i64,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
@@ -196,6 +265,7 @@ impl Settings {
                 .password()
                 .map(|p| p.expose().to_owned())
                 .filter(|p| !p.is_empty()),
+            tls: TlsOptions::from_options(options, matches!(address, Address::Tcp { tls: true, .. }))?,
             address,
             keys,
             ack_emulation: flag(options, "ack_emulation")?.unwrap_or(true),
@@ -246,6 +316,10 @@ const KNOWN_OPTIONS: &[&str] = &[
     "client_name",
     "virtual_host",
     "db",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
 ];
 
 /// Kombu: the database is the virtual host, `''`/`'/'` → 0, otherwise a number.
