@@ -25,6 +25,7 @@ use crate::transport::{
     Channel, ConsumeOptions, ConsumerHandle, DeclareOptions, DeleteExchangeOptions, DeleteQueueOptions,
     GetOptions, PublishOptions, QosOptions, QueueBinding, QueueDeclareOk, Transport,
 };
+use crate::value::FieldTable;
 
 /// Hashes the channel's own sequential `u64` delivery tags: no need for SipHash's DoS
 /// resistance on keys we mint ourselves.
@@ -336,35 +337,95 @@ impl<B: VirtualBackend> ChannelInner<B> {
         tokio::spawn(dispatch_loop(weak, self.wakeup.clone()));
     }
 
+    /// Route over what this process declared: the exchange's matching queues are appended to
+    /// `queues` and its declared type returned (`None`: not declared here).
+    fn route_declared(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: &FieldTable,
+        queues: &mut Vec<Arc<str>>,
+    ) -> Option<ExchangeType> {
+        match self.state.route(exchange, routing_key, headers, queues) {
+            Routed::Local(kind) => Some(kind),
+            Routed::UnknownExchange => None,
+        }
+    }
+
+    /// Whether an exchange of type `kind` is broadcast by the backend itself.
+    fn is_native_fanout(&self, kind: Option<ExchangeType>) -> bool {
+        kind == Some(ExchangeType::Fanout) && self.backend.native_fanout()
+    }
+
+    /// Route to a named exchange over local declarations only (backends that store no
+    /// bindings): synchronous, so the publish future carries no routing state.
+    fn route_local(&self, exchange: &str, routing_key: &str, message: &RawMessage) -> Result<RouteTarget> {
+        let mut queues = Vec::new();
+        let kind = self.route_declared(exchange, routing_key, &message.headers, &mut queues);
+        match kind {
+            _ if self.is_native_fanout(kind) => Ok(RouteTarget::NativeFanout),
+            Some(_) => Ok(RouteTarget::Queues(queues)),
+            None => Err(not_declared(exchange)),
+        }
+    }
+
+    /// Route to a named exchange over local declarations plus the bindings the backend stores
+    /// on the broker. One known only from stored bindings routes by the stored type, else as
+    /// direct (Kombu's behaviour); the local declaration wins (Kombu: the publisher's own state
+    /// decides).
+    async fn route_with_stored(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &RawMessage,
+    ) -> Result<RouteTarget> {
+        let mut queues = Vec::new();
+        let declared = self.route_declared(exchange, routing_key, &message.headers, &mut queues);
+        if self.is_native_fanout(declared) {
+            return Ok(RouteTarget::NativeFanout);
+        }
+        let Some(stored) = self.backend.load_bindings(exchange).await? else {
+            return match declared {
+                Some(_) => Ok(RouteTarget::Queues(queues)),
+                None => Err(not_declared(exchange)),
+            };
+        };
+        let kind = declared.or(stored.kind).unwrap_or(ExchangeType::Direct);
+        if self.is_native_fanout(Some(kind)) {
+            return Ok(RouteTarget::NativeFanout);
+        }
+        route_stored(kind, &stored.bindings, routing_key, message, &mut queues);
+        Ok(RouteTarget::Queues(queues))
+    }
+
     /// Publish to a named exchange through a backend that routes on the broker
     /// ([`VirtualBackend::put_routed`]): one broker call instead of reading the stored
-    /// bindings and then appending. `None` when the backend does not, or when nothing is
-    /// stored for the exchange (the caller then routes as usual).
+    /// bindings and then appending. `None` when nothing is stored for the exchange or it is a
+    /// native fanout (the caller then routes with [`route_with_stored`](Self::route_with_stored)).
     async fn publish_routed_on_broker(
         &self,
         envelope: &Envelope,
         options: &PublishOptions,
     ) -> Result<Option<Result<()>>> {
-        if options.exchange.is_empty()
-            || !self.backend.persists_bindings()
-            || !self.backend.routes_on_broker()
-        {
-            return Ok(None);
-        }
-        let mut local: Vec<Arc<str>> = Vec::new();
-        let kind = match self.state.route(
+        let mut local = Vec::new();
+        let declared = self.route_declared(
             &options.exchange,
             &options.routing_key,
             &envelope.message.headers,
             &mut local,
-        ) {
-            Routed::Local(ExchangeType::Fanout) if self.backend.native_fanout() => return Ok(None),
-            Routed::Local(kind) => Some(kind),
-            Routed::UnknownExchange => None,
-        };
+        );
+        if self.is_native_fanout(declared) {
+            return Ok(None);
+        }
         let routed = self
             .backend
-            .put_routed(&options.exchange, kind, &options.routing_key, &local, envelope)
+            .put_routed(
+                &options.exchange,
+                declared,
+                &options.routing_key,
+                &local,
+                envelope,
+            )
             .await?;
         Ok(match routed {
             Some(0) => Some(unroutable(options)),
@@ -372,49 +433,14 @@ impl<B: VirtualBackend> ChannelInner<B> {
             None => None,
         })
     }
+}
 
-    /// Route a publish: exchange `""` goes to the queue named by the routing key; otherwise the
-    /// [`BrokerState`] table, plus the bindings the backend stores on the broker if it does.
-    /// An exchange declared nowhere is `NotFound`; one known only from stored bindings routes
-    /// as direct (Kombu's behaviour).
-    async fn route(&self, exchange: &str, routing_key: &str, message: &RawMessage) -> Result<RouteTarget> {
-        let mut queues: Vec<Arc<str>> = Vec::new();
-        if exchange.is_empty() {
-            if !routing_key.is_empty() {
-                queues.push(Arc::from(routing_key));
-            }
-            return Ok(RouteTarget::Queues(queues));
-        }
-        let kind = match self
-            .state
-            .route(exchange, routing_key, &message.headers, &mut queues)
-        {
-            Routed::Local(ExchangeType::Fanout) if self.backend.native_fanout() => {
-                return Ok(RouteTarget::NativeFanout)
-            }
-            Routed::Local(kind) => Some(kind),
-            Routed::UnknownExchange => None,
-        };
-        if self.backend.persists_bindings() {
-            if let Some(stored) = self.backend.load_bindings(exchange).await? {
-                // The local declaration wins (Kombu: the publisher's own state decides).
-                let kind = kind.or(stored.kind).unwrap_or(ExchangeType::Direct);
-                if kind == ExchangeType::Fanout && self.backend.native_fanout() {
-                    return Ok(RouteTarget::NativeFanout);
-                }
-                route_stored(kind, &stored.bindings, routing_key, message, &mut queues);
-                return Ok(RouteTarget::Queues(queues));
-            }
-        }
-        match kind {
-            Some(_) => Ok(RouteTarget::Queues(queues)),
-            None => Err(Error::new(
-                ErrorKind::NotFound,
-                "exchange not declared (declare it first, e.g. with the producer's `declare` list)",
-            )
-            .with_context("exchange", exchange)),
-        }
-    }
+fn not_declared(exchange: &str) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        "exchange not declared (declare it first, e.g. with the producer's `declare` list)",
+    )
+    .with_context("exchange", exchange)
 }
 
 /// A message that matched no queue: an error for a mandatory publish, else dropped (AMQP).
@@ -898,12 +924,23 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
         }
         let mut envelope = Envelope::new(message, &options.exchange, &options.routing_key);
         envelope.body_encoding = inner.body_encoding;
-        if let Some(routed) = inner.publish_routed_on_broker(&envelope, &options).await? {
-            return routed;
-        }
-        let target = inner
-            .route(&options.exchange, &options.routing_key, &envelope.message)
-            .await?;
+        let (exchange, routing_key) = (options.exchange.as_str(), options.routing_key.as_str());
+        // Only backends that store bindings need an await; it is boxed so its state does not
+        // bloat this (boxed, per-publish) future on the synchronous path.
+        let target = if exchange.is_empty() {
+            // The default exchange: the queue named by the routing key.
+            let queue = (!routing_key.is_empty()).then(|| Arc::from(routing_key));
+            RouteTarget::Queues(queue.into_iter().collect())
+        } else if inner.backend.persists_bindings() {
+            if inner.backend.routes_on_broker() {
+                if let Some(routed) = Box::pin(inner.publish_routed_on_broker(&envelope, &options)).await? {
+                    return routed;
+                }
+            }
+            Box::pin(inner.route_with_stored(exchange, routing_key, &envelope.message)).await?
+        } else {
+            inner.route_local(exchange, routing_key, &envelope.message)?
+        };
         match target {
             RouteTarget::NativeFanout => {
                 inner
