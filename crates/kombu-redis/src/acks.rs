@@ -95,13 +95,7 @@ async fn write_batch(
 ) {
     let mut pause = FIRST_RETRY_PAUSE;
     loop {
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .zrem(unacked_index, tags)
-            .ignore()
-            .hdel(unacked, tags)
-            .ignore();
-        match pipe.query_async::<()>(conn).await {
+        match settle(unacked, unacked_index, tags).query_async::<()>(conn).await {
             Ok(()) => {
                 debug!(count = tags.len(), "acks written");
                 return;
@@ -121,6 +115,17 @@ async fn write_batch(
             }
         }
     }
+}
+
+/// Kombu's ack: remove the deliveries `tags` from the unacked hash and its index, atomically.
+pub(crate) fn settle<T: redis::ToRedisArgs>(unacked: &str, unacked_index: &str, tags: T) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .zrem(unacked_index, &tags)
+        .ignore()
+        .hdel(unacked, &tags)
+        .ignore();
+    pipe
 }
 
 fn retryable(e: &redis::RedisError) -> bool {

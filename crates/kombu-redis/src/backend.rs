@@ -16,7 +16,7 @@ use redis::AsyncConnectionConfig;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use crate::acks::AckQueue;
+use crate::acks::{self, AckQueue};
 use crate::fanout::Fanout;
 use crate::keys::Keys;
 use crate::scripts;
@@ -229,6 +229,18 @@ impl Inner {
             .copied()
     }
 
+    /// Add to `pipe` the PEXPIRE of every list of `queue` if it was declared with
+    /// `x-expires` (Redis expires the lists, as Kombu 5.7 does); whether it added any.
+    fn pexpire_if_expiring(&self, pipe: &mut redis::Pipeline, queue: &str) -> bool {
+        let Some(ms) = self.expires_ms(queue) else {
+            return false;
+        };
+        for k in self.keys.queue_keys(queue) {
+            pipe.pexpire(k, ms as i64).ignore();
+        }
+        true
+    }
+
     async fn push(&self, queue: &str, envelope: &Envelope, consume_next: bool) -> Result<()> {
         let key = self.keys.key_for_priority(queue, envelope.priority());
         let payload = envelope.to_json();
@@ -238,11 +250,7 @@ impl Inner {
         } else {
             pipe.lpush(&key, payload).ignore();
         }
-        if let Some(ms) = self.expires_ms(queue) {
-            for k in self.keys.queue_keys(queue) {
-                pipe.pexpire(k, ms as i64).ignore();
-            }
-        }
+        self.pexpire_if_expiring(&mut pipe, queue);
         let () = pipe
             .query_async(&mut self.conn())
             .await
@@ -257,12 +265,7 @@ impl Inner {
         let mut pipe = redis::pipe();
         let mut any = false;
         for queue in queues {
-            if let Some(ms) = self.expires_ms(queue) {
-                any = true;
-                for k in self.keys.queue_keys(queue) {
-                    pipe.pexpire(k, ms as i64).ignore();
-                }
-            }
+            any |= self.pexpire_if_expiring(&mut pipe, queue);
         }
         if any {
             let _: redis::RedisResult<()> = pipe.query_async(&mut self.conn()).await;
@@ -634,11 +637,8 @@ impl VirtualBackend for RedisBackend {
             .invoke_async(&mut inner.conn())
             .await
             .map_err(|e| redis_error(e, "claim failed").with_context("queue", queue))?;
-        if let Some(ms) = inner.expires_ms(queue) {
-            let mut pipe = redis::pipe();
-            for k in &keys {
-                pipe.pexpire(k, ms as i64).ignore();
-            }
+        let mut pipe = redis::pipe();
+        if inner.pexpire_if_expiring(&mut pipe, queue) {
             let _: redis::RedisResult<()> = pipe.query_async(&mut inner.conn()).await;
         }
         let mut malformed = 0usize;
@@ -702,24 +702,13 @@ impl VirtualBackend for RedisBackend {
     async fn ack(&self, _queue: &str, receipt: Option<&str>) -> Result<()> {
         let Some(tag) = receipt else { return Ok(()) };
         let inner = &self.inner;
-        if inner.acks.push(tag) {
-            inner
-                .in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(tag);
-            return Ok(());
+        if !inner.acks.push(tag) {
+            // The writer task is gone (the runtime is shutting down): write this one now.
+            let () = acks::settle(&inner.keys.unacked, &inner.keys.unacked_index, tag)
+                .query_async(&mut inner.conn())
+                .await
+                .map_err(|e| redis_error(e, "ack failed").with_context("delivery_tag", tag))?;
         }
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .zrem(&inner.keys.unacked_index, tag)
-            .ignore()
-            .hdel(&inner.keys.unacked, tag)
-            .ignore();
-        let () = pipe
-            .query_async(&mut inner.conn())
-            .await
-            .map_err(|e| redis_error(e, "ack failed").with_context("delivery_tag", tag))?;
         inner
             .in_flight
             .lock()
