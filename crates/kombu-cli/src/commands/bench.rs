@@ -432,19 +432,77 @@ async fn consume_share(
     Ok(consumer)
 }
 
-/// The same work over a raw `tokio::sync::mpsc` channel: serialize, send, receive, decode.
-async fn bench_mpsc(args: &BenchArgs, show: bool) -> CliResult<Timings> {
-    let closed = || CliError::other("the mpsc channel closed");
+/// A bare channel for the baselines: the same serialize/send/receive/decode work as kombu-rs,
+/// without kombu-rs.
+trait RawChannel {
+    async fn send(&mut self, payload: Vec<u8>) -> CliResult<()>;
+    async fn recv(&mut self) -> CliResult<Vec<u8>>;
+}
+
+/// A raw `tokio::sync::mpsc` channel (the in-process ceiling).
+struct MpscChannel {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+}
+
+fn mpsc_closed() -> CliError {
+    CliError::other("the mpsc channel closed")
+}
+
+impl RawChannel for MpscChannel {
+    async fn send(&mut self, payload: Vec<u8>) -> CliResult<()> {
+        self.tx.send(payload).map_err(|_| mpsc_closed())
+    }
+
+    async fn recv(&mut self) -> CliResult<Vec<u8>> {
+        self.rx.recv().await.ok_or_else(mpsc_closed)
+    }
+}
+
+/// A Redis list with a bare redis-rs client: LPUSH, BRPOP.
+struct RedisList {
+    conn: redis::aio::MultiplexedConnection,
+    key: String,
+}
+
+fn redis_failed(e: redis::RedisError) -> CliError {
+    CliError::other(format!("redis: {e}"))
+}
+
+impl RawChannel for RedisList {
+    async fn send(&mut self, payload: Vec<u8>) -> CliResult<()> {
+        redis::cmd("LPUSH")
+            .arg(&self.key)
+            .arg(payload)
+            .query_async::<i64>(&mut self.conn)
+            .await
+            .map(drop)
+            .map_err(redis_failed)
+    }
+
+    async fn recv(&mut self) -> CliResult<Vec<u8>> {
+        let (_, bytes): (String, Vec<u8>) = redis::cmd("BRPOP")
+            .arg(&self.key)
+            .arg(0.25)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(redis_failed)?;
+        Ok(bytes)
+    }
+}
+
+/// The three phases over a raw channel: publish the bodies built beforehand (serialized in the
+/// loop, as kombu-rs does), receive and decode them all, then timed round trips.
+async fn bench_raw(channel: &mut impl RawChannel, args: &BenchArgs, show: bool) -> CliResult<Timings> {
     let encode = |b: &Body| serde_json::to_vec(b).map_err(|e| CliError::other(e.to_string()));
     let decode =
         |bytes: &[u8]| serde_json::from_slice::<Body>(bytes).map_err(|e| CliError::other(e.to_string()));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let bodies: Vec<Body> = (0..args.messages).map(|i| body(i, args.size)).collect();
 
     let progress = Progress::start(show, "publish", args.messages);
     let started = Instant::now();
     for b in &bodies {
-        tx.send(encode(b)?).map_err(|_| closed())?;
+        channel.send(encode(b)?).await?;
         progress.tick();
     }
     let publish = started.elapsed();
@@ -453,7 +511,7 @@ async fn bench_mpsc(args: &BenchArgs, show: bool) -> CliResult<Timings> {
     let progress = Progress::start(show, "consume", args.messages);
     let started = Instant::now();
     for _ in 0..args.messages {
-        let bytes = rx.recv().await.ok_or_else(closed)?;
+        let bytes = channel.recv().await?;
         let _decoded = decode(&bytes)?;
         progress.tick();
     }
@@ -464,8 +522,8 @@ async fn bench_mpsc(args: &BenchArgs, show: bool) -> CliResult<Timings> {
     let mut latencies = Vec::with_capacity(usize::try_from(args.latency_samples).unwrap_or(0));
     for i in 0..args.latency_samples {
         let t = Instant::now();
-        tx.send(encode(&body(i, args.size))?).map_err(|_| closed())?;
-        let bytes = rx.recv().await.ok_or_else(closed)?;
+        channel.send(encode(&body(i, args.size))?).await?;
+        let bytes = channel.recv().await?;
         let _decoded = decode(&bytes)?;
         latencies.push(t.elapsed());
         progress.tick();
@@ -476,6 +534,12 @@ async fn bench_mpsc(args: &BenchArgs, show: bool) -> CliResult<Timings> {
         consume,
         latencies,
     })
+}
+
+/// The same work over a raw `tokio::sync::mpsc` channel: serialize, send, receive, decode.
+async fn bench_mpsc(args: &BenchArgs, show: bool) -> CliResult<Timings> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    bench_raw(&mut MpscChannel { tx, rx }, args, show).await
 }
 
 fn started_at_nanos() -> u128 {
@@ -491,69 +555,13 @@ async fn bench_redis(
     args: &BenchArgs,
     show: bool,
 ) -> CliResult<Timings> {
-    let fail = |e: redis::RedisError| CliError::other(format!("redis: {e}"));
-    let encode = |b: &Body| serde_json::to_vec(b).map_err(|e| CliError::other(e.to_string()));
-    let decode =
-        |bytes: &[u8]| serde_json::from_slice::<Body>(bytes).map_err(|e| CliError::other(e.to_string()));
-    let client = redis::Client::open(url.as_uri(true).as_str()).map_err(fail)?;
-    let mut conn = client.get_multiplexed_async_connection().await.map_err(fail)?;
+    let client = redis::Client::open(url.as_uri(true).as_str()).map_err(redis_failed)?;
+    let conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(redis_failed)?;
     let key = format!("bench-raw-{}-{}", std::process::id(), started_at_nanos());
-    let progress = Progress::start(show, "publish", args.messages);
-    let started = Instant::now();
-    for i in 0..args.messages {
-        let payload = encode(&body(i, args.size))?;
-        let () = redis::cmd("LPUSH")
-            .arg(&key)
-            .arg(payload)
-            .query_async::<i64>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(fail)?;
-        progress.tick();
-    }
-    let publish = started.elapsed();
-    progress.finish();
-    let progress = Progress::start(show, "consume", args.messages);
-    let started = Instant::now();
-    for _ in 0..args.messages {
-        let (_, bytes): (String, Vec<u8>) = redis::cmd("BRPOP")
-            .arg(&key)
-            .arg(0.25)
-            .query_async(&mut conn)
-            .await
-            .map_err(fail)?;
-        let _decoded = decode(&bytes)?;
-        progress.tick();
-    }
-    let consume = started.elapsed();
-    progress.finish();
-    let progress = Progress::start(show, "latency", args.latency_samples);
-    let mut latencies = Vec::with_capacity(usize::try_from(args.latency_samples).unwrap_or(0));
-    for i in 0..args.latency_samples {
-        let t = Instant::now();
-        let () = redis::cmd("LPUSH")
-            .arg(&key)
-            .arg(encode(&body(i, args.size))?)
-            .query_async::<i64>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(fail)?;
-        let (_, bytes): (String, Vec<u8>) = redis::cmd("BRPOP")
-            .arg(&key)
-            .arg(0.25)
-            .query_async(&mut conn)
-            .await
-            .map_err(fail)?;
-        let _decoded = decode(&bytes)?;
-        latencies.push(t.elapsed());
-        progress.tick();
-    }
-    progress.finish();
-    Ok(Timings {
-        publish,
-        consume,
-        latencies,
-    })
+    bench_raw(&mut RedisList { conn, key }, args, show).await
 }
 
 #[cfg(test)]
