@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::RedisServer;
-use kombu::{Connection, PublishOptions, Queue, RetryPolicy};
+use kombu::{Connection, Message, PublishOptions, Queue, RetryPolicy};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,34 +47,31 @@ async fn restart_mid_stream_loses_nothing_and_the_consumer_resumes() {
         }
         // Consume as we go (a few at a time), acking what arrives.
         while let Ok(m) = consumer.recv_timeout(Duration::from_millis(5)).await {
-            let n = m.decode::<Value>().expect("json")["n"].as_u64().expect("n");
-            assert!(
-                !acked.contains(&n),
-                "message {n} came back after a successful ack"
-            );
-            if m.ack().await.is_ok() {
-                acked.insert(n);
-            }
-            received.push(n);
+            ack_once(m, &mut acked, &mut received).await;
         }
     }
     assert_eq!(confirmed.len(), 200, "retrying publishes ride out the restart");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !confirmed.iter().all(|n| received.contains(n)) && Instant::now() < deadline {
         if let Ok(m) = consumer.recv_timeout(Duration::from_millis(200)).await {
-            let n = m.decode::<Value>().expect("json")["n"].as_u64().expect("n");
-            assert!(
-                !acked.contains(&n),
-                "message {n} came back after a successful ack"
-            );
-            if m.ack().await.is_ok() {
-                acked.insert(n);
-            }
-            received.push(n);
+            ack_once(m, &mut acked, &mut received).await;
         }
     }
     let missing: Vec<&u64> = confirmed.iter().filter(|n| !received.contains(n)).collect();
     assert!(missing.is_empty(), "confirmed but never consumed: {missing:?}");
     consumer.close().await.expect("close");
     producer_conn.close().await.expect("close");
+}
+
+/// Record a received message and ack it; a message whose ack succeeded must never come back.
+async fn ack_once(m: Message, acked: &mut BTreeSet<u64>, received: &mut Vec<u64>) {
+    let n = m.decode::<Value>().expect("json")["n"].as_u64().expect("n");
+    assert!(
+        !acked.contains(&n),
+        "message {n} came back after a successful ack"
+    );
+    if m.ack().await.is_ok() {
+        acked.insert(n);
+    }
+    received.push(n);
 }
