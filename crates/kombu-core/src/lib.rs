@@ -38,8 +38,8 @@ pub use message::{AckHandle, Acknowledger, Delivery, DeliveryInfo, DeliveryMode,
 pub use registry::TransportDescriptor;
 pub use transport::{
     Channel, ConnectOptions, ConsumeOptions, ConsumerHandle, DeclareOptions, DeleteExchangeOptions,
-    DeleteQueueOptions, DeliveryStream, GetOptions, PublishOptions, QosOptions, QueueBinding, QueueDeclareOk,
-    Transport, TransportOptions,
+    DeleteQueueOptions, DeliveryStream, ExchangeBinding, GetOptions, PublishOptions, QosOptions,
+    QueueBinding, QueueDeclareOk, Transport, TransportOptions,
 };
 pub use url::{BrokerUrl, Secret};
 pub use value::{FieldTable, Value};

@@ -165,6 +165,36 @@ impl QueueBinding {
     }
 }
 
+/// An exchange-to-exchange binding (a RabbitMQ extension of AMQP 0-9-1): messages that
+/// `source` routes with a matching key are routed on by `destination`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExchangeBinding {
+    /// The exchange that receives the messages.
+    pub destination: String,
+    /// The exchange messages are published to.
+    pub source: String,
+    /// The binding key.
+    pub routing_key: String,
+    /// Binding arguments (`x-match` … for a headers source).
+    pub arguments: FieldTable,
+}
+
+impl ExchangeBinding {
+    /// Route what `source` routes with `routing_key` on to `destination`.
+    pub fn new(
+        destination: impl Into<String>,
+        source: impl Into<String>,
+        routing_key: impl Into<String>,
+    ) -> Self {
+        ExchangeBinding {
+            destination: destination.into(),
+            source: source.into(),
+            routing_key: routing_key.into(),
+            arguments: FieldTable::new(),
+        }
+    }
+}
+
 /// Options of a queue deletion.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -292,6 +322,19 @@ pub trait Channel: Send + Sync + fmt::Debug + 'static {
 
     /// Remove a binding.
     async fn unbind_queue(&self, binding: &QueueBinding) -> Result<()>;
+
+    /// Bind an exchange to an exchange. Transports without
+    /// [`Capabilities::exchange_to_exchange`] return `Unsupported`.
+    async fn bind_exchange(&self, binding: &ExchangeBinding) -> Result<()> {
+        let _ = binding;
+        Err(crate::Error::unsupported("exchange-to-exchange bindings"))
+    }
+
+    /// Remove an exchange-to-exchange binding.
+    async fn unbind_exchange(&self, binding: &ExchangeBinding) -> Result<()> {
+        let _ = binding;
+        Err(crate::Error::unsupported("exchange-to-exchange bindings"))
+    }
 
     /// Remove every ready message; returns how many were removed.
     async fn purge_queue(&self, queue: &str) -> Result<u64>;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kombu::transport::{DeclareOptions, DeleteQueueOptions, GetOptions, QueueBinding};
+use kombu::transport::{DeclareOptions, DeleteQueueOptions, ExchangeBinding, GetOptions, QueueBinding};
 use kombu::{
     Binding, Capabilities, Connection, Consumer, ErrorKind, Exchange, Message, PriorityOrder, PublishOptions,
     Queue, Value,
@@ -33,6 +33,8 @@ requires! {
     topic: |c: &Capabilities| c.exchange_topic => "transport does not support topic exchanges";
     fanout: |c: &Capabilities| c.exchange_fanout => "transport does not support fanout exchanges";
     headers: |c: &Capabilities| c.exchange_headers => "transport does not support headers exchanges";
+    exchange_to_exchange: |c: &Capabilities| c.exchange_to_exchange && c.exchange_topic
+        => "transport does not support exchange-to-exchange bindings";
     priority: |c: &Capabilities| c.priority.is_some() => "transport does not support priorities";
     ttl: |c: &Capabilities| c.message_ttl => "transport does not support message TTL";
     max_length: |c: &Capabilities| c.max_length => "transport does not support x-max-length";
@@ -40,8 +42,8 @@ requires! {
         => "transport does not restore unacked messages on close";
     recover: |c: &Capabilities| c.recover => "transport does not support recover";
     size_limit: |c: &Capabilities| c.max_message_size.is_some() => "transport has no message size limit";
-    local_bindings: |c: &Capabilities| !c.persistent_bindings
-        => "transport stores bindings on the broker: an exchange undeclared here routes over them, as in Kombu";
+    exchanges_checked: |c: &Capabilities| !c.persistent_bindings || c.publisher_confirms
+        => "transport stores bindings on the broker and has no publisher confirms: an exchange undeclared here routes over them, as in Kombu";
 }
 
 fn one_mib(c: &Capabilities) -> Result<(), &'static str> {
@@ -75,12 +77,13 @@ behaviours! {
     direct_routing_by_key: always;
     direct_unknown_key_is_dropped: always;
     publish_to_exchange_without_queues_succeeds: always;
-    publish_to_undeclared_exchange_is_not_found: local_bindings;
+    publish_to_undeclared_exchange_is_not_found: exchanges_checked;
     topic_star_and_hash: topic;
     topic_kombu_test_table: topic;
     topic_hash_matches_zero_words: topic;
     fanout_delivers_to_every_queue: fanout;
     headers_exchange_all_and_any: headers;
+    exchange_to_exchange_binding_routes_on: exchange_to_exchange;
     overlapping_bindings_deliver_once: topic;
     multiple_bindings_per_queue: always;
     unbind_stops_routing: always;
@@ -565,6 +568,33 @@ async fn fanout_delivers_to_every_queue(ctx: Ctx) -> TestResult {
         m.ack().await?;
     }
     Ok(())
+}
+
+async fn exchange_to_exchange_binding_routes_on(ctx: Ctx) -> TestResult {
+    let conn = ctx.conn()?;
+    let front = Exchange::topic(ctx.name("e2e-front"));
+    let back = Exchange::direct(ctx.name("e2e-back"));
+    let channel = conn.channel().await?;
+    channel
+        .declare_exchange(&front, DeclareOptions::default())
+        .await?;
+    let q = bound(&ctx, "e2e", &back, "orders.created");
+    declare(&conn, &q).await?;
+    let binding = ExchangeBinding::new(back.name.clone(), front.name.clone(), "orders.*");
+    channel.bind_exchange(&binding).await?;
+    publish_json(&conn, &front, "orders.created", serde_json::json!("via front")).await?;
+    publish_json(&conn, &front, "invoices.created", serde_json::json!("not bound")).await?;
+    let m = get_one(&ctx, &conn, &q.name).await?;
+    check_eq!(
+        m.decode::<String>()?,
+        "via front",
+        "body routed through both exchanges"
+    );
+    m.ack().await?;
+    assert_empty(&ctx, &conn, &q.name).await?;
+    channel.unbind_exchange(&binding).await?;
+    publish_json(&conn, &front, "orders.created", serde_json::json!("after unbind")).await?;
+    assert_empty(&ctx, &conn, &q.name).await
 }
 
 async fn headers_exchange_all_and_any(ctx: Ctx) -> TestResult {
