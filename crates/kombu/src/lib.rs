@@ -68,6 +68,8 @@ pub mod transport {
     pub use kombu_core::{envelope, router, Delivery, Envelope, RawMessage};
 }
 
+#[cfg(feature = "amqp")]
+pub use kombu_amqp;
 /// The transport crates compiled into this build, under their features.
 #[cfg(feature = "memory")]
 pub use kombu_memory;
@@ -86,6 +88,8 @@ pub fn install_default_transports() {
     kombu_sqlite::register();
     #[cfg(feature = "redis")]
     kombu_redis::register();
+    #[cfg(feature = "amqp")]
+    kombu_amqp::register();
 }
 
 /// The transports registered in this build.
@@ -108,6 +112,9 @@ mod tests {
         }
         if cfg!(feature = "redis") {
             expected.push("redis");
+        }
+        if cfg!(feature = "amqp") {
+            expected.push("amqp");
         }
         expected.sort_unstable();
         let mut names = names;

@@ -1,0 +1,253 @@
+//! Conversions between kombu-rs's message model and AMQP 0-9-1 frames.
+//!
+//! Kombu's AMQP transport sends messages natively: the body as it is, the content type and
+//! encoding, headers as `application_headers` and the basic properties 1:1. So do we, which
+//! makes messages from Python Kombu and kombu-rs indistinguishable on the broker.
+//!
+//! Integers are written as py-amqp writes them (signed 32-bit `I` when they fit, else signed
+//! 64-bit `l`), strings as long strings `S`, byte strings as RabbitMQ's byte arrays `x`.
+//! Received long strings that are not UTF-8 become [`Value::Bytes`], never an error.
+
+use kombu_core::{DeliveryMode, Error, ErrorKind, FieldTable, Properties, RawMessage, Result, Value};
+use lapin::types::{AMQPValue, ByteArray, FieldArray, FieldTable as AmqpTable, LongString, ShortString};
+use lapin::BasicProperties;
+
+/// `value` as an AMQP short string (at most 255 bytes), or an `InvalidArgument` error naming
+/// `what` — never a panic on a long name.
+pub(crate) fn short(value: &str, what: &'static str) -> Result<ShortString> {
+    ShortString::try_new(value).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("{what} is longer than AMQP's 255-byte limit"),
+        )
+        .with_context("length", value.len())
+    })
+}
+
+/// A kombu-rs table as an AMQP field table.
+pub(crate) fn table_to_amqp(table: &FieldTable) -> Result<AmqpTable> {
+    let mut out = AmqpTable::default();
+    for (key, value) in table {
+        out.insert(short(key, "a header or argument name")?, value_to_amqp(value)?);
+    }
+    Ok(out)
+}
+
+/// A kombu-rs value as an AMQP field value.
+pub(crate) fn value_to_amqp(value: &Value) -> Result<AMQPValue> {
+    Ok(match value {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Int(i) => match i32::try_from(*i) {
+            Ok(small) => AMQPValue::LongInt(small),
+            Err(_) => AMQPValue::LongLongInt(*i),
+        },
+        Value::Float(f) => AMQPValue::Double(*f),
+        Value::String(s) => AMQPValue::LongString(LongString::from(s.as_bytes())),
+        Value::Bytes(b) => AMQPValue::ByteArray(ByteArray::from(b.as_slice())),
+        Value::Array(items) => {
+            let mut array = FieldArray::default();
+            for item in items {
+                array.push(value_to_amqp(item)?);
+            }
+            AMQPValue::FieldArray(array)
+        }
+        Value::Table(t) => AMQPValue::FieldTable(table_to_amqp(t)?),
+    })
+}
+
+/// An AMQP field table as a kombu-rs table.
+pub(crate) fn table_from_amqp(table: &AmqpTable) -> FieldTable {
+    table
+        .inner()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), value_from_amqp(v)))
+        .collect()
+}
+
+/// An AMQP field value as a kombu-rs value.
+pub(crate) fn value_from_amqp(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::ShortShortInt(i) => Value::Int(i64::from(*i)),
+        AMQPValue::ShortShortUInt(i) => Value::Int(i64::from(*i)),
+        AMQPValue::ShortInt(i) => Value::Int(i64::from(*i)),
+        AMQPValue::ShortUInt(i) => Value::Int(i64::from(*i)),
+        AMQPValue::LongInt(i) => Value::Int(i64::from(*i)),
+        AMQPValue::LongUInt(i) => Value::Int(i64::from(*i)),
+        AMQPValue::LongLongInt(i) => Value::Int(*i),
+        AMQPValue::Float(f) => Value::Float(f64::from(*f)),
+        AMQPValue::Double(f) => Value::Float(*f),
+        AMQPValue::DecimalValue(d) => Value::Float(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
+        AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
+        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
+            Ok(text) => Value::String(text.to_owned()),
+            Err(_) => Value::Bytes(s.as_bytes().to_vec()),
+        },
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_from_amqp).collect()),
+        AMQPValue::Timestamp(t) => Value::Int(i64::try_from(*t).unwrap_or(i64::MAX)),
+        AMQPValue::FieldTable(t) => Value::Table(table_from_amqp(t)),
+        AMQPValue::ByteArray(b) => Value::Bytes(b.as_slice().to_vec()),
+        AMQPValue::Void => Value::Null,
+    }
+}
+
+/// The AMQP basic properties of `message`.
+pub(crate) fn properties_to_amqp(message: &RawMessage) -> Result<BasicProperties> {
+    let mut props = BasicProperties::default();
+    if let Some(ct) = &message.content_type {
+        props = props.with_content_type(short(ct, "content_type")?);
+    }
+    if let Some(ce) = &message.content_encoding {
+        props = props.with_content_encoding(short(ce, "content_encoding")?);
+    }
+    if !message.headers.is_empty() {
+        props = props.with_headers(table_to_amqp(&message.headers)?);
+    }
+    let p = &message.properties;
+    if let Some(mode) = p.delivery_mode {
+        props = props.with_delivery_mode(mode.as_u8());
+    }
+    if let Some(priority) = p.priority {
+        props = props.with_priority(priority);
+    }
+    let text_props: [(&Option<String>, &'static str); 7] = [
+        (&p.correlation_id, "correlation_id"),
+        (&p.reply_to, "reply_to"),
+        (&p.expiration, "expiration"),
+        (&p.message_id, "message_id"),
+        (&p.message_type, "type"),
+        (&p.user_id, "user_id"),
+        (&p.app_id, "app_id"),
+    ];
+    for (value, name) in text_props {
+        let Some(value) = value else { continue };
+        let value = short(value, name)?;
+        props = match name {
+            "correlation_id" => props.with_correlation_id(value),
+            "reply_to" => props.with_reply_to(value),
+            "expiration" => props.with_expiration(value),
+            "message_id" => props.with_message_id(value),
+            "type" => props.with_type(value),
+            "user_id" => props.with_user_id(value),
+            _ => props.with_app_id(value),
+        };
+    }
+    if let Some(ts) = p.timestamp {
+        props = props.with_timestamp(ts);
+    }
+    if let Some(cluster_id) = p.extra.get("cluster_id").and_then(Value::as_str) {
+        props = props.with_cluster_id(short(cluster_id, "cluster_id")?);
+    }
+    Ok(props)
+}
+
+/// A received body and its properties as a [`RawMessage`].
+pub(crate) fn message_from_amqp(body: Vec<u8>, props: &BasicProperties) -> RawMessage {
+    let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
+    let mut extra = FieldTable::new();
+    if let Some(cluster_id) = props.cluster_id() {
+        extra.insert("cluster_id".into(), Value::String(cluster_id.as_str().to_owned()));
+    }
+    RawMessage {
+        body: body.into(),
+        content_type: text(props.content_type()),
+        content_encoding: text(props.content_encoding()),
+        headers: props.headers().as_ref().map(table_from_amqp).unwrap_or_default(),
+        properties: Properties {
+            delivery_mode: props.delivery_mode().map(DeliveryMode::from_u8),
+            priority: *props.priority(),
+            correlation_id: text(props.correlation_id()),
+            reply_to: text(props.reply_to()),
+            expiration: text(props.expiration()),
+            message_id: text(props.message_id()),
+            timestamp: *props.timestamp(),
+            message_type: text(props.kind()),
+            user_id: text(props.user_id()),
+            app_id: text(props.app_id()),
+            extra,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_through_amqp() {
+        let mut nested = FieldTable::new();
+        nested.insert("n".into(), Value::Int(-3));
+        let cases = vec![
+            Value::Null,
+            Value::Bool(true),
+            Value::Int(7),
+            Value::Int(1 << 40),
+            Value::Float(2.5),
+            Value::String("héllo".into()),
+            Value::Bytes(vec![0, 255, 1]),
+            Value::Array(vec![Value::Int(1), Value::String("a".into())]),
+            Value::Table(nested),
+        ];
+        for value in cases {
+            let back = value_from_amqp(&value_to_amqp(&value).unwrap());
+            assert_eq!(back, value);
+        }
+    }
+
+    #[test]
+    fn small_integers_use_py_amqp_types() {
+        assert_eq!(value_to_amqp(&Value::Int(5)).unwrap(), AMQPValue::LongInt(5));
+        assert_eq!(
+            value_to_amqp(&Value::Int(i64::MAX)).unwrap(),
+            AMQPValue::LongLongInt(i64::MAX)
+        );
+    }
+
+    #[test]
+    fn non_utf8_long_strings_become_bytes() {
+        let v = AMQPValue::LongString(LongString::from(&[0xffu8, 0xfe][..]));
+        assert_eq!(value_from_amqp(&v), Value::Bytes(vec![0xff, 0xfe]));
+    }
+
+    #[test]
+    fn properties_round_trip() {
+        let mut message = RawMessage {
+            body: "x".into(),
+            content_type: Some("application/json".into()),
+            content_encoding: Some("utf-8".into()),
+            ..Default::default()
+        };
+        message
+            .headers
+            .insert("compression".into(), Value::String("application/x-gzip".into()));
+        message.properties = Properties {
+            delivery_mode: Some(DeliveryMode::Persistent),
+            priority: Some(4),
+            correlation_id: Some("c".into()),
+            reply_to: Some("r".into()),
+            expiration: Some("1500".into()),
+            message_id: Some("m".into()),
+            timestamp: Some(1_700_000_000),
+            message_type: Some("t".into()),
+            user_id: Some("guest".into()),
+            app_id: Some("a".into()),
+            extra: FieldTable::new(),
+        };
+        let props = properties_to_amqp(&message).unwrap();
+        let back = message_from_amqp(b"x".to_vec(), &props);
+        assert_eq!(back, message);
+    }
+
+    #[test]
+    fn overlong_names_are_errors_not_panics() {
+        let long = "x".repeat(256);
+        let err = short(&long, "routing key").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        let message = RawMessage {
+            content_type: Some(long),
+            ..Default::default()
+        };
+        assert!(properties_to_amqp(&message).is_err());
+    }
+}

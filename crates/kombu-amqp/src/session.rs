@@ -1,0 +1,345 @@
+//! One logical connection to RabbitMQ that outlives lost sockets.
+//!
+//! A [`Session`] owns the current lapin connection, numbered by a generation that grows with
+//! every reconnection, and the [`Topology`] declared through it. Whoever notices that the
+//! connection is gone calls [`Session::recover`]: one caller reconnects (with the recovery
+//! policy's backoff), replays the topology, and bumps the generation; the others wait for it
+//! and reuse the result. Channels and consumers compare generations to know when to reopen.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use kombu_core::{Error, ErrorKind, Result};
+use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::{ConnectionProperties, ExchangeKind};
+use tracing::{debug, info, warn};
+
+use crate::convert::{short, table_to_amqp};
+use crate::errors::{from_lapin, Op};
+use crate::settings::Settings;
+use crate::topology::{Declaration, Topology};
+
+/// The lapin connection of one generation.
+#[derive(Clone)]
+pub(crate) struct Live {
+    pub(crate) connection: Arc<lapin::Connection>,
+    pub(crate) generation: u64,
+}
+
+impl Live {
+    /// Whether this connection still works.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+}
+
+/// A connection that reconnects and re-declares its topology.
+pub(crate) struct Session {
+    pub(crate) settings: Settings,
+    current: RwLock<Live>,
+    /// Held while reconnecting, so one caller reconnects and the others wait.
+    reconnecting: tokio::sync::Mutex<()>,
+    topology: Mutex<Topology>,
+    closed: AtomicBool,
+    /// Set when a recovery ran out of attempts: the facade then fails over to the next URL.
+    gave_up: AtomicBool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("broker", &self.settings.display)
+            .field("generation", &self.read().generation)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Session {
+    /// Connect once (no retries: the facade's `ensure_connection` retries first connections).
+    pub(crate) async fn connect(settings: Settings) -> Result<Arc<Session>> {
+        let connection = open(&settings).await?;
+        info!(broker = %settings.display, "amqp connected");
+        Ok(Arc::new(Session {
+            settings,
+            current: RwLock::new(Live {
+                connection: Arc::new(connection),
+                generation: 1,
+            }),
+            reconnecting: tokio::sync::Mutex::new(()),
+            topology: Mutex::new(Topology::default()),
+            closed: AtomicBool::new(false),
+            gave_up: AtomicBool::new(false),
+        }))
+    }
+
+    fn read(&self) -> Live {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Whether `close` was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the session can still be used: not closed, and not given up on after a
+    /// recovery ran out of attempts (a lost connection being recovered counts as usable).
+    pub(crate) fn is_usable(&self) -> bool {
+        !self.is_closed() && !self.gave_up.load(Ordering::Acquire)
+    }
+
+    /// Whether the current connection works.
+    pub(crate) fn is_connected(&self) -> bool {
+        !self.is_closed() && self.read().is_connected()
+    }
+
+    /// The current connection, reconnecting first if it is gone.
+    pub(crate) async fn live(&self) -> Result<Live> {
+        let live = self.read();
+        if live.is_connected() {
+            return Ok(live);
+        }
+        self.recover(live.generation).await
+    }
+
+    /// Open a channel on the current connection (reconnecting first if needed).
+    pub(crate) async fn open_channel(&self) -> Result<(lapin::Channel, u64)> {
+        let live = self.live().await?;
+        match live.connection.create_channel().await {
+            Ok(channel) => Ok((channel, live.generation)),
+            Err(e) if crate::errors::is_connection_loss(&e) => {
+                let live = self.recover(live.generation).await?;
+                let channel = live
+                    .connection
+                    .create_channel()
+                    .await
+                    .map_err(|e| from_lapin(Op::OpenChannel, e))?;
+                Ok((channel, live.generation))
+            }
+            Err(e) => Err(from_lapin(Op::OpenChannel, e)),
+        }
+    }
+
+    /// Reconnect, unless someone already replaced generation `stale`; replays the topology.
+    pub(crate) async fn recover(&self, stale: u64) -> Result<Live> {
+        let _guard = self.reconnecting.lock().await;
+        if self.is_closed() {
+            return Err(Error::new(ErrorKind::Closed, "the amqp connection was closed"));
+        }
+        let live = self.read();
+        if live.generation > stale && live.is_connected() {
+            return Ok(live);
+        }
+        let policy = self.settings.recovery;
+        let mut last_error = None;
+        for attempt in 0..=policy.max_retries {
+            tokio::time::sleep(policy.delay(attempt)).await;
+            if self.is_closed() {
+                return Err(Error::new(ErrorKind::Closed, "the amqp connection was closed"));
+            }
+            match open(&self.settings).await {
+                Ok(connection) => {
+                    let connection = Arc::new(connection);
+                    if let Err(e) = self.replay(&connection).await {
+                        warn!(error = %e, attempt, "amqp topology replay failed; retrying");
+                        last_error = Some(e);
+                        continue;
+                    }
+                    let live = Live {
+                        connection,
+                        generation: live.generation + 1,
+                    };
+                    *self
+                        .current
+                        .write()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = live.clone();
+                    info!(
+                        broker = %self.settings.display,
+                        generation = live.generation,
+                        attempts = attempt + 1,
+                        "amqp connection recovered, topology re-declared"
+                    );
+                    return Ok(live);
+                }
+                Err(e) => {
+                    debug!(error = %e, attempt, "amqp reconnect attempt failed");
+                    last_error = Some(e);
+                }
+            }
+        }
+        self.gave_up.store(true, Ordering::Release);
+        let cause = last_error.map_or_else(|| "no attempt was made".to_owned(), |e| e.to_string());
+        Err(Error::new(
+            ErrorKind::Connection,
+            format!(
+                "amqp connection to {} lost and not recovered after {} attempts: {cause}",
+                self.settings.display,
+                policy.max_retries + 1
+            ),
+        ))
+    }
+
+    /// Declare every recorded entity again on `connection`.
+    async fn replay(&self, connection: &lapin::Connection) -> Result<()> {
+        let entries = self
+            .topology
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entries();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| from_lapin(Op::OpenChannel, e))?;
+        for declaration in &entries {
+            if let Err(e) = declare(&channel, declaration).await {
+                if e.kind() == ErrorKind::Connection {
+                    return Err(e);
+                }
+                // One entity the broker now refuses (e.g. redeclared elsewhere with other
+                // arguments) must not keep the rest from coming back.
+                warn!(error = %e, ?declaration, "amqp re-declaration refused; continuing");
+                channel = connection
+                    .create_channel()
+                    .await
+                    .map_err(|e| from_lapin(Op::OpenChannel, e))?;
+            }
+        }
+        let _ = channel.close(200, "topology restored".into()).await;
+        Ok(())
+    }
+
+    /// Remember a successful declaration for recovery.
+    pub(crate) fn record(&self, declaration: Declaration) {
+        self.topology
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .record(declaration);
+    }
+
+    /// Update the recorded topology.
+    pub(crate) fn with_topology(&self, f: impl FnOnce(&mut Topology)) {
+        f(&mut self
+            .topology
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()));
+    }
+
+    /// Close the connection; channels and consumers end.
+    pub(crate) async fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let live = self.read();
+        if live.is_connected() {
+            // Channels already closing make lapin report an error here although the
+            // connection closes all the same: logged, not returned.
+            if let Err(e) = live
+                .connection
+                .close(200, "kombu-rs connection closed".into())
+                .await
+            {
+                debug!(error = %e, "amqp connection close reported an error");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Open one lapin connection within the connect timeout.
+async fn open(settings: &Settings) -> Result<lapin::Connection> {
+    let properties = ConnectionProperties::default().with_connection_name("kombu-rs".into());
+    let timeout = settings.connect_timeout.max(Duration::from_millis(100));
+    match tokio::time::timeout(
+        timeout,
+        lapin::Connection::connect_uri(settings.uri(), properties),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(e)) => Err(from_lapin(Op::Connect, e).with_context("broker", &settings.display)),
+        Err(_) => Err(Error::new(
+            ErrorKind::Timeout,
+            format!("amqp connect to {} timed out", settings.display),
+        )
+        .with_context("timeout_ms", timeout.as_millis())),
+    }
+}
+
+/// Send one declaration.
+pub(crate) async fn declare(channel: &lapin::Channel, declaration: &Declaration) -> Result<()> {
+    match declaration {
+        Declaration::Exchange(exchange) => {
+            let options = ExchangeDeclareOptions {
+                passive: false,
+                durable: exchange.durable,
+                auto_delete: exchange.auto_delete,
+                internal: false,
+                nowait: false,
+            };
+            channel
+                .exchange_declare(
+                    short(&exchange.name, "exchange name")?,
+                    exchange_kind(exchange.kind),
+                    options,
+                    table_to_amqp(&exchange.arguments)?,
+                )
+                .await
+                .map_err(|e| from_lapin(Op::DeclareExchange, e))
+        }
+        Declaration::Queue(queue) => {
+            let options = QueueDeclareOptions {
+                passive: false,
+                durable: queue.durable,
+                exclusive: queue.exclusive,
+                auto_delete: queue.auto_delete,
+                nowait: false,
+            };
+            channel
+                .queue_declare(
+                    short(&queue.name, "queue name")?,
+                    options,
+                    table_to_amqp(&queue.arguments)?,
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| from_lapin(Op::DeclareQueue, e))
+        }
+        Declaration::Binding(binding) => channel
+            .queue_bind(
+                short(&binding.queue, "queue name")?,
+                short(&binding.exchange, "exchange name")?,
+                short(&binding.routing_key, "routing key")?,
+                QueueBindOptions::default(),
+                table_to_amqp(&binding.arguments)?,
+            )
+            .await
+            .map_err(|e| from_lapin(Op::Bind, e)),
+        Declaration::ExchangeBinding(binding) => channel
+            .exchange_bind(
+                short(&binding.destination, "exchange name")?,
+                short(&binding.source, "exchange name")?,
+                short(&binding.routing_key, "routing key")?,
+                ExchangeBindOptions::default(),
+                table_to_amqp(&binding.arguments)?,
+            )
+            .await
+            .map_err(|e| from_lapin(Op::Bind, e)),
+    }
+}
+
+/// The lapin exchange kind.
+pub(crate) fn exchange_kind(kind: kombu_core::ExchangeType) -> ExchangeKind {
+    match kind {
+        kombu_core::ExchangeType::Direct => ExchangeKind::Direct,
+        kombu_core::ExchangeType::Topic => ExchangeKind::Topic,
+        kombu_core::ExchangeType::Fanout => ExchangeKind::Fanout,
+        kombu_core::ExchangeType::Headers => ExchangeKind::Headers,
+    }
+}

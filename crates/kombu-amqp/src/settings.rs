@@ -1,0 +1,267 @@
+//! Connection settings: the URL and transport options, with Kombu's names and defaults.
+//!
+//! Kombu passes its AMQP `transport_options` straight to py-amqp's `Connection`; the options
+//! that mean something to a lapin connection keep py-amqp's names here. Options that only tune
+//! py-amqp's socket (`read_timeout`, `socket_settings`, …) are accepted and have no effect, so
+//! a Celery configuration can be reused as it is. Any other option is an error.
+
+use std::fmt;
+use std::time::Duration;
+
+use kombu_core::{ConnectOptions, Error, ErrorKind, Result};
+use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+
+/// Options accepted for compatibility with py-amqp that have no effect on a lapin connection.
+const ACCEPTED_WITHOUT_EFFECT: &[&str] = &[
+    "read_timeout",
+    "write_timeout",
+    "socket_settings",
+    "client_properties",
+    "login_method",
+    "locale",
+];
+
+/// How a lost connection is re-established.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct RecoveryPolicy {
+    /// Reconnection attempts before giving up (`recovery_max_retries`, default 30).
+    pub(crate) max_retries: u32,
+    /// Wait before the second attempt (`recovery_interval_start`, default 0.2 s); doubled
+    /// after each failure.
+    pub(crate) interval_start: Duration,
+    /// Longest wait between attempts (`recovery_interval_max`, default 2 s).
+    pub(crate) interval_max: Duration,
+}
+
+impl RecoveryPolicy {
+    /// The wait before attempt `attempt` (0-based; the first attempt does not wait).
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
+        if attempt == 0 {
+            return Duration::ZERO;
+        }
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+        self.interval_start.saturating_mul(factor).min(self.interval_max)
+    }
+}
+
+/// Everything the transport needs to connect and behave.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    /// The lapin URI (credentials included: never printed).
+    uri: AMQPUri,
+    /// `host:port/vhost` for logs and errors.
+    pub(crate) display: String,
+    /// Wait for a publisher confirm on every publish (`confirm_publish`, default **true**;
+    /// py-amqp's default is false).
+    pub(crate) confirm_publish: bool,
+    /// How lost connections are re-established.
+    pub(crate) recovery: RecoveryPolicy,
+    /// Time allowed for one connection attempt.
+    pub(crate) connect_timeout: Duration,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("broker", &self.display)
+            .field("user", &self.uri.authority.userinfo.username)
+            .field("password", &"****")
+            .field("heartbeat", &self.uri.query.heartbeat)
+            .field("frame_max", &self.uri.query.frame_max)
+            .field("channel_max", &self.uri.query.channel_max)
+            .field("confirm_publish", &self.confirm_publish)
+            .field("recovery", &self.recovery)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl Settings {
+    /// Settings from connect options (URL plus transport options).
+    pub(crate) fn from_options(options: &ConnectOptions) -> Result<Settings> {
+        let url = &options.url;
+        let scheme = url.inner_scheme().to_ascii_lowercase();
+        let tls = match scheme.as_str() {
+            "amqp" | "pyamqp" | "librabbitmq" => false,
+            "amqps" => true,
+            other => {
+                return Err(Error::new(
+                    ErrorKind::InvalidUrl,
+                    format!("the amqp transport does not serve scheme {other:?}"),
+                ))
+            }
+        };
+        if tls || truthy(options.transport_options.get("ssl").map(String::as_str)) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "TLS (amqps:// or ssl=true) is not supported by kombu-amqp yet; use amqp:// on a \
+                 trusted network or a TLS-terminating proxy",
+            ));
+        }
+        for key in options.transport_options.keys() {
+            if !KNOWN_OPTIONS.contains(&key.as_str()) && !ACCEPTED_WITHOUT_EFFECT.contains(&key.as_str()) {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("unknown transport option {key:?} for the amqp transport"),
+                )
+                .with_context("known", KNOWN_OPTIONS.join(", ")));
+            }
+        }
+
+        // Kombu: localhost → 127.0.0.1 (py-amqp would otherwise try ::1 first).
+        let host = match url.host() {
+            None | Some("") | Some("localhost") => "127.0.0.1".to_owned(),
+            Some(host) => host.to_owned(),
+        };
+        let port = url.port().unwrap_or(5672);
+        let username = url
+            .username()
+            .filter(|u| !u.is_empty())
+            .unwrap_or("guest")
+            .to_owned();
+        let password = url
+            .password()
+            .map(|p| p.expose().to_owned())
+            .unwrap_or_else(|| "guest".to_owned());
+        let vhost = url.virtual_host().unwrap_or("/").to_owned();
+
+        let heartbeat = match options.seconds("heartbeat")? {
+            Some(d) => Some(d),
+            None => options.heartbeat,
+        };
+        // AMQP negotiates whole seconds.
+        let heartbeat = heartbeat.map(|d| u16::try_from(d.as_secs().max(1)).unwrap_or(u16::MAX));
+        let connect_timeout = options
+            .seconds("connect_timeout")?
+            .unwrap_or(options.connect_timeout);
+        let query = AMQPQueryString {
+            frame_max: options.option::<u32>("frame_max")?,
+            channel_max: options.option::<u16>("channel_max")?,
+            heartbeat,
+            connection_timeout: Some(u64::try_from(connect_timeout.as_millis()).unwrap_or(u64::MAX)),
+            ..Default::default()
+        };
+        let uri = AMQPUri {
+            scheme: AMQPScheme::AMQP,
+            authority: AMQPAuthority {
+                userinfo: AMQPUserInfo { username, password },
+                host: host.clone(),
+                port,
+            },
+            vhost: vhost.clone(),
+            query,
+        };
+        let confirm_publish = match options.transport_options.get("confirm_publish") {
+            None => true,
+            Some(raw) => parse_bool("confirm_publish", raw)?,
+        };
+        let recovery = RecoveryPolicy {
+            max_retries: options.option::<u32>("recovery_max_retries")?.unwrap_or(30),
+            interval_start: options
+                .seconds("recovery_interval_start")?
+                .unwrap_or(Duration::from_millis(200)),
+            interval_max: options
+                .seconds("recovery_interval_max")?
+                .unwrap_or(Duration::from_secs(2)),
+        };
+        Ok(Settings {
+            uri,
+            display: format!("{host}:{port}/{vhost}"),
+            confirm_publish,
+            recovery,
+            connect_timeout,
+        })
+    }
+
+    /// The lapin URI to connect with.
+    pub(crate) fn uri(&self) -> AMQPUri {
+        self.uri.clone()
+    }
+}
+
+/// Transport options with an effect.
+const KNOWN_OPTIONS: &[&str] = &[
+    "heartbeat",
+    "connect_timeout",
+    "frame_max",
+    "channel_max",
+    "confirm_publish",
+    "recovery_max_retries",
+    "recovery_interval_start",
+    "recovery_interval_max",
+    "ssl",
+];
+
+fn truthy(value: Option<&str>) -> bool {
+    matches!(
+        value.map(|v| v.trim().to_ascii_lowercase()).as_deref(),
+        Some("1" | "true" | "yes" | "on")
+    )
+}
+
+fn parse_bool(key: &str, raw: &str) -> Result<bool> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("transport option {key} must be true or false, not {raw:?}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &str) -> Result<Settings> {
+        let url = url.parse().map_err(|e: Error| e)?;
+        Settings::from_options(&ConnectOptions::new(url))
+    }
+
+    #[test]
+    fn kombu_defaults() {
+        let s = settings("amqp://").unwrap();
+        assert_eq!(s.uri.authority.host, "127.0.0.1");
+        assert_eq!(s.uri.authority.port, 5672);
+        assert_eq!(s.uri.authority.userinfo.username, "guest");
+        assert_eq!(s.uri.authority.userinfo.password, "guest");
+        assert_eq!(s.uri.vhost, "/");
+        assert!(s.confirm_publish);
+    }
+
+    #[test]
+    fn vhost_user_and_options_from_the_url() {
+        let s =
+            settings("pyamqp://bob:s%40cret@rabbit:5673/prod?heartbeat=10&confirm_publish=false").unwrap();
+        assert_eq!(s.uri.authority.host, "rabbit");
+        assert_eq!(s.uri.authority.port, 5673);
+        assert_eq!(s.uri.authority.userinfo.password, "s@cret");
+        assert_eq!(s.uri.vhost, "prod");
+        assert_eq!(s.uri.query.heartbeat, Some(10));
+        assert!(!s.confirm_publish);
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("s@cret"), "password leaked: {shown}");
+        assert_eq!(settings("amqp://h//").unwrap().uri.vhost, "/");
+    }
+
+    #[test]
+    fn bad_options_are_typed_errors() {
+        let err = settings("amqp://h/?visibility_timeout=3").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        let err = settings("amqp://h/?confirm_publish=maybe").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        let err = settings("amqps://h/").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(settings("amqp://h/?read_timeout=5").is_ok());
+    }
+
+    #[test]
+    fn recovery_backoff_doubles_up_to_the_cap() {
+        let p = settings("amqp://").unwrap().recovery;
+        assert_eq!(p.delay(0), Duration::ZERO);
+        assert_eq!(p.delay(1), Duration::from_millis(200));
+        assert_eq!(p.delay(2), Duration::from_millis(400));
+        assert_eq!(p.delay(10), Duration::from_secs(2));
+    }
+}

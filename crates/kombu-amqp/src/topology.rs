@@ -1,0 +1,123 @@
+//! What this connection declared, so a recovered connection can declare it again.
+//!
+//! lapin's own recovery covers channels of a connection that survived; when the connection
+//! itself is lost, exchanges, queues and bindings that were not durable are gone with the
+//! broker, and even durable ones are missing on a fresh broker (lapin#450, the peers'
+//! recurring bug). The transport records every successful declaration here, in order, removes
+//! what is deleted, and replays the record on the new connection before any channel or
+//! consumer is used again.
+
+use kombu_core::{Exchange, ExchangeBinding, FieldTable, QueueBinding};
+
+/// A queue declaration as sent to the broker.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct QueueDeclaration {
+    pub(crate) name: String,
+    pub(crate) durable: bool,
+    pub(crate) exclusive: bool,
+    pub(crate) auto_delete: bool,
+    pub(crate) arguments: FieldTable,
+}
+
+/// One recorded declaration.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Declaration {
+    Exchange(Exchange),
+    Queue(QueueDeclaration),
+    Binding(QueueBinding),
+    ExchangeBinding(ExchangeBinding),
+}
+
+/// The declarations of one connection, in the order they were made.
+#[derive(Debug, Default)]
+pub(crate) struct Topology {
+    entries: Vec<Declaration>,
+}
+
+impl Topology {
+    /// Record a declaration (a repeat of an identical one is not recorded twice; a changed
+    /// one replaces the old entry).
+    pub(crate) fn record(&mut self, declaration: Declaration) {
+        let same_entity = |existing: &Declaration| match (existing, &declaration) {
+            (Declaration::Exchange(a), Declaration::Exchange(b)) => a.name == b.name,
+            (Declaration::Queue(a), Declaration::Queue(b)) => a.name == b.name,
+            (Declaration::Binding(a), Declaration::Binding(b)) => a == b,
+            (Declaration::ExchangeBinding(a), Declaration::ExchangeBinding(b)) => a == b,
+            _ => false,
+        };
+        match self.entries.iter().position(same_entity) {
+            Some(i) => self.entries[i] = declaration,
+            None => self.entries.push(declaration),
+        }
+    }
+
+    /// Forget a deleted exchange and the bindings to and from it.
+    pub(crate) fn forget_exchange(&mut self, name: &str) {
+        self.entries.retain(|d| match d {
+            Declaration::Exchange(e) => e.name != name,
+            Declaration::Binding(b) => b.exchange != name,
+            Declaration::ExchangeBinding(b) => b.source != name && b.destination != name,
+            Declaration::Queue(_) => true,
+        });
+    }
+
+    /// Forget a deleted queue and its bindings.
+    pub(crate) fn forget_queue(&mut self, name: &str) {
+        self.entries.retain(|d| match d {
+            Declaration::Queue(q) => q.name != name,
+            Declaration::Binding(b) => b.queue != name,
+            _ => true,
+        });
+    }
+
+    /// Forget one binding.
+    pub(crate) fn forget(&mut self, declaration: &Declaration) {
+        self.entries.retain(|d| d != declaration);
+    }
+
+    /// Every declaration, in order: exchanges and queues come before the bindings that
+    /// were made after them.
+    pub(crate) fn entries(&self) -> Vec<Declaration> {
+        self.entries.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(name: &str) -> Declaration {
+        Declaration::Queue(QueueDeclaration {
+            name: name.into(),
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: FieldTable::new(),
+        })
+    }
+
+    #[test]
+    fn replays_in_order_without_duplicates_or_deleted_entities() {
+        let mut t = Topology::default();
+        t.record(Declaration::Exchange(Exchange::topic("ex")));
+        t.record(queue("q1"));
+        t.record(queue("q2"));
+        t.record(Declaration::Binding(QueueBinding::new("q1", "ex", "a.#")));
+        t.record(Declaration::Binding(QueueBinding::new("q2", "ex", "b.*")));
+        t.record(queue("q1"));
+        t.forget_queue("q2");
+        let names: Vec<String> = t
+            .entries()
+            .iter()
+            .map(|d| match d {
+                Declaration::Exchange(e) => format!("x:{}", e.name),
+                Declaration::Queue(q) => format!("q:{}", q.name),
+                Declaration::Binding(b) => format!("b:{}>{}", b.exchange, b.queue),
+                Declaration::ExchangeBinding(b) => format!("e:{}>{}", b.source, b.destination),
+            })
+            .collect();
+        assert_eq!(names, ["x:ex", "q:q1", "b:ex>q1"]);
+        t.forget_exchange("ex");
+        assert_eq!(t.entries().len(), 1);
+    }
+}
