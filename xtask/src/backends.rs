@@ -69,7 +69,45 @@ pub(crate) static BACKENDS: &[Backend] = &[
         crate_name: "kombu-redis",
         provision: Provision::Server(REDIS_SERVER),
     },
+    Backend {
+        name: "amqp",
+        crate_name: "kombu-amqp",
+        provision: Provision::Server(RABBITMQ_SERVER),
+    },
 ];
+
+/// A throwaway RabbitMQ node (`../shared/reference/infra.md`): its own node name, AMQP port
+/// and Erlang distribution port on loopback, its database and logs in the temp dir.
+///
+/// It runs `/usr/lib/rabbitmq/bin/rabbitmq-server` directly: Debian's `/usr/sbin` wrapper
+/// would switch to the `rabbitmq` user, which cannot write the temp dir. The script stays in
+/// the foreground and stops the node on SIGTERM. The empty env and config files keep the
+/// machine's own `/etc/rabbitmq` settings (and any system node's name) out of the test node.
+pub(crate) const RABBITMQ_SERVER: ServerSpec = ServerSpec {
+    program: "/usr/lib/rabbitmq/bin/rabbitmq-server",
+    env: &[
+        ("RABBITMQ_NODENAME", "kombu-test-{port}@localhost"),
+        ("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1"),
+        ("RABBITMQ_NODE_PORT", "{port}"),
+        ("RABBITMQ_DIST_PORT", "{aux_port}"),
+        ("ERL_EPMD_ADDRESS", "127.0.0.1"),
+        ("RABBITMQ_MNESIA_BASE", "{data_dir}/mnesia"),
+        ("RABBITMQ_LOG_BASE", "{data_dir}/log"),
+        ("RABBITMQ_CONF_ENV_FILE", "{config}"),
+        ("RABBITMQ_CONFIG_FILE", "{data_dir}/rabbitmq"),
+        ("RABBITMQ_ADVANCED_CONFIG_FILE", "{data_dir}/advanced.config"),
+        ("RABBITMQ_ENABLED_PLUGINS_FILE", "{data_dir}/enabled_plugins"),
+        ("RABBITMQ_ENABLED_PLUGINS", ""),
+    ],
+    config_file: Some(ConfigFile {
+        name: "rabbitmq-env.conf",
+        template: "# kombu-rs test node: settings come from the environment\n",
+    }),
+    apt: &["rabbitmq-server"],
+    url: "amqp://guest:guest@127.0.0.1:{port}//",
+    ready_timeout: Duration::from_secs(60),
+    ..ServerSpec::DEFAULT
+};
 
 /// The `openssl` command: the Redis TLS test makes its certificate authority with it.
 pub(crate) const OPENSSL: ServerSpec = ServerSpec {

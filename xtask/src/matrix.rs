@@ -167,11 +167,15 @@ pub(crate) fn run(args: Args) -> Result<bool> {
     let mut rows = Vec::new();
     if options.workspace_tests {
         // The interop tests (Rust ⇄ Python Kombu) run among the workspace tests.
-        banner("python venv, redis-server and openssl for the interop and TLS tests");
+        banner(
+            "python venv, redis-server, rabbitmq-server and openssl for the interop, restart and TLS tests",
+        );
         let venv = venv::ensure_bench_venv(&root, "xtask")?;
         // The Redis interop, crash and restart tests start their own redis-server.
         crate::backends::REDIS_SERVER.ensure_installed(&root, "redis")?;
         crate::backends::OPENSSL.ensure_installed(&root, "redis (TLS test)")?;
+        // The AMQP interop and broker-restart tests start their own RabbitMQ node.
+        crate::backends::RABBITMQ_SERVER.ensure_installed(&root, "amqp")?;
         rows.push(Row {
             name: "workspace".into(),
             result: Some(workspace_tests(&root, &venv)?),
