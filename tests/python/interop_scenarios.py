@@ -18,7 +18,8 @@ The scenarios (names prefixed with PREFIX, so runs do not collide):
   `a.b.c` (routed), `a.b.b.c` and `x.y` (not routed).
 * serializers: queue PREFIX.q.ser (default exchange): msgpack, yaml, raw bytes, text.
 * compression: queue PREFIX.q.comp: zlib, bzip2, lzma.
-* priorities: queue PREFIX.q.prio: priorities 9, 0, 5 (Redis serves 0 first).
+* priorities: queue PREFIX.q.prio: priorities 9, 0, 5 (Redis serves 0 first; on AMQP the
+  queue is declared with x-max-priority 10 and 9 is served first).
 * celery: queue PREFIX.celery: a Celery protocol 2 task message (exchange '', key = queue).
 """
 
@@ -33,7 +34,9 @@ from kombu import Connection, Exchange, Queue
 WHEN = datetime.datetime(2026, 11, 26, 12, 30, 45, 123456)
 
 
-def queues(prefix):
+def queues(prefix, url=""):
+    # AMQP applies priorities only to queues declared with x-max-priority.
+    max_priority = 10 if url.split("://", 1)[0] in ("amqp", "pyamqp", "amqps") else None
     direct = Exchange(prefix + ".direct", "direct")
     topic = Exchange(prefix + ".topic", "topic")
     return {
@@ -41,7 +44,7 @@ def queues(prefix):
         "topic": Queue(prefix + ".q.topic", topic, routing_key="a.*.c"),
         "ser": Queue(prefix + ".q.ser"),
         "comp": Queue(prefix + ".q.comp"),
-        "prio": Queue(prefix + ".q.prio"),
+        "prio": Queue(prefix + ".q.prio", max_priority=max_priority),
         "celery": Queue(prefix + ".celery"),
     }
 
@@ -51,7 +54,7 @@ EXPECTED = [("direct", 1), ("topic", 1), ("ser", 4), ("comp", 3), ("prio", 3), (
 
 
 def publish(url, prefix):
-    qs = queues(prefix)
+    qs = queues(prefix, url)
     with Connection(url) as conn:
         for q in qs.values():
             q(conn.default_channel).declare()
@@ -155,7 +158,7 @@ def drain_queue(conn, queue, count, timeout, scenario, transport_options_restore
 
 
 def consume(url, prefix):
-    qs = queues(prefix)
+    qs = queues(prefix, url)
     with Connection(url) as conn:
         for key, count in EXPECTED:
             for line in drain_queue(conn, qs[key], count, 30, key):

@@ -11,13 +11,17 @@ use crate::util::{self, cargo, describe, fail, run_streaming, Result};
 use crate::venv;
 
 pub(crate) const USAGE: &str = "\
-cargo xtask interop [--backends sqlite,redis]
+cargo xtask interop [--backends sqlite,redis,amqp]
 
 Runs the interop tests (Python Kombu 5.7 publishes, kombu-rs consumes, and the
-reverse) of the given backends (default: all that have them: sqlite, redis).";
+reverse) of the given backends (default: all that have them: sqlite, redis, amqp).";
 
 /// Backends with interop tests: (name, crate).
-const INTEROP: &[(&str, &str)] = &[("sqlite", "kombu-sqlite"), ("redis", "kombu-redis")];
+const INTEROP: &[(&str, &str)] = &[
+    ("sqlite", "kombu-sqlite"),
+    ("redis", "kombu-redis"),
+    ("amqp", "kombu-amqp"),
+];
 
 pub(crate) fn run(mut args: Args) -> Result<bool> {
     let mut selected: Vec<(&str, &str)> = INTEROP.to_vec();
@@ -46,6 +50,9 @@ pub(crate) fn run(mut args: Args) -> Result<bool> {
     let venv = venv::ensure_bench_venv(&root, "interop")?;
     if selected.iter().any(|(name, _)| *name == "redis") {
         crate::backends::REDIS_SERVER.ensure_installed(&root, "redis")?;
+    }
+    if selected.iter().any(|(name, _)| *name == "amqp") {
+        crate::backends::RABBITMQ_SERVER.ensure_installed(&root, "amqp")?;
     }
     let mut ok = true;
     for (name, crate_name) in selected {

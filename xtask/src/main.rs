@@ -25,7 +25,7 @@ cargo xtask <command> [options]
 Commands:
   test-matrix   workspace tests + the conformance suite against every backend
   bench         kombu-rs vs Python Kombu vs a raw channel; writes docs/BENCHMARKS.md
-  interop       kombu-rs <-> Python Kombu scenarios (sqlite, redis)
+  interop       kombu-rs <-> Python Kombu scenarios (sqlite, redis, amqp)
   help [cmd]    this help, or a command's
 
 Run `cargo xtask help <command>` (or `<command> --help`) for its options.";
