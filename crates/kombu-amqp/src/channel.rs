@@ -248,6 +248,25 @@ impl ChannelCore {
         }))
     }
 
+    /// Whether `queue` exists (a passive declare on the control channel).
+    async fn declare_queue_passive(&self, queue: &str) -> Result<()> {
+        let name = short(queue, "queue name")?;
+        self.on_control(Op::DeclareQueue, false, |open| {
+            let name = name.clone();
+            async move {
+                let options = QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                open.channel
+                    .queue_declare(name, options, Default::default())
+                    .await
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
     async fn start_consumer(
         &self,
         queue: &str,
@@ -289,6 +308,10 @@ async fn apply_qos(channel: &lapin::Channel, qos: QosOptions) -> Result<()> {
         .map_err(|e| from_lapin(Op::Qos, e))
 }
 
+/// How often a consumer whose stream ended tries to consume again (100 ms apart) before its
+/// stream yields the error; connection recovery has its own, longer policy on top.
+const RESUME_ATTEMPTS: u32 = 50;
+
 /// The state of one consumer's delivery stream.
 struct ConsumerLoop {
     channel: Arc<ChannelCore>,
@@ -316,42 +339,63 @@ impl ConsumerLoop {
                 Some(Err(e)) => debug!(error = %e, tag = %self.tag, "amqp consumer interrupted"),
                 None => {}
             }
-            // The lapin consumer ended: cancelled by us, by the broker, or the channel or
-            // connection went away.
+            // The lapin consumer ended: cancelled by us, by the broker (its queue was
+            // deleted), or its channel or connection went away. lapin may end the stream
+            // before the statuses say why, so instead of guessing, consume again: a
+            // missing queue answers NotFound, a dying connection fails until it is recovered.
             self.consumer = None;
-            if *self.cancelled.borrow() || !self.channel.open.load(Ordering::Acquire) {
-                return None;
-            }
-            if self.channel.session.is_closed() {
-                return None;
-            }
-            let connection_fine = self.channel.session.is_connected();
-            if connection_fine && self.open.channel.status().connected() {
-                // Consumer cancel notification (e.g. the queue was deleted).
-                return Some(Err(Error::new(
-                    ErrorKind::Channel,
-                    format!(
-                        "the broker cancelled consumer {} (was queue {:?} deleted?)",
-                        self.tag, self.queue
-                    ),
-                )));
-            }
-            if !connection_fine {
-                if let Err(e) = self.channel.session.recover(self.open.generation).await {
-                    return Some(Err(e));
+            let mut attempt: u32 = 0;
+            loop {
+                if *self.cancelled.borrow() || !self.channel.open.load(Ordering::Acquire) {
+                    return None;
                 }
-            }
-            match self
-                .channel
-                .start_consumer(&self.queue, &self.tag, &self.options)
-                .await
-            {
-                Ok((consumer, open)) => {
-                    debug!(tag = %self.tag, generation = open.generation, "amqp consumer resumed");
-                    self.consumer = Some(consumer);
-                    self.open = open;
+                if self.channel.session.is_closed() {
+                    return None;
                 }
-                Err(e) => return Some(Err(e)),
+                if !self.channel.session.is_connected() {
+                    if let Err(e) = self.channel.session.recover(self.open.generation).await {
+                        return Some(Err(e));
+                    }
+                }
+                // Ask on the control channel first: a basic.consume on a missing queue would
+                // close the consume channel, and with it this channel's other consumers.
+                let exists = self
+                    .channel
+                    .declare_queue_passive(&self.queue)
+                    .await
+                    .map_err(|e| (e.kind() == ErrorKind::NotFound).then_some(e));
+                let started = match exists {
+                    Err(Some(e)) => Err(e),
+                    _ => {
+                        self.channel
+                            .start_consumer(&self.queue, &self.tag, &self.options)
+                            .await
+                    }
+                };
+                match started {
+                    Ok((consumer, open)) => {
+                        debug!(tag = %self.tag, generation = open.generation, "amqp consumer resumed");
+                        self.consumer = Some(consumer);
+                        self.open = open;
+                        break;
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotFound => {
+                        return Some(Err(Error::new(
+                            ErrorKind::NotFound,
+                            format!(
+                                "consumer {} ended: queue {:?} no longer exists",
+                                self.tag, self.queue
+                            ),
+                        )
+                        .with_source(e)));
+                    }
+                    Err(e) if attempt < RESUME_ATTEMPTS => {
+                        debug!(error = %e, attempt, tag = %self.tag, "amqp consumer not resumed yet");
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    Err(e) => return Some(Err(e)),
+                }
             }
         }
     }

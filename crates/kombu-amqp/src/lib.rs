@@ -56,12 +56,16 @@
 //!   404/406; kombu-rs answers with a typed error (`NotFound`, `NotEquivalent`,
 //!   `PreconditionFailed`) and the next operation runs on a fresh channel. Consumers live on
 //!   a channel of their own and are not affected.
+//! * **Celery countdowns without a plugin**: [`delayed`] declares Kombu's native delayed
+//!   delivery layout and computes its routing keys, so a Rust service schedules a Celery task
+//!   the way Celery 5.5+ does.
 //! * Names over AMQP's 255-byte limit are `InvalidArgument` errors, bodies over RabbitMQ's
 //!   128 MiB limit are `LimitExceeded` errors, before anything is sent.
 #![forbid(unsafe_code)]
 
 mod channel;
 mod convert;
+pub mod delayed;
 mod errors;
 mod session;
 mod settings;
@@ -96,6 +100,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     message_ttl: true,
     queue_expiry: true,
     max_length: true,
+    delayed_delivery: true,
     dead_lettering: true,
     persistent_bindings: true,
     shared_routing: true,

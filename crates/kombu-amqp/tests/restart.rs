@@ -101,13 +101,20 @@ async fn broker_restart_mid_stream_loses_no_confirmed_message() {
         if confirmed.is_some() && !transient_sent {
             // After the restart: the transient fanout exchange and its queue exist again
             // only because the consumer's connection declared them again.
-            producer_conn
+            // The consumer's connection replays its topology by itself, possibly still
+            // while this runs: a mandatory publish is refused until the binding is back.
+            match producer_conn
                 .producer()
                 .exchange(transient_ex.clone())
-                .publish(&json!({"transient": true}), PublishOptions::new())
+                .publish(&json!({"transient": true}), PublishOptions::new().mandatory(true))
                 .await
-                .expect("publish to the re-declared transient exchange");
-            transient_sent = true;
+            {
+                Ok(()) => transient_sent = true,
+                Err(e) => assert!(
+                    matches!(e.kind(), kombu::ErrorKind::NotFound),
+                    "unexpected error publishing to the transient exchange: {e}"
+                ),
+            }
         }
         if let Ok(m) = consumer.recv_timeout(Duration::from_millis(100)).await {
             let body = m.decode::<Value>().expect("json");
