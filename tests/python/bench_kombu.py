@@ -83,6 +83,26 @@ def transport_options(url: str) -> dict:
     return {}
 
 
+def is_amqp(url: str) -> bool:
+    return url.split("://", 1)[0] in ("amqp", "pyamqp", "amqps")
+
+
+def split_confirm(url: str) -> tuple[str, dict]:
+    """AMQP: ``?confirm_publish=true|false`` in the URL (kombu-rs reads it from there) becomes
+    py-amqp's ``confirm_publish`` transport option; the URL loses the parameter."""
+    if not is_amqp(url) or "?" not in url:
+        return url, {}
+    base, query = url.split("?", 1)
+    options, rest = {}, []
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if key == "confirm_publish":
+            options["confirm_publish"] = value.lower() in ("1", "true", "yes", "on")
+        elif pair:
+            rest.append(pair)
+    return (base + ("?" + "&".join(rest) if rest else "")), options
+
+
 def pad_for(size: int, template: dict) -> str:
     """Padding that makes ``json.dumps(template | {"pad": pad})`` ~``size`` bytes."""
     overhead = len(json.dumps({**template, "pad": ""}))
@@ -115,7 +135,8 @@ def run(args: argparse.Namespace) -> dict:
     exchange = Exchange("bench", type="direct")
     queue = Queue(f"bench-{uuid.uuid4()}", exchange=exchange, routing_key="bench")
 
-    with Connection(args.url, transport_options=transport_options(args.url)) as conn:
+    url, confirm = split_confirm(args.url)
+    with Connection(url, transport_options={**transport_options(url), **confirm}) as conn:
         conn.connect()
         producer = Producer(conn.channel(), exchange=exchange, routing_key="bench", serializer="json")
         # Bind the queue once: `maybe_declare` (behind `declare=[...]`) clones an
@@ -140,7 +161,11 @@ def run(args: argparse.Namespace) -> dict:
             message.ack()
             received += 1
 
-        consumer = Consumer(conn.channel(), queues=[queue], callbacks=[on_message], accept=["json"])
+        # AMQP: prefetch 100, as `kombu bench --prefetch 100` and the raw lapin baseline.
+        prefetch = 100 if is_amqp(url) else None
+        consumer = Consumer(
+            conn.channel(), queues=[queue], callbacks=[on_message], accept=["json"], prefetch_count=prefetch
+        )
         with consumer:
             start = time.perf_counter()
             drain_until(conn, lambda: received >= n, f"consuming ({received} of {n} received)")

@@ -113,6 +113,8 @@ struct BenchGroup {
     max_messages: Option<u64>,
     /// At most this many latency samples for every entry of the group.
     max_latency_samples: Option<u64>,
+    /// Appended to the provisioned URL for every entry (`?confirm_publish=false`).
+    url_query: &'static str,
 }
 
 impl BenchGroup {
@@ -151,6 +153,7 @@ static GROUPS: &[BenchGroup] = &[
         python_url: same_url,
         max_messages: None,
         max_latency_samples: None,
+        url_query: "",
     },
     BenchGroup {
         transport: "sqlite",
@@ -164,6 +167,7 @@ static GROUPS: &[BenchGroup] = &[
         // SQLAlchemy transport manages a few hundred per second.
         max_messages: Some(5_000),
         max_latency_samples: Some(1_000),
+        url_query: "",
     },
     BenchGroup {
         transport: "redis",
@@ -174,6 +178,28 @@ static GROUPS: &[BenchGroup] = &[
         // One round trip per publish and per ack on every side.
         max_messages: Some(20_000),
         max_latency_samples: Some(1_000),
+        url_query: "",
+    },
+    BenchGroup {
+        transport: "amqp",
+        title: "amqp — a throwaway RabbitMQ node on loopback, every publish confirmed \
+                (`amqp://…?confirm_publish=true`; prefetch 100)",
+        provision: Provision::Server(crate::backends::RABBITMQ_SERVER),
+        baseline: Some("lapin"),
+        python_url: same_url,
+        max_messages: Some(20_000),
+        max_latency_samples: Some(1_000),
+        url_query: "?confirm_publish=true",
+    },
+    BenchGroup {
+        transport: "amqp-noconfirm",
+        title: "amqp without publisher confirms (`amqp://…?confirm_publish=false`; prefetch 100)",
+        provision: Provision::Server(crate::backends::RABBITMQ_SERVER),
+        baseline: Some("lapin"),
+        python_url: same_url,
+        max_messages: Some(20_000),
+        max_latency_samples: Some(1_000),
+        url_query: "?confirm_publish=false",
     },
 ];
 
@@ -302,7 +328,7 @@ fn run_group(
     let provisioned = group
         .provision
         .provision(root, &format!("bench-{}", group.transport))?;
-    let url = provisioned.url.clone();
+    let url = format!("{}{}", provisioned.url, group.url_query);
     let options = &group.workload(options);
     let mut entries: Vec<(Role, Command)> = Vec::new();
 

@@ -457,6 +457,10 @@ pub(crate) enum Baseline {
     Mpsc,
     /// A bare redis-rs client on the --url Redis server: serialize, LPUSH, BRPOP, decode.
     Redis,
+    /// A bare lapin client on the --url RabbitMQ: serialize, basic.publish to a direct
+    /// exchange (awaiting each confirm unless the URL says `confirm_publish=false`),
+    /// basic.consume with --prefetch, decode, basic.ack.
+    Lapin,
 }
 
 /// `kombu bench`.

@@ -208,6 +208,27 @@ pub(crate) async fn run(global: &GlobalArgs, args: BenchArgs) -> CliResult {
                 timings,
             )
         }
+        Some(Baseline::Lapin) => {
+            if args.producers != 1 || args.consumers != 1 {
+                return Err(CliError::other(
+                    "--baseline lapin measures one producer and one consumer; drop --producers/--consumers",
+                ));
+            }
+            let connection = connect(global)?;
+            let url = connection
+                .urls()
+                .first()
+                .cloned()
+                .ok_or_else(|| CliError::other("--baseline lapin needs an amqp:// --url"))?;
+            let timings = bench_lapin(&url, &args, show).await?;
+            report(
+                "raw lapin".into(),
+                "amqp-raw",
+                Some(url.to_string()),
+                &args,
+                timings,
+            )
+        }
         None => {
             let connection = connect(global)?;
             let url = connection.to_string();
@@ -562,6 +583,155 @@ async fn bench_redis(
         .map_err(redis_failed)?;
     let key = format!("bench-raw-{}-{}", std::process::id(), started_at_nanos());
     bench_raw(&mut RedisList { conn, key }, args, show).await
+}
+
+/// A queue bound to a direct exchange on RabbitMQ, through a bare lapin channel: the work
+/// kombu-rs does for an AMQP publish and a delivery, without kombu-rs.
+struct LapinQueue {
+    channel: lapin::Channel,
+    consumer: lapin::Consumer,
+    exchange: String,
+    confirm: bool,
+}
+
+fn lapin_failed(e: lapin::Error) -> CliError {
+    CliError::other(format!("lapin: {e}"))
+}
+
+impl RawChannel for LapinQueue {
+    async fn send(&mut self, payload: Vec<u8>) -> CliResult<()> {
+        let properties = lapin::BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("utf-8".into())
+            .with_delivery_mode(2);
+        let pending = self
+            .channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                "bench".into(),
+                lapin::options::BasicPublishOptions::default(),
+                &payload,
+                properties,
+            )
+            .await
+            .map_err(lapin_failed)?;
+        if self.confirm {
+            pending.await.map_err(lapin_failed)?;
+        }
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> CliResult<Vec<u8>> {
+        use futures_util::StreamExt as _;
+        let delivery = self
+            .consumer
+            .next()
+            .await
+            .ok_or_else(|| CliError::other("lapin: the consumer ended"))?
+            .map_err(lapin_failed)?;
+        delivery
+            .ack(lapin::options::BasicAckOptions::default())
+            .await
+            .map_err(lapin_failed)?;
+        Ok(delivery.data)
+    }
+}
+
+/// The same work with a bare lapin client: serialize + basic.publish (+ confirm), then
+/// basic.consume (prefetch `--prefetch`) + decode + basic.ack.
+async fn bench_lapin(
+    url: &kombu::transport::url::BrokerUrl,
+    args: &BenchArgs,
+    show: bool,
+) -> CliResult<Timings> {
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let confirm = url
+        .query_value("confirm_publish")
+        .is_none_or(|v| !matches!(v.to_ascii_lowercase().as_str(), "0" | "false" | "no" | "off"));
+    let uri = lapin::uri::AMQPUri {
+        authority: lapin::uri::AMQPAuthority {
+            userinfo: lapin::uri::AMQPUserInfo {
+                username: url.username().unwrap_or("guest").to_owned(),
+                password: url
+                    .password()
+                    .map_or_else(|| "guest".to_owned(), |p| p.expose().to_owned()),
+            },
+            host: url.host().unwrap_or("127.0.0.1").to_owned(),
+            port: url.port().unwrap_or(5672),
+        },
+        vhost: url.virtual_host().unwrap_or("/").to_owned(),
+        ..Default::default()
+    };
+    let connection = lapin::Connection::connect_uri(uri, lapin::ConnectionProperties::default())
+        .await
+        .map_err(lapin_failed)?;
+    let channel = connection.create_channel().await.map_err(lapin_failed)?;
+    let consume_channel = connection.create_channel().await.map_err(lapin_failed)?;
+    if confirm {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(lapin_failed)?;
+    }
+    let name = format!("bench-raw-{}-{}", std::process::id(), started_at_nanos());
+    let exchange = "bench-raw".to_owned();
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Direct,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(lapin_failed)?;
+    let queue_options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(name.as_str().into(), queue_options, FieldTable::default())
+        .await
+        .map_err(lapin_failed)?;
+    channel
+        .queue_bind(
+            name.as_str().into(),
+            exchange.as_str().into(),
+            "bench".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(lapin_failed)?;
+    consume_channel
+        .basic_qos(args.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(lapin_failed)?;
+    let consumer = consume_channel
+        .basic_consume(
+            name.as_str().into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(lapin_failed)?;
+    let mut queue = LapinQueue {
+        channel,
+        consumer,
+        exchange,
+        confirm,
+    };
+    let timings = bench_raw(&mut queue, args, show).await?;
+    let _ = queue
+        .channel
+        .queue_delete(name.as_str().into(), Default::default())
+        .await;
+    let _ = connection.close(200, "bench done".into()).await;
+    Ok(timings)
 }
 
 #[cfg(test)]
