@@ -102,8 +102,11 @@ fn transports_lists_every_compiled_transport_with_capabilities() {
         .as_array()
         .map(|a| a.iter().filter_map(|t| t["name"].as_str()).collect())
         .unwrap_or_default();
-    assert_eq!(names, ["memory", "redis", "sqlite"]);
-    let memory = &list[0];
+    assert_eq!(names, ["amqp", "memory", "redis", "sqlite"]);
+    let amqp = &list[0];
+    assert_eq!(amqp["cargo_feature"], "amqp");
+    assert_eq!(amqp["capabilities"]["exchange: headers"], "yes");
+    let memory = &list[1];
     assert_eq!(memory["schemes"], json!(["memory"]));
     assert_eq!(memory["cargo_feature"], "memory");
     assert_eq!(memory["capabilities"]["exchange: topic"], "yes");
@@ -132,7 +135,8 @@ fn bad_urls_are_one_clear_line_without_the_password() {
 
     let run = kombu(&["--url", "gopher://user:hunter2@host/", "stats", "q"]);
     let line = run.error_line(1, "unknown-transport: no transport for scheme \"gopher\"");
-    assert!(line.contains("available: memory,"), "{line}");
+    assert!(line.contains("available: amqp,"), "{line}");
+    assert!(line.contains(" memory,"), "{line}");
     assert!(line.contains("sqlite"), "{line}");
     assert!(!line.contains("hunter2"), "{line}");
 
