@@ -51,8 +51,9 @@ struct Open {
 }
 
 impl Open {
-    fn usable(&self, session: &Session, generation: u64) -> bool {
-        self.generation == generation && self.channel.status().connected() && session.is_connected()
+    /// Whether this channel belongs to the live connection of `generation` and is open.
+    fn usable(&self, generation: u64) -> bool {
+        self.generation == generation && self.channel.status().connected()
     }
 }
 
@@ -85,7 +86,7 @@ impl Slot {
     }
 }
 
-/// A registered consumer: what is needed to start it again after a reconnection.
+/// A registered consumer: the signal that ends its stream.
 struct ConsumerEntry {
     cancel: watch::Sender<bool>,
 }
@@ -93,7 +94,6 @@ struct ConsumerEntry {
 /// The state of a kombu-rs channel on RabbitMQ, shared with its consumers' streams.
 pub(crate) struct ChannelCore {
     session: Arc<Session>,
-    capabilities: Capabilities,
     control: Slot,
     consume: Slot,
     qos: Mutex<Option<QosOptions>>,
@@ -122,10 +122,9 @@ impl std::ops::Deref for AmqpChannel {
 }
 
 impl AmqpChannel {
-    pub(crate) fn new(session: Arc<Session>, capabilities: Capabilities) -> AmqpChannel {
+    pub(crate) fn new(session: Arc<Session>) -> AmqpChannel {
         AmqpChannel(Arc::new(ChannelCore {
             session,
-            capabilities,
             control: Slot::new(),
             consume: Slot::new(),
             qos: Mutex::new(None),
@@ -148,14 +147,14 @@ impl ChannelCore {
     async fn control(&self, confirms: bool) -> Result<Open> {
         let live = self.session.live().await?;
         if let Some(open) = self.control.peek() {
-            if open.usable(&self.session, live.generation) && (open.confirms || !confirms) {
+            if open.usable(live.generation) && (open.confirms || !confirms) {
                 return Ok(open);
             }
         }
         let _opening = self.control.opening.lock().await;
         let live = self.session.live().await?;
         let mut open = match self.control.peek() {
-            Some(open) if open.usable(&self.session, live.generation) => open,
+            Some(open) if open.usable(live.generation) => open,
             _ => self.open_lapin_channel().await?,
         };
         if confirms && !open.confirms {
@@ -173,14 +172,14 @@ impl ChannelCore {
     async fn consumer_channel(&self) -> Result<Open> {
         let live = self.session.live().await?;
         if let Some(open) = self.consume.peek() {
-            if open.usable(&self.session, live.generation) {
+            if open.usable(live.generation) {
                 return Ok(open);
             }
         }
         let _opening = self.consume.opening.lock().await;
         let live = self.session.live().await?;
         if let Some(open) = self.consume.peek() {
-            if open.usable(&self.session, live.generation) {
+            if open.usable(live.generation) {
                 return Ok(open);
             }
         }
@@ -340,88 +339,105 @@ impl ConsumerLoop {
                 None => {}
             }
             // The lapin consumer ended: cancelled by us, by the broker (its queue was
-            // deleted), or its channel or connection went away. lapin may end the stream
-            // before the statuses say why, so instead of guessing, consume again: a
-            // missing queue answers NotFound, a dying connection fails until it is recovered.
+            // deleted), or its channel or connection went away.
             self.consumer = None;
-            let mut attempt: u32 = 0;
-            loop {
-                if *self.cancelled.borrow() || !self.channel.open.load(Ordering::Acquire) {
-                    return None;
-                }
-                if self.channel.session.is_closed() {
-                    return None;
-                }
-                if !self.channel.session.is_connected() {
-                    if let Err(e) = self.channel.session.recover(self.open.generation).await {
-                        return Some(Err(e));
-                    }
-                }
-                // Ask on the control channel first: a basic.consume on a missing queue would
-                // close the consume channel, and with it this channel's other consumers.
-                let exists = self
-                    .channel
-                    .declare_queue_passive(&self.queue)
-                    .await
-                    .map_err(|e| (e.kind() == ErrorKind::NotFound).then_some(e));
-                let started = match exists {
-                    Err(Some(e)) => Err(e),
-                    _ => {
-                        self.channel
-                            .start_consumer(&self.queue, &self.tag, &self.options)
-                            .await
-                    }
-                };
-                match started {
-                    Ok((consumer, open)) => {
-                        debug!(tag = %self.tag, generation = open.generation, "amqp consumer resumed");
-                        self.consumer = Some(consumer);
-                        self.open = open;
-                        break;
-                    }
-                    Err(e) if e.kind() == ErrorKind::NotFound => {
-                        return Some(Err(Error::new(
-                            ErrorKind::NotFound,
-                            format!(
-                                "consumer {} ended: queue {:?} no longer exists",
-                                self.tag, self.queue
-                            ),
-                        )
-                        .with_source(e)));
-                    }
-                    Err(e) if attempt < RESUME_ATTEMPTS => {
-                        debug!(error = %e, attempt, tag = %self.tag, "amqp consumer not resumed yet");
-                        attempt += 1;
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    }
-                    Err(e) => return Some(Err(e)),
-                }
+            if let Err(e) = self.resume().await? {
+                return Some(Err(e));
             }
         }
     }
 
+    /// Consume again after the lapin consumer ended. lapin may end the stream before the
+    /// statuses say why, so instead of guessing: a missing queue answers `NotFound`, a dying
+    /// connection fails until it is recovered. `None` when the stream should just end
+    /// (cancelled, or the channel closed).
+    async fn resume(&mut self) -> Option<Result<()>> {
+        let mut attempt: u32 = 0;
+        loop {
+            if *self.cancelled.borrow()
+                || !self.channel.open.load(Ordering::Acquire)
+                || self.channel.session.is_closed()
+            {
+                return None;
+            }
+            if !self.channel.session.is_connected() {
+                if let Err(e) = self.channel.session.recover(self.open.generation).await {
+                    return Some(Err(e));
+                }
+            }
+            match self.restart().await {
+                Ok((consumer, open)) => {
+                    debug!(tag = %self.tag, generation = open.generation, "amqp consumer resumed");
+                    self.consumer = Some(consumer);
+                    self.open = open;
+                    return Some(Ok(()));
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    let message = format!(
+                        "consumer {} ended: queue {:?} no longer exists",
+                        self.tag, self.queue
+                    );
+                    return Some(Err(Error::new(ErrorKind::NotFound, message).with_source(e)));
+                }
+                Err(e) if attempt < RESUME_ATTEMPTS => {
+                    debug!(error = %e, attempt, tag = %self.tag, "amqp consumer not resumed yet");
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// Check that the queue exists (on the control channel: a `basic.consume` on a missing
+    /// queue would close the consume channel, and with it this channel's other consumers),
+    /// then consume from it again under the same tag.
+    async fn restart(&self) -> Result<(lapin::Consumer, Open)> {
+        self.channel.declare_queue_passive(&self.queue).await?;
+        self.channel
+            .start_consumer(&self.queue, &self.tag, &self.options)
+            .await
+    }
+
     fn delivery(&self, delivery: lapin::message::Delivery) -> Delivery {
-        let tag = delivery.delivery_tag;
-        let info = DeliveryInfo {
+        to_delivery(
+            delivery,
+            Arc::clone(&self.queue),
+            Some(Arc::clone(&self.tag)),
+            !self.options.no_ack,
+            &self.open.acker,
+        )
+    }
+}
+
+/// A lapin delivery (from a consumer or `basic.get`) as a kombu-rs [`Delivery`]; when it
+/// needs settling, its tag is tracked by `acker`, the acker of the lapin channel it came on.
+fn to_delivery(
+    delivery: lapin::message::Delivery,
+    queue: Arc<str>,
+    consumer_tag: Option<Arc<str>>,
+    needs_ack: bool,
+    acker: &Arc<ChannelAcker>,
+) -> Delivery {
+    let tag = delivery.delivery_tag;
+    let ack = needs_ack.then(|| {
+        acker.track(tag);
+        AckHandle {
+            acknowledger: acker.clone(),
+            tag,
+        }
+    });
+    Delivery {
+        info: DeliveryInfo {
             exchange: delivery.exchange.as_str().to_owned(),
             routing_key: delivery.routing_key.as_str().to_owned(),
             redelivered: delivery.redelivered,
-            consumer_tag: Some(Arc::clone(&self.tag)),
+            consumer_tag,
             delivery_tag: tag.to_string(),
-            queue: Arc::clone(&self.queue),
-        };
-        let ack = (!self.options.no_ack).then(|| {
-            self.open.acker.track(tag);
-            AckHandle {
-                acknowledger: self.open.acker.clone(),
-                tag,
-            }
-        });
-        Delivery {
-            message: message_from_amqp(delivery.data, &delivery.properties),
-            info,
-            ack,
-        }
+            queue,
+        },
+        ack,
+        message: message_from_amqp(delivery.data, &delivery.properties),
     }
 }
 
@@ -508,7 +524,7 @@ impl Acknowledger for ChannelAcker {
 #[async_trait]
 impl Channel for AmqpChannel {
     fn capabilities(&self) -> Capabilities {
-        self.capabilities
+        crate::CAPABILITIES
     }
 
     async fn declare_exchange(&self, exchange: &Exchange, options: DeclareOptions) -> Result<()> {
@@ -700,17 +716,15 @@ impl Channel for AmqpChannel {
 
     async fn publish(&self, message: RawMessage, options: PublishOptions) -> Result<()> {
         self.ensure_open()?;
-        if let Some(limit) = self.capabilities.max_message_size {
-            if message.body.len() as u64 > limit {
-                return Err(Error::new(
-                    ErrorKind::LimitExceeded,
-                    format!(
-                        "message body of {} bytes exceeds RabbitMQ's limit",
-                        message.body.len()
-                    ),
-                )
-                .with_context("limit", limit));
-            }
+        if message.body.len() as u64 > crate::MAX_MESSAGE_SIZE {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "message body of {} bytes exceeds RabbitMQ's limit",
+                    message.body.len()
+                ),
+            )
+            .with_context("limit", crate::MAX_MESSAGE_SIZE));
         }
         let properties = properties_to_amqp(&message)?;
         let exchange = short(&options.exchange, "exchange name")?;
@@ -782,29 +796,7 @@ impl Channel for AmqpChannel {
             )
             .await
             .map_err(|e| from_lapin(Op::Get, e))?;
-        let Some(got) = got else {
-            return Ok(None);
-        };
-        let delivery = got.delivery;
-        let tag = delivery.delivery_tag;
-        Ok(Some(Delivery {
-            info: DeliveryInfo {
-                exchange: delivery.exchange.as_str().to_owned(),
-                routing_key: delivery.routing_key.as_str().to_owned(),
-                redelivered: delivery.redelivered,
-                consumer_tag: None,
-                delivery_tag: tag.to_string(),
-                queue: Arc::from(queue),
-            },
-            ack: (!options.no_ack).then(|| {
-                open.acker.track(tag);
-                AckHandle {
-                    acknowledger: open.acker.clone(),
-                    tag,
-                }
-            }),
-            message: message_from_amqp(delivery.data, &delivery.properties),
-        }))
+        Ok(got.map(|got| to_delivery(got.delivery, Arc::from(queue), None, !options.no_ack, &open.acker)))
     }
 
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<ConsumerHandle> {

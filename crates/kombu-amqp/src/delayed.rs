@@ -27,8 +27,7 @@
 use std::time::Duration;
 
 use kombu_core::{
-    Channel, Error, ErrorKind, Exchange, ExchangeBinding, ExchangeType, FieldTable, Queue, QueueBinding,
-    Result, Value,
+    Channel, Error, ErrorKind, Exchange, ExchangeBinding, ExchangeType, Queue, QueueBinding, Result, Value,
 };
 
 /// The highest level: countdowns up to 2^28 − 1 seconds (about 8.5 years).
@@ -141,9 +140,9 @@ pub async fn bind_queue(channel: &dyn Channel, queue: &Queue) -> Result<()> {
             key.clone(),
         ))
         .await?;
-    let mut binding = QueueBinding::new(queue.name.clone(), exchange.name.clone(), key);
-    binding.arguments = FieldTable::new();
-    channel.bind_queue(&binding).await
+    channel
+        .bind_queue(&QueueBinding::new(queue.name.clone(), exchange.name.clone(), key))
+        .await
 }
 
 /// Kombu's `calculate_routing_key`: the countdown in whole seconds as 28 binary digits joined

@@ -163,10 +163,7 @@ impl Transport for AmqpTransport {
                 "the amqp connection is closed",
             ));
         }
-        Ok(Arc::new(channel::AmqpChannel::new(
-            Arc::clone(&self.session),
-            CAPABILITIES,
-        )))
+        Ok(Arc::new(channel::AmqpChannel::new(Arc::clone(&self.session))))
     }
 
     /// True while the connection works or is being recovered: the transport reconnects by

@@ -155,3 +155,39 @@ async fn broker_restart_mid_stream_loses_no_confirmed_message() {
     producer_conn.close().await.expect("close");
     drop(node);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_queue_ends_its_consumer_with_not_found_and_spares_the_others() {
+    let node = RabbitNode::start();
+    let conn = Connection::new(&node.url()).expect("connection");
+    // One consumer, so both queues are consumed on the same channel.
+    let mut consumer = conn
+        .consumer([Queue::new("doomed"), Queue::new("survivor")])
+        .build()
+        .await
+        .expect("consumer");
+    consumer.consume().await.expect("consume");
+
+    let channel = conn.channel().await.expect("channel");
+    channel
+        .delete_queue("doomed", Default::default())
+        .await
+        .expect("delete");
+    let err = consumer
+        .recv_timeout(Duration::from_secs(10))
+        .await
+        .expect_err("the consumer of a deleted queue must end with an error");
+    assert_eq!(err.kind(), kombu::ErrorKind::NotFound, "{err}");
+
+    conn.producer()
+        .publish(&json!({"n": 1}), PublishOptions::new().routing_key("survivor"))
+        .await
+        .expect("publish");
+    let m = consumer
+        .recv_timeout(Duration::from_secs(10))
+        .await
+        .expect("the other queue on the same channel keeps receiving");
+    assert_eq!(m.decode::<Value>().expect("json"), json!({"n": 1}));
+    m.ack().await.expect("ack");
+    conn.close().await.expect("close");
+}
