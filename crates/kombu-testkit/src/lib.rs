@@ -23,6 +23,7 @@
 
 mod behaviours;
 mod harness;
+pub mod interop;
 
 pub use behaviours::all as behaviours;
 pub use harness::{run_main, Behaviour, BoxTest, Ctx, Failure, TestResult};

@@ -3,7 +3,7 @@
 #![allow(dead_code, unreachable_pub, reason = "each test file uses part of it")]
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -78,37 +78,4 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The Python with Kombu: `KOMBU_PYTHON`, else the project venv; a clear failure otherwise.
-pub fn python() -> PathBuf {
-    let python = std::env::var_os("KOMBU_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
-    assert!(
-        python.exists(),
-        "no Python with Kombu at {} (run `cargo xtask test-matrix`, which creates the \
-         project venv from tests/python/requirements.txt) or set KOMBU_PYTHON",
-        python.display()
-    );
-    python
-}
-
-/// Run `tests/python/<script>` with `args`; returns stdout, panicking with stderr on failure.
-pub fn run_python(script: &str, args: &[&str]) -> String {
-    let output = Command::new(python())
-        .arg(workspace_root().join("tests/python").join(script))
-        .args(args)
-        .output()
-        .expect("python runs");
-    assert!(
-        output.status.success(),
-        "python {script} {args:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
