@@ -92,6 +92,14 @@ pub fn register(descriptor: &'static TransportDescriptor) {
     }
 }
 
+/// Whether `descriptor` itself was submitted to `inventory` (not just registered explicitly):
+/// each transport crate's unit test checks its `submit!` with this.
+pub fn is_submitted(descriptor: &'static TransportDescriptor) -> bool {
+    inventory::iter::<Registration>
+        .into_iter()
+        .any(|Registration(d)| std::ptr::eq(*d, descriptor))
+}
+
 /// Every registered transport, explicit and `inventory`-submitted, deduplicated by name and
 /// sorted by name.
 pub fn transports() -> Vec<&'static TransportDescriptor> {
