@@ -247,6 +247,14 @@ impl ChannelCore {
         }))
     }
 
+    /// Send a declaration on the control channel and record it for recovery.
+    async fn declare_and_record(&self, declaration: Declaration) -> Result<()> {
+        let open = self.control(false).await?;
+        declare(&open.channel, &declaration).await?;
+        self.session.record(declaration);
+        Ok(())
+    }
+
     /// Whether `queue` exists (a passive declare on the control channel).
     async fn declare_queue_passive(&self, queue: &str) -> Result<()> {
         let name = short(queue, "queue name")?;
@@ -551,11 +559,8 @@ impl Channel for AmqpChannel {
                 })
                 .await;
         }
-        let declaration = Declaration::Exchange(exchange.clone());
-        let open = self.control(false).await?;
-        declare(&open.channel, &declaration).await?;
-        self.session.record(declaration);
-        Ok(())
+        self.declare_and_record(Declaration::Exchange(exchange.clone()))
+            .await
     }
 
     async fn delete_exchange(&self, name: &str, options: DeleteExchangeOptions) -> Result<()> {
@@ -618,11 +623,8 @@ impl Channel for AmqpChannel {
 
     async fn bind_queue(&self, binding: &QueueBinding) -> Result<()> {
         self.ensure_open()?;
-        let declaration = Declaration::Binding(binding.clone());
-        let open = self.control(false).await?;
-        declare(&open.channel, &declaration).await?;
-        self.session.record(declaration);
-        Ok(())
+        self.declare_and_record(Declaration::Binding(binding.clone()))
+            .await
     }
 
     async fn unbind_queue(&self, binding: &QueueBinding) -> Result<()> {
@@ -644,11 +646,8 @@ impl Channel for AmqpChannel {
 
     async fn bind_exchange(&self, binding: &ExchangeBinding) -> Result<()> {
         self.ensure_open()?;
-        let declaration = Declaration::ExchangeBinding(binding.clone());
-        let open = self.control(false).await?;
-        declare(&open.channel, &declaration).await?;
-        self.session.record(declaration);
-        Ok(())
+        self.declare_and_record(Declaration::ExchangeBinding(binding.clone()))
+            .await
     }
 
     async fn unbind_exchange(&self, binding: &ExchangeBinding) -> Result<()> {

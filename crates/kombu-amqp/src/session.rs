@@ -217,10 +217,7 @@ impl Session {
 
     /// Remember a successful declaration for recovery.
     pub(crate) fn record(&self, declaration: Declaration) {
-        self.topology
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .record(declaration);
+        self.with_topology(|t| t.record(declaration));
     }
 
     /// Update the recorded topology.
