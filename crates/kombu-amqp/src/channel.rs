@@ -34,7 +34,7 @@ use lapin::Confirmation;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::convert::{message_from_amqp, properties_to_amqp, short, table_to_amqp};
+use crate::convert::{check_body_size, message_from_amqp, properties_to_amqp, short, table_to_amqp};
 use crate::errors::{from_lapin, is_connection_loss, Op};
 use crate::session::{declare, exchange_kind, Session};
 use crate::topology::{Declaration, QueueDeclaration};
@@ -715,16 +715,7 @@ impl Channel for AmqpChannel {
 
     async fn publish(&self, message: RawMessage, options: PublishOptions) -> Result<()> {
         self.ensure_open()?;
-        if message.body.len() as u64 > crate::MAX_MESSAGE_SIZE {
-            return Err(Error::new(
-                ErrorKind::LimitExceeded,
-                format!(
-                    "message body of {} bytes exceeds RabbitMQ's limit",
-                    message.body.len()
-                ),
-            )
-            .with_context("limit", crate::MAX_MESSAGE_SIZE));
-        }
+        check_body_size(message.body.len())?;
         let properties = properties_to_amqp(&message)?;
         let exchange = short(&options.exchange, "exchange name")?;
         let routing_key = short(&options.routing_key, "routing key")?;

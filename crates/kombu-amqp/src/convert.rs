@@ -12,16 +12,55 @@ use kombu_core::{DeliveryMode, Error, ErrorKind, FieldTable, Properties, RawMess
 use lapin::types::{AMQPValue, ByteArray, FieldArray, FieldTable as AmqpTable, LongString, ShortString};
 use lapin::BasicProperties;
 
-/// `value` as an AMQP short string (at most 255 bytes), or an `InvalidArgument` error naming
-/// `what` — never a panic on a long name.
+/// `value` itself if it fits an AMQP short string (at most 255 bytes), else an
+/// `InvalidArgument` error naming `what`: checked before anything is sent, by both drivers.
+pub(crate) fn check_short(value: &str, what: &'static str) -> Result<()> {
+    if value.len() <= usize::from(u8::MAX) {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::InvalidArgument,
+        format!("{what} is longer than AMQP's 255-byte limit"),
+    )
+    .with_context("length", value.len()))
+}
+
+/// `value` as a lapin short string, or an `InvalidArgument` error naming `what` — never a
+/// panic on a long name.
 pub(crate) fn short(value: &str, what: &'static str) -> Result<ShortString> {
+    check_short(value, what)?;
     ShortString::try_new(value).map_err(|_| {
         Error::new(
             ErrorKind::InvalidArgument,
-            format!("{what} is longer than AMQP's 255-byte limit"),
+            format!("{what} is not a valid AMQP short string"),
         )
-        .with_context("length", value.len())
     })
+}
+
+/// A `LimitExceeded` error for a body over RabbitMQ's 128 MiB limit, before it is sent.
+pub(crate) fn check_body_size(len: usize) -> Result<()> {
+    if len as u64 <= crate::MAX_MESSAGE_SIZE {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::LimitExceeded,
+        format!("message body of {len} bytes exceeds RabbitMQ's limit"),
+    )
+    .with_context("limit", crate::MAX_MESSAGE_SIZE))
+}
+
+/// The seven text properties of `properties` with their AMQP names, in the order of the
+/// basic properties: one list for both drivers, so none is forgotten by one of them.
+pub(crate) fn text_properties(properties: &Properties) -> [(&Option<String>, &'static str); 7] {
+    [
+        (&properties.correlation_id, "correlation_id"),
+        (&properties.reply_to, "reply_to"),
+        (&properties.expiration, "expiration"),
+        (&properties.message_id, "message_id"),
+        (&properties.message_type, "type"),
+        (&properties.user_id, "user_id"),
+        (&properties.app_id, "app_id"),
+    ]
 }
 
 /// A kombu-rs table as an AMQP field table.
@@ -111,16 +150,7 @@ pub(crate) fn properties_to_amqp(message: &RawMessage) -> Result<BasicProperties
     if let Some(priority) = p.priority {
         props = props.with_priority(priority);
     }
-    let text_props: [(&Option<String>, &'static str); 7] = [
-        (&p.correlation_id, "correlation_id"),
-        (&p.reply_to, "reply_to"),
-        (&p.expiration, "expiration"),
-        (&p.message_id, "message_id"),
-        (&p.message_type, "type"),
-        (&p.user_id, "user_id"),
-        (&p.app_id, "app_id"),
-    ];
-    for (value, name) in text_props {
+    for (value, name) in text_properties(p) {
         let Some(value) = value else { continue };
         let value = short(value, name)?;
         props = match name {

@@ -1,12 +1,14 @@
-//! lapin errors as kombu-rs errors.
+//! Driver errors as kombu-rs errors.
 //!
+//! [`Op`] and [`reply_code_kind`] are shared by both drivers (lapin here, amiquip in
+//! `amiquip_driver::errors`), so a broker refusal means the same kind whichever drives it.
 //! The broker's reply codes decide the kind: 404 is `NotFound`, 406 `PreconditionFailed` (a
 //! declaration turns it into `NotEquivalent`), 403 `Channel` with the broker's text, 311
 //! `LimitExceeded`; a lost socket, a missed heartbeat or a hard (connection) error is a
 //! recoverable `Connection` error, which the facade's retry policy acts on.
 
 use kombu_core::{Error, ErrorKind};
-use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::protocol::AMQPErrorKind;
 
 /// What was being done when an error happened: names the operation in the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +32,7 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Op::Connect => "connect",
             Op::OpenChannel => "channel.open",
@@ -70,19 +72,29 @@ pub(crate) fn is_connection_loss(error: &lapin::Error) -> bool {
     }
 }
 
+/// The kind of a broker refusal with AMQP reply `code` during `op`: 404 `NotFound`, 406
+/// `NotEquivalent` for a declaration and `PreconditionFailed` otherwise, 311 `LimitExceeded`,
+/// 540 `Unsupported`, the other soft (channel) codes `Channel`, every hard code `Connection`.
+pub(crate) fn reply_code_kind(op: Op, code: u16) -> ErrorKind {
+    match code {
+        404 => ErrorKind::NotFound,
+        406 => match op {
+            Op::DeclareExchange | Op::DeclareQueue => ErrorKind::NotEquivalent,
+            _ => ErrorKind::PreconditionFailed,
+        },
+        311 => ErrorKind::LimitExceeded,
+        540 => ErrorKind::Unsupported,
+        312 | 313 | 403 | 405 => ErrorKind::Channel,
+        _ => ErrorKind::Connection,
+    }
+}
+
 fn kind_of(op: Op, error: &lapin::Error) -> ErrorKind {
     use lapin::ErrorKind as L;
     match error.kind() {
         L::ProtocolError(e) => match e.kind() {
-            AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => ErrorKind::NotFound,
-            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) => match op {
-                Op::DeclareExchange | Op::DeclareQueue => ErrorKind::NotEquivalent,
-                _ => ErrorKind::PreconditionFailed,
-            },
-            AMQPErrorKind::Soft(AMQPSoftError::CONTENTTOOLARGE) => ErrorKind::LimitExceeded,
-            AMQPErrorKind::Soft(_) => ErrorKind::Channel,
-            AMQPErrorKind::Hard(AMQPHardError::NOTIMPLEMENTED) => ErrorKind::Unsupported,
-            AMQPErrorKind::Hard(_) => ErrorKind::Connection,
+            AMQPErrorKind::Soft(soft) => reply_code_kind(op, soft.get_id()),
+            AMQPErrorKind::Hard(hard) => reply_code_kind(op, hard.get_id()),
         },
         L::IOError(_) | L::MissingHeartbeatError | L::InvalidConnectionState(_) => ErrorKind::Connection,
         L::InvalidChannelState(..) | L::InvalidChannel(_) => ErrorKind::Channel,

@@ -61,8 +61,18 @@
 //!   the way Celery 5.5+ does.
 //! * Names over AMQP's 255-byte limit are `InvalidArgument` errors, bodies over RabbitMQ's
 //!   128 MiB limit are `LimitExceeded` errors, before anything is sent.
+//!
+//! ## Two drivers
+//!
+//! lapin (async) is the default. With the crate feature `amiquip` (`kombu` feature
+//! `amqp-amiquip`) the same transport also runs over amiquip, a blocking client, on threads
+//! of its own: `amqp+amiquip://` URLs, [`AMIQUIP_DESCRIPTOR`]. Its module docs
+//! (`amiquip_driver`) have the threads, the data flow and a capability table comparing
+//! the two; in short, the amiquip driver does not reconnect by itself.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "amiquip")]
+mod amiquip_driver;
 mod channel;
 mod convert;
 pub mod delayed;
@@ -78,6 +88,9 @@ use kombu_core::registry::{ConnectFuture, TransportDescriptor};
 use kombu_core::{Capabilities, Channel, ConnectOptions, PriorityOrder, PrioritySupport, Result, Transport};
 
 use crate::session::Session;
+
+#[cfg(feature = "amiquip")]
+pub use amiquip_driver::{register_amiquip, AMIQUIP_CAPABILITIES, AMIQUIP_DESCRIPTOR, AMIQUIP_SCHEMES};
 
 /// The URL schemes this transport serves.
 pub const SCHEMES: &[&str] = &["amqp", "amqps", "pyamqp", "librabbitmq"];

@@ -77,10 +77,30 @@ impl fmt::Debug for Settings {
 }
 
 impl Settings {
-    /// Settings from connect options (URL plus transport options).
+    /// Settings for the lapin driver from connect options (URL plus transport options).
     pub(crate) fn from_options(options: &ConnectOptions) -> Result<Settings> {
+        Settings::for_driver(options, Driver::Lapin)
+    }
+
+    /// Settings for `driver` from connect options: the same URL rules and options for both
+    /// drivers, only the scheme says which one (`amqp://` lapin, `amqp+amiquip://` amiquip).
+    pub(crate) fn for_driver(options: &ConnectOptions, driver: Driver) -> Result<Settings> {
         let url = &options.url;
-        let scheme = url.inner_scheme().to_ascii_lowercase();
+        let full_scheme = url.scheme().to_ascii_lowercase();
+        let scheme = match (driver, full_scheme.strip_suffix(AMIQUIP_SUFFIX)) {
+            (Driver::Amiquip, Some(base)) => base.to_owned(),
+            (Driver::Lapin, None) => url.inner_scheme().to_ascii_lowercase(),
+            (Driver::Lapin, Some(_)) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidUrl,
+                    format!(
+                        "scheme {full_scheme:?} selects the amiquip driver; enable the \
+                         `amqp-amiquip` feature of the `kombu` crate"
+                    ),
+                ))
+            }
+            (Driver::Amiquip, None) => full_scheme.clone(),
+        };
         let tls = match scheme.as_str() {
             "amqp" | "pyamqp" | "librabbitmq" => false,
             "amqps" => true,
@@ -177,6 +197,24 @@ impl Settings {
     pub(crate) fn uri(&self) -> AMQPUri {
         self.uri.clone()
     }
+
+    /// Where and as whom to connect, parsed once for both drivers (lapin's plain URI struct;
+    /// the amiquip driver writes its own URL from it).
+    pub(crate) fn endpoint(&self) -> &AMQPUri {
+        &self.uri
+    }
+}
+
+/// The suffix of the schemes that select the amiquip driver (`amqp+amiquip://`).
+pub(crate) const AMIQUIP_SUFFIX: &str = "+amiquip";
+
+/// Which AMQP client library a transport drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Driver {
+    /// lapin, async (`amqp://`, `pyamqp://`).
+    Lapin,
+    /// amiquip, blocking, on its own threads (`amqp+amiquip://`, `pyamqp+amiquip://`).
+    Amiquip,
 }
 
 /// Transport options with an effect.
@@ -254,6 +292,23 @@ mod tests {
         let err = settings("amqps://h/").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unsupported);
         assert!(settings("amqp://h/?read_timeout=5").is_ok());
+    }
+
+    #[test]
+    fn the_scheme_selects_the_driver() {
+        let options = |url: &str| ConnectOptions::new(url.parse().unwrap());
+        let s = Settings::for_driver(
+            &options("pyamqp+amiquip://bob:pw@rabbit:5673/prod"),
+            Driver::Amiquip,
+        )
+        .unwrap();
+        assert_eq!(s.endpoint().authority.host, "rabbit");
+        assert_eq!(s.endpoint().vhost, "prod");
+        let err = Settings::from_options(&options("amqp+amiquip://h/")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidUrl);
+        assert!(err.to_string().contains("amqp-amiquip"), "{err}");
+        let err = Settings::for_driver(&options("amqps+amiquip://h/"), Driver::Amiquip).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
     }
 
     #[test]

@@ -90,6 +90,8 @@ pub fn install_default_transports() {
     kombu_redis::register();
     #[cfg(feature = "amqp")]
     kombu_amqp::register();
+    #[cfg(feature = "amqp-amiquip")]
+    kombu_amqp::register_amiquip();
 }
 
 /// The transports registered in this build.
@@ -115,6 +117,9 @@ mod tests {
         }
         if cfg!(feature = "amqp") {
             expected.push("amqp");
+        }
+        if cfg!(feature = "amqp-amiquip") {
+            expected.push("amqp-amiquip");
         }
         expected.sort_unstable();
         let mut names = names;

@@ -1,0 +1,350 @@
+//! The kombu-rs channel of the amiquip driver: the async face of a channel worker.
+//!
+//! Every operation checks and converts its arguments here, on the caller's task (so a bad
+//! name or an oversized body is an error before any thread is involved), then runs the
+//! blocking amiquip calls as one job on the channel's worker thread and awaits the answer.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kombu_core::{
+    Capabilities, Channel, ConsumeOptions, ConsumerHandle, DeclareOptions, DeleteExchangeOptions,
+    DeleteQueueOptions, Delivery, Error, ErrorKind, Exchange, ExchangeBinding, ExchangeType, GetOptions,
+    PublishOptions, QosOptions, Queue, QueueBinding, QueueDeclareOk, RawMessage, Result,
+};
+
+use super::connection::ConnectionHandle;
+use super::control::Outgoing;
+use super::convert::{properties_to_amqp, table_to_amqp};
+use super::worker::WorkerLink;
+use crate::convert::{check_body_size, check_short};
+use crate::errors::Op;
+
+/// A kombu-rs channel on RabbitMQ through amiquip.
+#[derive(Debug)]
+pub(crate) struct AmiquipChannel {
+    link: Arc<WorkerLink>,
+    connection: ConnectionHandle,
+    confirm_publish: bool,
+    open: AtomicBool,
+}
+
+impl AmiquipChannel {
+    pub(crate) fn new(connection: ConnectionHandle, confirm_publish: bool) -> Result<AmiquipChannel> {
+        Ok(AmiquipChannel {
+            link: super::worker::spawn(connection.clone())?,
+            connection,
+            confirm_publish,
+            open: AtomicBool::new(true),
+        })
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        if !self.open.load(Ordering::Acquire) || self.connection.state.is_closed() {
+            return Err(Error::new(ErrorKind::Closed, "the channel is closed"));
+        }
+        if self.connection.state.is_lost() {
+            // No reconnection in this driver: a recoverable error, so the facade's
+            // `ensure_connection`/`retry` connects anew.
+            return Err(Error::new(
+                ErrorKind::Connection,
+                format!("the amqp connection to {} was lost", self.connection.display),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn exchange_type(kind: ExchangeType) -> amiquip::ExchangeType {
+    match kind {
+        ExchangeType::Direct => amiquip::ExchangeType::Direct,
+        ExchangeType::Topic => amiquip::ExchangeType::Topic,
+        ExchangeType::Fanout => amiquip::ExchangeType::Fanout,
+        ExchangeType::Headers => amiquip::ExchangeType::Headers,
+    }
+}
+
+#[async_trait]
+impl Channel for AmiquipChannel {
+    fn capabilities(&self) -> Capabilities {
+        super::AMIQUIP_CAPABILITIES
+    }
+
+    async fn declare_exchange(&self, exchange: &Exchange, options: DeclareOptions) -> Result<()> {
+        self.ensure_open()?;
+        if exchange.is_default() {
+            return Ok(());
+        }
+        check_short(&exchange.name, "exchange name")?;
+        let name = exchange.name.clone();
+        if options.passive || exchange.passive {
+            return self
+                .link
+                .call(move |w| {
+                    w.core.on_control(Op::DeclareExchange, |ch| {
+                        ch.exchange_declare_passive(name).map(|_| ())
+                    })
+                })
+                .await;
+        }
+        let kind = exchange_type(exchange.kind);
+        let declare_options = amiquip::ExchangeDeclareOptions {
+            durable: exchange.durable,
+            auto_delete: exchange.auto_delete,
+            internal: false,
+            arguments: table_to_amqp(&exchange.arguments)?,
+        };
+        self.link
+            .call(move |w| {
+                w.core.on_control(Op::DeclareExchange, |ch| {
+                    ch.exchange_declare(kind, name, declare_options).map(|_| ())
+                })
+            })
+            .await
+    }
+
+    async fn delete_exchange(&self, name: &str, options: DeleteExchangeOptions) -> Result<()> {
+        self.ensure_open()?;
+        check_short(name, "exchange name")?;
+        let name = name.to_owned();
+        let if_unused = options.if_unused;
+        self.link
+            .call(move |w| {
+                w.core
+                    .on_control(Op::DeleteExchange, |ch| ch.exchange_delete(name, if_unused))
+            })
+            .await
+    }
+
+    async fn declare_queue(&self, queue: &Queue, options: DeclareOptions) -> Result<QueueDeclareOk> {
+        self.ensure_open()?;
+        check_short(&queue.name, "queue name")?;
+        let name = queue.name.clone();
+        let passive = options.passive || queue.passive;
+        let declare_options = amiquip::QueueDeclareOptions {
+            durable: queue.durable,
+            exclusive: queue.exclusive,
+            auto_delete: queue.auto_delete,
+            arguments: table_to_amqp(&queue.declare_arguments())?,
+        };
+        self.link
+            .call(move |w| {
+                w.core.on_control(Op::DeclareQueue, |ch| {
+                    let declared = if passive {
+                        ch.queue_declare_passive(name)?
+                    } else {
+                        ch.queue_declare(name, declare_options)?
+                    };
+                    Ok(QueueDeclareOk {
+                        queue: declared.name().to_owned(),
+                        message_count: u64::from(declared.declared_message_count().unwrap_or(0)),
+                        consumer_count: declared.declared_consumer_count().unwrap_or(0),
+                    })
+                })
+            })
+            .await
+    }
+
+    async fn bind_queue(&self, binding: &QueueBinding) -> Result<()> {
+        self.ensure_open()?;
+        let QueueBinding {
+            queue,
+            exchange,
+            routing_key,
+            arguments,
+        } = checked_queue_binding(binding)?;
+        let arguments = table_to_amqp(&arguments)?;
+        self.link
+            .call(move |w| {
+                w.core.on_control(Op::Bind, |ch| {
+                    ch.queue_bind(queue, exchange, routing_key, arguments)
+                })
+            })
+            .await
+    }
+
+    async fn unbind_queue(&self, binding: &QueueBinding) -> Result<()> {
+        self.ensure_open()?;
+        let QueueBinding {
+            queue,
+            exchange,
+            routing_key,
+            arguments,
+        } = checked_queue_binding(binding)?;
+        let arguments = table_to_amqp(&arguments)?;
+        self.link
+            .call(move |w| {
+                w.core.on_control(Op::Unbind, |ch| {
+                    ch.queue_unbind(queue, exchange, routing_key, arguments)
+                })
+            })
+            .await
+    }
+
+    async fn bind_exchange(&self, binding: &ExchangeBinding) -> Result<()> {
+        self.ensure_open()?;
+        let ExchangeBinding {
+            destination,
+            source,
+            routing_key,
+            arguments,
+        } = checked_exchange_binding(binding)?;
+        let arguments = table_to_amqp(&arguments)?;
+        self.link
+            .call(move |w| {
+                w.core.on_control(Op::Bind, |ch| {
+                    ch.exchange_bind(destination, source, routing_key, arguments)
+                })
+            })
+            .await
+    }
+
+    async fn unbind_exchange(&self, binding: &ExchangeBinding) -> Result<()> {
+        self.ensure_open()?;
+        let ExchangeBinding {
+            destination,
+            source,
+            routing_key,
+            arguments,
+        } = checked_exchange_binding(binding)?;
+        let arguments = table_to_amqp(&arguments)?;
+        self.link
+            .call(move |w| {
+                w.core.on_control(Op::Unbind, |ch| {
+                    ch.exchange_unbind(destination, source, routing_key, arguments)
+                })
+            })
+            .await
+    }
+
+    async fn purge_queue(&self, queue: &str) -> Result<u64> {
+        self.ensure_open()?;
+        check_short(queue, "queue name")?;
+        let name = queue.to_owned();
+        self.link
+            .call(move |w| w.core.on_control(Op::Purge, |ch| ch.queue_purge(name)))
+            .await
+            .map(u64::from)
+    }
+
+    async fn delete_queue(&self, queue: &str, options: DeleteQueueOptions) -> Result<u64> {
+        self.ensure_open()?;
+        check_short(queue, "queue name")?;
+        let name = queue.to_owned();
+        let delete_options = amiquip::QueueDeleteOptions {
+            if_unused: options.if_unused,
+            if_empty: options.if_empty,
+        };
+        self.link
+            .call(move |w| {
+                w.core
+                    .on_control(Op::DeleteQueue, |ch| ch.queue_delete(name, delete_options))
+            })
+            .await
+            .map(u64::from)
+    }
+
+    async fn publish(&self, message: RawMessage, options: PublishOptions) -> Result<()> {
+        self.ensure_open()?;
+        check_body_size(message.body.len())?;
+        check_short(&options.exchange, "exchange name")?;
+        check_short(&options.routing_key, "routing key")?;
+        let outgoing = Outgoing {
+            properties: properties_to_amqp(&message)?,
+            body: message.body,
+            exchange: options.exchange,
+            routing_key: options.routing_key,
+            mandatory: options.mandatory,
+            confirm: options.confirm || self.confirm_publish,
+        };
+        self.link.call(move |w| w.core.publish(outgoing)).await
+    }
+
+    async fn get(&self, queue: &str, options: GetOptions) -> Result<Option<Delivery>> {
+        self.ensure_open()?;
+        check_short(queue, "queue name")?;
+        let name = queue.to_owned();
+        let no_ack = options.no_ack;
+        self.link.call(move |w| w.get(&name, no_ack)).await
+    }
+
+    async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<ConsumerHandle> {
+        self.ensure_open()?;
+        check_short(queue, "queue name")?;
+        let tag = if options.consumer_tag.is_empty() {
+            format!("kombu-rs.{}", uuid::Uuid::new_v4().simple())
+        } else {
+            options.consumer_tag.clone()
+        };
+        check_short(&tag, "consumer tag")?;
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let name = queue.to_owned();
+        let worker_tag: Arc<str> = Arc::from(tag.as_str());
+        self.link
+            .call(move |w| w.consume(&name, worker_tag, &options, sender))
+            .await?;
+        // The stream keeps the worker alive while the application reads it.
+        let link = Arc::clone(&self.link);
+        let deliveries = futures_util::stream::unfold((receiver, link), |(mut receiver, link)| async move {
+            receiver.recv().await.map(|item| (item, (receiver, link)))
+        });
+        Ok(ConsumerHandle {
+            consumer_tag: tag,
+            deliveries: Box::pin(deliveries),
+        })
+    }
+
+    async fn cancel(&self, consumer_tag: &str) -> Result<()> {
+        let tag = consumer_tag.to_owned();
+        match self.link.call(move |w| w.cancel(&tag)).await {
+            Err(e) if e.kind() == ErrorKind::Closed => Ok(()), // the channel closed: consumers ended
+            other => other,
+        }
+    }
+
+    async fn qos(&self, options: QosOptions) -> Result<()> {
+        self.ensure_open()?;
+        self.link.call(move |w| w.qos(options)).await
+    }
+
+    async fn recover(&self, requeue: bool) -> Result<()> {
+        self.ensure_open()?;
+        if !requeue {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "RabbitMQ does not implement basic.recover with requeue=false",
+            ));
+        }
+        self.link.call(|w| w.recover()).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        if !self.open.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.link.close().await
+    }
+
+    fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+            && !self.connection.state.is_closed()
+            && !self.connection.state.is_lost()
+    }
+}
+
+/// `binding` with every name checked against AMQP's limit.
+fn checked_queue_binding(binding: &QueueBinding) -> Result<QueueBinding> {
+    check_short(&binding.queue, "queue name")?;
+    check_short(&binding.exchange, "exchange name")?;
+    check_short(&binding.routing_key, "routing key")?;
+    Ok(binding.clone())
+}
+
+/// `binding` with every name checked against AMQP's limit.
+fn checked_exchange_binding(binding: &ExchangeBinding) -> Result<ExchangeBinding> {
+    check_short(&binding.destination, "exchange name")?;
+    check_short(&binding.source, "exchange name")?;
+    check_short(&binding.routing_key, "routing key")?;
+    Ok(binding.clone())
+}

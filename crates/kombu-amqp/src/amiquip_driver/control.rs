@@ -1,0 +1,231 @@
+//! The control channel of a worker: declarations, deletions, purges and publishes.
+//!
+//! RabbitMQ closes a channel that a declaration was refused on (404/406), and amiquip then
+//! fails every later call on it; the worker drops such a channel and the next operation
+//! opens another, so a refusal is a typed error, not the end of the kombu-rs channel.
+//!
+//! **Publisher confirms** (on by default, `confirm_publish`): a publish waits on this thread
+//! for the broker's ack of its sequence number before it is answered, one publish at a time
+//! per kombu-rs channel (open more channels to publish in parallel). A mandatory message
+//! that comes back (`basic.return`, which RabbitMQ sends before the ack of the same message,
+//! and amiquip's I/O thread queues in that order) is a `NotFound` error; a nack is an error;
+//! a channel closed before the confirm (a publish to a missing exchange) is the broker's
+//! error for it. Without confirms a publish is not answered by the broker, so a refusal only
+//! shows on the next call; the channel is then *unverified* and checked before that call.
+
+use amiquip::{Confirm, ConfirmPayload, Publish, Return};
+use crossbeam_channel::Receiver;
+use kombu_core::{Error, ErrorKind, Result};
+use tracing::debug;
+
+use super::errors::closes_channel;
+use super::worker::Core;
+use crate::errors::Op;
+
+/// An open control channel.
+pub(crate) struct Control {
+    pub(crate) channel: amiquip::Channel,
+    returns: Receiver<Return>,
+    /// Publisher confirms, once enabled: the receiver and the last sequence number used.
+    confirms: Option<(Receiver<Confirm>, u64)>,
+    /// A publish without confirm was sent since the last answered call: the broker may have
+    /// closed the channel since, which amiquip tells only when the channel is used again.
+    unverified: bool,
+}
+
+impl Control {
+    /// Close the channel, logging a failure (nothing is pending on a control channel).
+    pub(crate) fn close(self) {
+        if let Err(e) = self.channel.close() {
+            debug!(error = %e, "amiquip control channel close reported an error");
+        }
+    }
+}
+
+/// A message ready to be published: converted and checked on the async side.
+pub(crate) struct Outgoing {
+    pub(crate) body: bytes::Bytes,
+    pub(crate) properties: amiquip::AmqpProperties,
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    pub(crate) mandatory: bool,
+    /// Wait for the broker's confirm.
+    pub(crate) confirm: bool,
+}
+
+impl Core {
+    /// The control channel (opened or replaced as needed), with confirms on when `confirms`.
+    fn control(&mut self, confirms: bool) -> Result<&mut Control> {
+        if let Some(control) = self.control.as_mut() {
+            if control.unverified {
+                // A returns listener is set by the I/O thread alone, no frame is sent: it
+                // fails exactly when the channel is gone.
+                match control.channel.listen_for_returns() {
+                    Ok(returns) => {
+                        control.returns = returns;
+                        control.unverified = false;
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "amiquip control channel closed after a publish; reopening");
+                        self.control = None;
+                    }
+                }
+            }
+        }
+        let mut control = match self.control.take() {
+            Some(control) => control,
+            None => {
+                let channel = self.connection.open_channel_blocking()?;
+                let returns = channel
+                    .listen_for_returns()
+                    .map_err(|e| self.connection.state.observe(Op::OpenChannel, e))?;
+                Control {
+                    channel,
+                    returns,
+                    confirms: None,
+                    unverified: false,
+                }
+            }
+        };
+        if confirms && control.confirms.is_none() {
+            let enable = control
+                .channel
+                .listen_for_publisher_confirms()
+                .and_then(|receiver| {
+                    control.channel.enable_publisher_confirms()?;
+                    Ok(receiver)
+                });
+            match enable {
+                Ok(receiver) => control.confirms = Some((receiver, 0)),
+                // The channel is dropped: the next call opens another.
+                Err(e) => return Err(self.connection.state.observe(Op::OpenChannel, e)),
+            }
+        }
+        Ok(self.control.insert(control))
+    }
+
+    /// Run `f` on the control channel; a channel the broker closed is dropped for the next.
+    pub(crate) fn on_control<T>(
+        &mut self,
+        op: Op,
+        f: impl FnOnce(&amiquip::Channel) -> amiquip::Result<T>,
+    ) -> Result<T> {
+        let control = self.control(false)?;
+        match f(&control.channel) {
+            Ok(value) => Ok(value),
+            Err(e) => {
+                if closes_channel(&e) {
+                    self.control = None;
+                }
+                Err(self.connection.state.observe(op, e))
+            }
+        }
+    }
+
+    /// Publish one message; with confirms, answer once the broker has taken it.
+    pub(crate) fn publish(&mut self, message: Outgoing) -> Result<()> {
+        let control = self.control(message.confirm)?;
+        // Returns of earlier unconfirmed mandatory publishes are nobody's answer any more.
+        while control.returns.try_recv().is_ok() {}
+        let publish = Publish {
+            body: &message.body,
+            routing_key: message.routing_key,
+            mandatory: message.mandatory,
+            immediate: false,
+            properties: message.properties,
+        };
+        if let Err(e) = control.channel.basic_publish(message.exchange.as_str(), publish) {
+            if closes_channel(&e) {
+                self.control = None;
+            }
+            return Err(self.connection.state.observe(Op::Publish, e));
+        }
+        let Some((confirms, sequence)) = control.confirms.as_mut() else {
+            control.unverified = true;
+            return Ok(());
+        };
+        *sequence += 1;
+        let mine = *sequence;
+        loop {
+            match confirms.recv() {
+                Ok(Confirm::Ack(payload)) if covers(payload, mine) => {
+                    return match control.returns.try_recv() {
+                        Ok(returned) => Err(Error::new(
+                            ErrorKind::NotFound,
+                            format!(
+                                "the broker returned the mandatory message: {} (no queue is bound for it)",
+                                returned.reply_text
+                            ),
+                        )
+                        .with_context("exchange", returned.exchange)
+                        .with_context("routing_key", returned.routing_key)),
+                        Err(_) => Ok(()),
+                    };
+                }
+                Ok(Confirm::Nack(payload)) if covers(payload, mine) => {
+                    return Err(Error::new(
+                        ErrorKind::Channel,
+                        "the broker refused the message (basic.nack): it was not stored",
+                    ));
+                }
+                Ok(_) => continue, // an earlier publish's confirm
+                Err(_) => return Err(self.closed_before_confirm(&message.exchange)),
+            }
+        }
+    }
+
+    /// The error for a publish whose channel closed before its confirm arrived: the
+    /// broker's reason when it closed the channel (amiquip answers the next call on it
+    /// with that reason), else a lost connection.
+    fn closed_before_confirm(&mut self, exchange: &str) -> Error {
+        let reason = self
+            .control
+            .take()
+            .and_then(|control| control.channel.listen_for_returns().err());
+        match reason {
+            Some(e) if !super::errors::is_connection_loss(&e) => self
+                .connection
+                .state
+                .observe(Op::Publish, e)
+                .with_context("exchange", exchange),
+            lost => {
+                if let Some(e) = lost {
+                    self.connection.state.observe(Op::Publish, e);
+                } else {
+                    self.connection.state.mark_lost();
+                }
+                Error::new(
+                    ErrorKind::Connection,
+                    "amqp basic.publish failed: the connection was lost before the broker confirmed",
+                )
+                .with_context("delivery", "unknown: the message may or may not have been stored")
+            }
+        }
+    }
+}
+
+/// Whether a confirm for `payload` covers sequence number `mine`.
+fn covers(payload: ConfirmPayload, mine: u64) -> bool {
+    payload.delivery_tag == mine || (payload.multiple && payload.delivery_tag >= mine)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_confirm_covers_its_own_tag_or_all_before_a_multiple() {
+        let single = |delivery_tag| ConfirmPayload {
+            delivery_tag,
+            multiple: false,
+        };
+        let multiple = |delivery_tag| ConfirmPayload {
+            delivery_tag,
+            multiple: true,
+        };
+        assert!(covers(single(3), 3));
+        assert!(!covers(single(2), 3));
+        assert!(covers(multiple(5), 3));
+        assert!(!covers(multiple(2), 3));
+    }
+}
