@@ -131,73 +131,150 @@ pub(crate) fn value_from_amqp(value: &AMQPValue) -> Value {
     }
 }
 
-/// The AMQP basic properties of `message`.
-pub(crate) fn properties_to_amqp(message: &RawMessage) -> Result<BasicProperties> {
-    let mut props = BasicProperties::default();
-    if let Some(ct) = &message.content_type {
-        props = props.with_content_type(short(ct, "content_type")?);
-    }
-    if let Some(ce) = &message.content_encoding {
-        props = props.with_content_encoding(short(ce, "content_encoding")?);
-    }
-    if !message.headers.is_empty() {
-        props = props.with_headers(table_to_amqp(&message.headers)?);
-    }
-    let p = &message.properties;
-    if let Some(mode) = p.delivery_mode {
-        props = props.with_delivery_mode(mode.as_u8());
-    }
-    if let Some(priority) = p.priority {
-        props = props.with_priority(priority);
-    }
-    for (value, name) in text_properties(p) {
-        let Some(value) = value else { continue };
-        let value = short(value, name)?;
-        props = match name {
-            "correlation_id" => props.with_correlation_id(value),
-            "reply_to" => props.with_reply_to(value),
-            "expiration" => props.with_expiration(value),
-            "message_id" => props.with_message_id(value),
-            "type" => props.with_type(value),
-            "user_id" => props.with_user_id(value),
-            _ => props.with_app_id(value),
-        };
-    }
-    if let Some(ts) = p.timestamp {
-        props = props.with_timestamp(ts);
-    }
-    if let Some(cluster_id) = p.extra.get("cluster_id").and_then(Value::as_str) {
-        props = props.with_cluster_id(short(cluster_id, "cluster_id")?);
-    }
-    Ok(props)
+/// One driver's basic-properties type, as the shared conversions below fill and read it:
+/// the mapping of kombu-rs's message model to AMQP's properties is written once, each
+/// driver only says how its type stores a field. Text properties go by their AMQP names
+/// (`content_type`, `content_encoding`, the seven of [`text_properties`], `cluster_id`).
+pub(crate) trait BasicPropertiesModel: Default + Sized {
+    /// Set text property `name` to `value` (already checked against the 255-byte limit).
+    fn set_text(self, name: &'static str, value: &str) -> Result<Self>;
+    /// Set `application_headers`.
+    fn set_headers(self, headers: &FieldTable) -> Result<Self>;
+    /// Set the delivery mode, priority and timestamp that are present.
+    fn set_numbers(self, delivery_mode: Option<u8>, priority: Option<u8>, timestamp: Option<u64>) -> Self;
+    /// Text property `name`, if present.
+    fn text(&self, name: &'static str) -> Option<String>;
+    /// `application_headers` (empty if absent).
+    fn headers(&self) -> FieldTable;
+    /// Delivery mode, priority and timestamp.
+    fn numbers(&self) -> (Option<u8>, Option<u8>, Option<u64>);
 }
 
-/// A received body and its properties as a [`RawMessage`].
-pub(crate) fn message_from_amqp(body: Vec<u8>, props: &BasicProperties) -> RawMessage {
-    let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
-    let mut extra = FieldTable::new();
-    if let Some(cluster_id) = props.cluster_id() {
-        extra.insert("cluster_id".into(), Value::String(cluster_id.as_str().to_owned()));
+/// The basic properties of `message` in a driver's type, as py-amqp sends them.
+pub(crate) fn properties_to<P: BasicPropertiesModel>(message: &RawMessage) -> Result<P> {
+    let mut props = P::default();
+    let p = &message.properties;
+    let cluster_id = p
+        .extra
+        .get("cluster_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let texts = [
+        (&message.content_type, "content_type"),
+        (&message.content_encoding, "content_encoding"),
+        (&cluster_id, "cluster_id"),
+    ];
+    for (value, name) in texts.into_iter().chain(text_properties(p)) {
+        if let Some(value) = value {
+            check_short(value, name)?;
+            props = props.set_text(name, value)?;
+        }
     }
+    if !message.headers.is_empty() {
+        props = props.set_headers(&message.headers)?;
+    }
+    Ok(props.set_numbers(p.delivery_mode.map(DeliveryMode::as_u8), p.priority, p.timestamp))
+}
+
+/// A received body and its properties (in a driver's type) as a [`RawMessage`].
+pub(crate) fn message_from<P: BasicPropertiesModel>(body: Vec<u8>, props: &P) -> RawMessage {
+    let mut extra = FieldTable::new();
+    if let Some(cluster_id) = props.text("cluster_id") {
+        extra.insert("cluster_id".into(), Value::String(cluster_id));
+    }
+    let (delivery_mode, priority, timestamp) = props.numbers();
     RawMessage {
         body: body.into(),
-        content_type: text(props.content_type()),
-        content_encoding: text(props.content_encoding()),
-        headers: props.headers().as_ref().map(table_from_amqp).unwrap_or_default(),
+        content_type: props.text("content_type"),
+        content_encoding: props.text("content_encoding"),
+        headers: props.headers(),
         properties: Properties {
-            delivery_mode: props.delivery_mode().map(DeliveryMode::from_u8),
-            priority: *props.priority(),
-            correlation_id: text(props.correlation_id()),
-            reply_to: text(props.reply_to()),
-            expiration: text(props.expiration()),
-            message_id: text(props.message_id()),
-            timestamp: *props.timestamp(),
-            message_type: text(props.kind()),
-            user_id: text(props.user_id()),
-            app_id: text(props.app_id()),
+            delivery_mode: delivery_mode.map(DeliveryMode::from_u8),
+            priority,
+            correlation_id: props.text("correlation_id"),
+            reply_to: props.text("reply_to"),
+            expiration: props.text("expiration"),
+            message_id: props.text("message_id"),
+            timestamp,
+            message_type: props.text("type"),
+            user_id: props.text("user_id"),
+            app_id: props.text("app_id"),
             extra,
         },
     }
+}
+
+impl BasicPropertiesModel for BasicProperties {
+    fn set_text(self, name: &'static str, value: &str) -> Result<Self> {
+        let value = short(value, name)?;
+        Ok(match name {
+            "content_type" => self.with_content_type(value),
+            "content_encoding" => self.with_content_encoding(value),
+            "cluster_id" => self.with_cluster_id(value),
+            "correlation_id" => self.with_correlation_id(value),
+            "reply_to" => self.with_reply_to(value),
+            "expiration" => self.with_expiration(value),
+            "message_id" => self.with_message_id(value),
+            "type" => self.with_type(value),
+            "user_id" => self.with_user_id(value),
+            _ => self.with_app_id(value),
+        })
+    }
+
+    fn set_headers(self, headers: &FieldTable) -> Result<Self> {
+        Ok(self.with_headers(table_to_amqp(headers)?))
+    }
+
+    fn set_numbers(self, delivery_mode: Option<u8>, priority: Option<u8>, timestamp: Option<u64>) -> Self {
+        let mut props = self;
+        if let Some(mode) = delivery_mode {
+            props = props.with_delivery_mode(mode);
+        }
+        if let Some(priority) = priority {
+            props = props.with_priority(priority);
+        }
+        if let Some(ts) = timestamp {
+            props = props.with_timestamp(ts);
+        }
+        props
+    }
+
+    fn text(&self, name: &'static str) -> Option<String> {
+        let value = match name {
+            "content_type" => self.content_type(),
+            "content_encoding" => self.content_encoding(),
+            "cluster_id" => self.cluster_id(),
+            "correlation_id" => self.correlation_id(),
+            "reply_to" => self.reply_to(),
+            "expiration" => self.expiration(),
+            "message_id" => self.message_id(),
+            "type" => self.kind(),
+            "user_id" => self.user_id(),
+            _ => self.app_id(),
+        };
+        value.as_ref().map(|s| s.as_str().to_owned())
+    }
+
+    fn headers(&self) -> FieldTable {
+        BasicProperties::headers(self)
+            .as_ref()
+            .map(table_from_amqp)
+            .unwrap_or_default()
+    }
+
+    fn numbers(&self) -> (Option<u8>, Option<u8>, Option<u64>) {
+        (*self.delivery_mode(), *self.priority(), *self.timestamp())
+    }
+}
+
+/// The lapin basic properties of `message`.
+pub(crate) fn properties_to_amqp(message: &RawMessage) -> Result<BasicProperties> {
+    properties_to(message)
+}
+
+/// A body and lapin properties as a [`RawMessage`].
+pub(crate) fn message_from_amqp(body: Vec<u8>, props: &BasicProperties) -> RawMessage {
+    message_from(body, props)
 }
 
 #[cfg(test)]

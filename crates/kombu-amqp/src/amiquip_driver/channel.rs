@@ -40,6 +40,16 @@ impl AmiquipChannel {
         })
     }
 
+    /// Run `f` on the worker's control channel (see `control`).
+    async fn on_control<T, F>(&self, op: Op, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&amiquip::Channel) -> amiquip::Result<T> + Send + 'static,
+    {
+        self.ensure_open()?;
+        self.link.call(move |w| w.core.on_control(op, f)).await
+    }
+
     fn ensure_open(&self) -> Result<()> {
         if !self.open.load(Ordering::Acquire) || self.connection.state.is_closed() {
             return Err(Error::new(ErrorKind::Closed, "the channel is closed"));
@@ -80,11 +90,8 @@ impl Channel for AmiquipChannel {
         let name = exchange.name.clone();
         if options.passive || exchange.passive {
             return self
-                .link
-                .call(move |w| {
-                    w.core.on_control(Op::DeclareExchange, |ch| {
-                        ch.exchange_declare_passive(name).map(|_| ())
-                    })
+                .on_control(Op::DeclareExchange, move |ch| {
+                    ch.exchange_declare_passive(name).map(|_| ())
                 })
                 .await;
         }
@@ -95,25 +102,17 @@ impl Channel for AmiquipChannel {
             internal: false,
             arguments: table_to_amqp(&exchange.arguments)?,
         };
-        self.link
-            .call(move |w| {
-                w.core.on_control(Op::DeclareExchange, |ch| {
-                    ch.exchange_declare(kind, name, declare_options).map(|_| ())
-                })
-            })
-            .await
+        self.on_control(Op::DeclareExchange, move |ch| {
+            ch.exchange_declare(kind, name, declare_options).map(|_| ())
+        })
+        .await
     }
 
     async fn delete_exchange(&self, name: &str, options: DeleteExchangeOptions) -> Result<()> {
-        self.ensure_open()?;
         check_short(name, "exchange name")?;
         let name = name.to_owned();
         let if_unused = options.if_unused;
-        self.link
-            .call(move |w| {
-                w.core
-                    .on_control(Op::DeleteExchange, |ch| ch.exchange_delete(name, if_unused))
-            })
+        self.on_control(Op::DeleteExchange, move |ch| ch.exchange_delete(name, if_unused))
             .await
     }
 
@@ -128,119 +127,67 @@ impl Channel for AmiquipChannel {
             auto_delete: queue.auto_delete,
             arguments: table_to_amqp(&queue.declare_arguments())?,
         };
-        self.link
-            .call(move |w| {
-                w.core.on_control(Op::DeclareQueue, |ch| {
-                    let declared = if passive {
-                        ch.queue_declare_passive(name)?
-                    } else {
-                        ch.queue_declare(name, declare_options)?
-                    };
-                    Ok(QueueDeclareOk {
-                        queue: declared.name().to_owned(),
-                        message_count: u64::from(declared.declared_message_count().unwrap_or(0)),
-                        consumer_count: declared.declared_consumer_count().unwrap_or(0),
-                    })
-                })
+        self.on_control(Op::DeclareQueue, move |ch| {
+            let declared = if passive {
+                ch.queue_declare_passive(name)?
+            } else {
+                ch.queue_declare(name, declare_options)?
+            };
+            Ok(QueueDeclareOk {
+                queue: declared.name().to_owned(),
+                message_count: u64::from(declared.declared_message_count().unwrap_or(0)),
+                consumer_count: declared.declared_consumer_count().unwrap_or(0),
             })
-            .await
+        })
+        .await
     }
 
     async fn bind_queue(&self, binding: &QueueBinding) -> Result<()> {
-        self.ensure_open()?;
-        let QueueBinding {
-            queue,
-            exchange,
-            routing_key,
-            arguments,
-        } = checked_queue_binding(binding)?;
-        let arguments = table_to_amqp(&arguments)?;
-        self.link
-            .call(move |w| {
-                w.core.on_control(Op::Bind, |ch| {
-                    ch.queue_bind(queue, exchange, routing_key, arguments)
-                })
-            })
+        let (queue, exchange, key, arguments) = queue_binding(binding)?;
+        self.on_control(Op::Bind, move |ch| ch.queue_bind(queue, exchange, key, arguments))
             .await
     }
 
     async fn unbind_queue(&self, binding: &QueueBinding) -> Result<()> {
-        self.ensure_open()?;
-        let QueueBinding {
-            queue,
-            exchange,
-            routing_key,
-            arguments,
-        } = checked_queue_binding(binding)?;
-        let arguments = table_to_amqp(&arguments)?;
-        self.link
-            .call(move |w| {
-                w.core.on_control(Op::Unbind, |ch| {
-                    ch.queue_unbind(queue, exchange, routing_key, arguments)
-                })
-            })
-            .await
+        let (queue, exchange, key, arguments) = queue_binding(binding)?;
+        self.on_control(Op::Unbind, move |ch| {
+            ch.queue_unbind(queue, exchange, key, arguments)
+        })
+        .await
     }
 
     async fn bind_exchange(&self, binding: &ExchangeBinding) -> Result<()> {
-        self.ensure_open()?;
-        let ExchangeBinding {
-            destination,
-            source,
-            routing_key,
-            arguments,
-        } = checked_exchange_binding(binding)?;
-        let arguments = table_to_amqp(&arguments)?;
-        self.link
-            .call(move |w| {
-                w.core.on_control(Op::Bind, |ch| {
-                    ch.exchange_bind(destination, source, routing_key, arguments)
-                })
-            })
-            .await
+        let (destination, source, key, arguments) = exchange_binding(binding)?;
+        self.on_control(Op::Bind, move |ch| {
+            ch.exchange_bind(destination, source, key, arguments)
+        })
+        .await
     }
 
     async fn unbind_exchange(&self, binding: &ExchangeBinding) -> Result<()> {
-        self.ensure_open()?;
-        let ExchangeBinding {
-            destination,
-            source,
-            routing_key,
-            arguments,
-        } = checked_exchange_binding(binding)?;
-        let arguments = table_to_amqp(&arguments)?;
-        self.link
-            .call(move |w| {
-                w.core.on_control(Op::Unbind, |ch| {
-                    ch.exchange_unbind(destination, source, routing_key, arguments)
-                })
-            })
-            .await
+        let (destination, source, key, arguments) = exchange_binding(binding)?;
+        self.on_control(Op::Unbind, move |ch| {
+            ch.exchange_unbind(destination, source, key, arguments)
+        })
+        .await
     }
 
     async fn purge_queue(&self, queue: &str) -> Result<u64> {
-        self.ensure_open()?;
         check_short(queue, "queue name")?;
         let name = queue.to_owned();
-        self.link
-            .call(move |w| w.core.on_control(Op::Purge, |ch| ch.queue_purge(name)))
+        self.on_control(Op::Purge, move |ch| ch.queue_purge(name))
             .await
             .map(u64::from)
     }
 
     async fn delete_queue(&self, queue: &str, options: DeleteQueueOptions) -> Result<u64> {
-        self.ensure_open()?;
         check_short(queue, "queue name")?;
         let name = queue.to_owned();
         let delete_options = amiquip::QueueDeleteOptions {
             if_unused: options.if_unused,
             if_empty: options.if_empty,
         };
-        self.link
-            .call(move |w| {
-                w.core
-                    .on_control(Op::DeleteQueue, |ch| ch.queue_delete(name, delete_options))
-            })
+        self.on_control(Op::DeleteQueue, move |ch| ch.queue_delete(name, delete_options))
             .await
             .map(u64::from)
     }
@@ -333,18 +280,30 @@ impl Channel for AmiquipChannel {
     }
 }
 
-/// `binding` with every name checked against AMQP's limit.
-fn checked_queue_binding(binding: &QueueBinding) -> Result<QueueBinding> {
+/// The parts of a queue binding as amiquip takes them: queue, exchange, key, arguments
+/// (every name checked against AMQP's limit).
+fn queue_binding(binding: &QueueBinding) -> Result<(String, String, String, amiquip::FieldTable)> {
     check_short(&binding.queue, "queue name")?;
     check_short(&binding.exchange, "exchange name")?;
     check_short(&binding.routing_key, "routing key")?;
-    Ok(binding.clone())
+    Ok((
+        binding.queue.clone(),
+        binding.exchange.clone(),
+        binding.routing_key.clone(),
+        table_to_amqp(&binding.arguments)?,
+    ))
 }
 
-/// `binding` with every name checked against AMQP's limit.
-fn checked_exchange_binding(binding: &ExchangeBinding) -> Result<ExchangeBinding> {
+/// The parts of an exchange binding as amiquip takes them: destination, source, key,
+/// arguments (every name checked against AMQP's limit).
+fn exchange_binding(binding: &ExchangeBinding) -> Result<(String, String, String, amiquip::FieldTable)> {
     check_short(&binding.destination, "exchange name")?;
     check_short(&binding.source, "exchange name")?;
     check_short(&binding.routing_key, "routing key")?;
-    Ok(binding.clone())
+    Ok((
+        binding.destination.clone(),
+        binding.source.clone(),
+        binding.routing_key.clone(),
+        table_to_amqp(&binding.arguments)?,
+    ))
 }

@@ -3,18 +3,19 @@
 //! The same wire format as the lapin driver (`crate::convert`): body as it is, basic
 //! properties 1:1, headers as `application_headers`, integers as py-amqp writes them (`I`
 //! when they fit in 32 bits, else `l`), strings as long strings `S`, bytes as byte arrays `x`.
-//! The name checks, the list of text properties and the size limit are `crate::convert`'s;
-//! what differs is only the type vocabulary, which amq-protocol 1.x spells with plain
-//! `String`, `Vec` and `BTreeMap` where lapin has newtypes.
+//! The mapping of the message model to the basic properties, the name checks and the size
+//! limit are `crate::convert`'s (this module implements its `BasicPropertiesModel`); what is
+//! here is only the type vocabulary, which amq-protocol 1.x spells with plain `String`, `Vec`
+//! and `BTreeMap` where lapin has newtypes.
 //!
 //! One limitation is amiquip's, not ours: amq-protocol 1.x reads a long string as UTF-8, so a
 //! header holding a non-UTF-8 long string (which py-amqp never writes for `str`, but a foreign
 //! client may) is a malformed frame to amiquip, and it drops the connection.
 
 use amiquip::{AmqpProperties, AmqpValue, FieldTable as AmqpTable};
-use kombu_core::{DeliveryMode, FieldTable, Properties, RawMessage, Result, Value};
+use kombu_core::{FieldTable, RawMessage, Result, Value};
 
-use crate::convert::{check_short, text_properties};
+use crate::convert::{check_short, message_from, properties_to, BasicPropertiesModel};
 
 /// A kombu-rs table as an amiquip field table (every name checked against AMQP's limit).
 pub(crate) fn table_to_amqp(table: &FieldTable) -> Result<AmqpTable> {
@@ -72,78 +73,83 @@ fn value_from_amqp(value: &AmqpValue) -> Value {
     }
 }
 
-/// The basic properties of `message`, as py-amqp sends them.
-pub(crate) fn properties_to_amqp(message: &RawMessage) -> Result<AmqpProperties> {
-    let text = |value: &str, what: &'static str| check_short(value, what).map(|()| value.to_owned());
-    let mut props = AmqpProperties::default();
-    if let Some(ct) = &message.content_type {
-        props = props.with_content_type(text(ct, "content_type")?);
+impl BasicPropertiesModel for AmqpProperties {
+    fn set_text(self, name: &'static str, value: &str) -> Result<Self> {
+        let value = value.to_owned();
+        Ok(match name {
+            "content_type" => self.with_content_type(value),
+            "content_encoding" => self.with_content_encoding(value),
+            "cluster_id" => self.with_cluster_id(value),
+            "correlation_id" => self.with_correlation_id(value),
+            "reply_to" => self.with_reply_to(value),
+            "expiration" => self.with_expiration(value),
+            "message_id" => self.with_message_id(value),
+            "type" => self.with_type_(value),
+            "user_id" => self.with_user_id(value),
+            _ => self.with_app_id(value),
+        })
     }
-    if let Some(ce) = &message.content_encoding {
-        props = props.with_content_encoding(text(ce, "content_encoding")?);
+
+    fn set_headers(self, headers: &FieldTable) -> Result<Self> {
+        Ok(self.with_headers(table_to_amqp(headers)?))
     }
-    if !message.headers.is_empty() {
-        props = props.with_headers(table_to_amqp(&message.headers)?);
+
+    fn set_numbers(self, delivery_mode: Option<u8>, priority: Option<u8>, timestamp: Option<u64>) -> Self {
+        let mut props = self;
+        if let Some(mode) = delivery_mode {
+            props = props.with_delivery_mode(mode);
+        }
+        if let Some(priority) = priority {
+            props = props.with_priority(priority);
+        }
+        if let Some(ts) = timestamp {
+            props = props.with_timestamp(ts);
+        }
+        props
     }
-    let p = &message.properties;
-    if let Some(mode) = p.delivery_mode {
-        props = props.with_delivery_mode(mode.as_u8());
+
+    fn text(&self, name: &'static str) -> Option<String> {
+        match name {
+            "content_type" => self.content_type(),
+            "content_encoding" => self.content_encoding(),
+            "cluster_id" => self.cluster_id(),
+            "correlation_id" => self.correlation_id(),
+            "reply_to" => self.reply_to(),
+            "expiration" => self.expiration(),
+            "message_id" => self.message_id(),
+            "type" => self.type_(),
+            "user_id" => self.user_id(),
+            _ => self.app_id(),
+        }
+        .clone()
     }
-    if let Some(priority) = p.priority {
-        props = props.with_priority(priority);
+
+    fn headers(&self) -> FieldTable {
+        AmqpProperties::headers(self)
+            .as_ref()
+            .map(table_from_amqp)
+            .unwrap_or_default()
     }
-    for (value, name) in text_properties(p) {
-        let Some(value) = value else { continue };
-        let value = text(value, name)?;
-        props = match name {
-            "correlation_id" => props.with_correlation_id(value),
-            "reply_to" => props.with_reply_to(value),
-            "expiration" => props.with_expiration(value),
-            "message_id" => props.with_message_id(value),
-            "type" => props.with_type_(value),
-            "user_id" => props.with_user_id(value),
-            _ => props.with_app_id(value),
-        };
+
+    fn numbers(&self) -> (Option<u8>, Option<u8>, Option<u64>) {
+        (*self.delivery_mode(), *self.priority(), *self.timestamp())
     }
-    if let Some(ts) = p.timestamp {
-        props = props.with_timestamp(ts);
-    }
-    if let Some(cluster_id) = p.extra.get("cluster_id").and_then(Value::as_str) {
-        props = props.with_cluster_id(text(cluster_id, "cluster_id")?);
-    }
-    Ok(props)
 }
 
-/// A received body and its properties as a [`RawMessage`].
+/// The amiquip basic properties of `message`, as py-amqp sends them.
+pub(crate) fn properties_to_amqp(message: &RawMessage) -> Result<AmqpProperties> {
+    properties_to(message)
+}
+
+/// A body and amiquip properties as a [`RawMessage`].
 pub(crate) fn message_from_amqp(body: Vec<u8>, props: &AmqpProperties) -> RawMessage {
-    let mut extra = FieldTable::new();
-    if let Some(cluster_id) = props.cluster_id() {
-        extra.insert("cluster_id".into(), Value::String(cluster_id.clone()));
-    }
-    RawMessage {
-        body: body.into(),
-        content_type: props.content_type().clone(),
-        content_encoding: props.content_encoding().clone(),
-        headers: props.headers().as_ref().map(table_from_amqp).unwrap_or_default(),
-        properties: Properties {
-            delivery_mode: props.delivery_mode().map(DeliveryMode::from_u8),
-            priority: *props.priority(),
-            correlation_id: props.correlation_id().clone(),
-            reply_to: props.reply_to().clone(),
-            expiration: props.expiration().clone(),
-            message_id: props.message_id().clone(),
-            timestamp: *props.timestamp(),
-            message_type: props.type_().clone(),
-            user_id: props.user_id().clone(),
-            app_id: props.app_id().clone(),
-            extra,
-        },
-    }
+    message_from(body, props)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kombu_core::{DeliveryMode, Properties};
 
     #[test]
     fn values_round_trip_with_py_amqp_types() {
