@@ -1,7 +1,7 @@
 //! The backends of the test matrix and how to provision each one.
 //!
-//! A backend is a transport whose crate has a `conformance` integration test
-//! (driven by `kombu-testkit`). To add one, add a [`Backend`] to [`BACKENDS`]:
+//! A backend is a transport (or one driver of it) whose crate has a conformance
+//! integration test (driven by `kombu-testkit`, usually named `conformance`). To add one, add a [`Backend`] to [`BACKENDS`]:
 //!
 //! * transports that need nothing outside the process use
 //!   [`Provision::InProcess`] with a fixed URL;
@@ -18,6 +18,7 @@
 //! Backend {
 //!     name: "redis",
 //!     crate_name: "kombu-redis",
+//!     test_name: "conformance",
 //!     provision: Provision::Server(ServerSpec {
 //!         program: "redis-server",
 //!         args: &["--port", "{port}", "--bind", "127.0.0.1", "--dir", "{data_dir}", "--save", ""],
@@ -44,8 +45,12 @@ use crate::venv::Venv;
 pub(crate) struct Backend {
     /// Name used on the command line and in reports (`memory`, `redis`, ...).
     pub(crate) name: &'static str,
-    /// Crate whose `conformance` integration test exercises the backend.
+    /// Crate whose conformance integration test exercises the backend.
     pub(crate) crate_name: &'static str,
+    /// That integration test's target name (`conformance`; a crate with two drivers has one
+    /// per driver, e.g. `conformance_amiquip`). It runs with `--all-features`, which also
+    /// satisfies its `required-features`.
+    pub(crate) test_name: &'static str,
     /// How to get a broker URL for it.
     pub(crate) provision: Provision,
 }
@@ -55,11 +60,13 @@ pub(crate) static BACKENDS: &[Backend] = &[
     Backend {
         name: "memory",
         crate_name: "kombu-memory",
+        test_name: "conformance",
         provision: Provision::InProcess { url: "memory://" },
     },
     Backend {
         name: "sqlite",
         crate_name: "kombu-sqlite",
+        test_name: "conformance",
         provision: Provision::InProcess {
             url: "sqlite://{data_dir}/conformance.db",
         },
@@ -67,12 +74,20 @@ pub(crate) static BACKENDS: &[Backend] = &[
     Backend {
         name: "redis",
         crate_name: "kombu-redis",
+        test_name: "conformance",
         provision: Provision::Server(REDIS_SERVER),
     },
     Backend {
         name: "amqp",
         crate_name: "kombu-amqp",
+        test_name: "conformance",
         provision: Provision::Server(RABBITMQ_SERVER),
+    },
+    Backend {
+        name: "amqp-amiquip",
+        crate_name: "kombu-amqp",
+        test_name: "conformance_amiquip",
+        provision: Provision::Server(RABBITMQ_SERVER_AMIQUIP),
     },
 ];
 
@@ -107,6 +122,13 @@ pub(crate) const RABBITMQ_SERVER: ServerSpec = ServerSpec {
     url: "amqp://guest:guest@127.0.0.1:{port}//",
     ready_timeout: Duration::from_secs(60),
     ..ServerSpec::DEFAULT
+};
+
+/// The same throwaway RabbitMQ node, addressed through kombu-amqp's amiquip driver: its own
+/// node per matrix row, so the two drivers' suites never share a broker.
+pub(crate) const RABBITMQ_SERVER_AMIQUIP: ServerSpec = ServerSpec {
+    url: "amqp+amiquip://guest:guest@127.0.0.1:{port}//",
+    ..RABBITMQ_SERVER
 };
 
 /// The `openssl` command: the Redis TLS test makes its certificate authority with it.

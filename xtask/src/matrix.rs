@@ -21,7 +21,7 @@ Ensures the project Python venv .venv (Python Kombu and SQLAlchemy from
 tests/python/requirements.txt, for the interop tests, which get it as
 KOMBU_PYTHON), runs `cargo test --workspace --all-features` (conformance suites
 deferred via KOMBU_TESTKIT_DEFER=1), then for each backend provisions its broker and runs
-`cargo test -p <crate> --all-features --test conformance` with KOMBU_TEST_URL and
+`cargo test -p <crate> --all-features --test <its conformance test>` with KOMBU_TEST_URL and
 KOMBU_TESTKIT_REPORT set, and prints a summary.
 Exits non-zero if anything failed, including a backend that cannot be provisioned.
 
@@ -243,8 +243,8 @@ fn workspace_tests(root: &Path, venv: &Venv) -> Result<Counts> {
 fn conformance(root: &Path, backend: &Backend) -> Result<Counts> {
     let start = Instant::now();
     banner(&format!(
-        "backend {}: conformance suite of {}",
-        backend.name, backend.crate_name
+        "backend {}: conformance suite of {} (test {})",
+        backend.name, backend.crate_name, backend.test_name
     ));
     let provisioned = match backend.provision.provision(root, backend.name) {
         Ok(provisioned) => provisioned,
@@ -272,7 +272,7 @@ fn conformance(root: &Path, backend: &Backend) -> Result<Counts> {
             backend.crate_name,
             "--all-features",
             "--test",
-            "conformance",
+            backend.test_name,
         ])
         .env("KOMBU_TEST_URL", &provisioned.url)
         .env("KOMBU_TESTKIT_REPORT", &report_path)
