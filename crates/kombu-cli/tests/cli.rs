@@ -102,11 +102,14 @@ fn transports_lists_every_compiled_transport_with_capabilities() {
         .as_array()
         .map(|a| a.iter().filter_map(|t| t["name"].as_str()).collect())
         .unwrap_or_default();
-    assert_eq!(names, ["amqp", "memory", "redis", "sqlite"]);
+    assert_eq!(names, ["amqp", "amqp-amiquip", "memory", "redis", "sqlite"]);
     let amqp = &list[0];
     assert_eq!(amqp["cargo_feature"], "amqp");
     assert_eq!(amqp["capabilities"]["exchange: headers"], "yes");
-    let memory = &list[1];
+    let amiquip = &list[1];
+    assert_eq!(amiquip["schemes"], json!(["amqp+amiquip", "pyamqp+amiquip"]));
+    assert_eq!(amiquip["cargo_feature"], "amqp-amiquip");
+    let memory = &list[2];
     assert_eq!(memory["schemes"], json!(["memory"]));
     assert_eq!(memory["cargo_feature"], "memory");
     assert_eq!(memory["capabilities"]["exchange: topic"], "yes");
