@@ -173,7 +173,7 @@ pub(crate) fn run(args: Args) -> Result<bool> {
         let venv = venv::ensure_bench_venv(&root, "xtask")?;
         // The Redis interop, crash and restart tests start their own redis-server.
         crate::backends::REDIS_SERVER.ensure_installed(&root, "redis")?;
-        crate::backends::OPENSSL.ensure_installed(&root, "redis (TLS test)")?;
+        crate::backends::OPENSSL.ensure_installed(&root, "redis and amqp (TLS tests)")?;
         // The AMQP interop and broker-restart tests start their own RabbitMQ node.
         crate::backends::RABBITMQ_SERVER.ensure_installed(&root, "amqp")?;
         rows.push(Row {

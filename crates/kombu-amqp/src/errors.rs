@@ -57,9 +57,15 @@ impl Op {
 /// A lapin error during `op` as a kombu-rs error.
 pub(crate) fn from_lapin(op: Op, error: lapin::Error) -> Error {
     let kind = kind_of(op, &error);
-    Error::new(kind, format!("amqp {} failed: {error}", op.name()))
-        .with_context("operation", op.name())
-        .with_source(error)
+    let mut converted = Error::new(kind, format!("amqp {} failed: {error}", op.name()));
+    if op == Op::Connect && matches!(error.kind(), lapin::ErrorKind::ParsingError(_)) {
+        // What a TLS listener answers to a plain AMQP header (an alert) does not parse.
+        converted = converted.with_context(
+            "hint",
+            "the server does not speak plain AMQP 0-9-1 here; a TLS port needs amqps://",
+        );
+    }
+    converted.with_context("operation", op.name()).with_source(error)
 }
 
 /// Whether `error` means the connection (not just one channel) is gone.
@@ -99,7 +105,9 @@ fn kind_of(op: Op, error: &lapin::Error) -> ErrorKind {
         L::IOError(_) | L::MissingHeartbeatError | L::InvalidConnectionState(_) => ErrorKind::Connection,
         L::InvalidChannelState(..) | L::InvalidChannel(_) => ErrorKind::Channel,
         L::ChannelsLimitReached => ErrorKind::LimitExceeded,
-        L::AuthProviderError(_) | L::InvalidProtocolVersion(_) if op == Op::Connect => ErrorKind::Connection,
+        L::AuthProviderError(_) | L::InvalidProtocolVersion(_) | L::ParsingError(_) if op == Op::Connect => {
+            ErrorKind::Connection
+        }
         _ => ErrorKind::Unexpected,
     }
 }

@@ -1,6 +1,6 @@
 //! # kombu-amqp
 //!
-//! The AMQP 0-9-1 transport of kombu-rs for RabbitMQ (`amqp://`, `pyamqp://`), over
+//! The AMQP 0-9-1 transport of kombu-rs for RabbitMQ (`amqp://`, `pyamqp://`, `amqps://`), over
 //! [lapin](https://docs.rs/lapin). Unlike the virtual transports this is no emulation:
 //! exchanges, queues, bindings, acks and prefetch are RabbitMQ's own, and messages are sent
 //! the way Python Kombu's `pyamqp` transport sends them — the body as it is, the content type
@@ -26,9 +26,10 @@
 //!
 //! ## URLs and options
 //!
-//! `amqp://user:password@host:port/vhost` with Kombu's defaults: `guest`/`guest`, port 5672,
-//! vhost `/` (written `//` or omitted), `localhost` meaning `127.0.0.1`. `pyamqp://` and
-//! `librabbitmq://` are aliases. Transport options (or URL query parameters), py-amqp's names:
+//! `amqp://user:password@host:port/vhost` with Kombu's defaults: `guest`/`guest`, port 5672
+//! (5671 with TLS), vhost `/` (written `//` or omitted), `localhost` meaning `127.0.0.1`.
+//! `pyamqp://` and `librabbitmq://` are aliases. Transport options (or URL query parameters),
+//! py-amqp's names:
 //!
 //! | option | default | meaning |
 //! |---|---|---|
@@ -38,10 +39,25 @@
 //! | `frame_max`, `channel_max` | negotiated | AMQP tuning |
 //! | `recovery_max_retries` | 30 | reconnection attempts after a lost connection |
 //! | `recovery_interval_start` / `recovery_interval_max` | 0.2 s / 2 s | backoff between them |
+//! | `ssl` | false (true for `amqps://`) | TLS, as py-amqp's `ssl=True` |
+//! | `ca_certs` | the web's roots ([webpki-roots](https://docs.rs/webpki-roots)) | PEM file of the authorities to trust |
+//! | `certfile`, `keyfile` | none | PEM client certificate and its key (both or neither) |
+//! | `cert_reqs` | `required` | `required` or `optional` verify the certificate and name; `none` does not (also `CERT_NONE`, `ssl.CERT_NONE`, `0`, …) |
+//! | `server_hostname` | the URL's host | the name sent (SNI) and checked against the certificate |
 //!
 //! `read_timeout`, `write_timeout`, `socket_settings`, `client_properties`, `login_method`
 //! and `locale` are accepted and ignored; any other option is an `InvalidArgument` error.
-//! TLS (`amqps://`) is not supported yet and says so.
+//!
+//! ## TLS
+//!
+//! `amqps://host//` or `ssl=true` (crate feature `tls`, `kombu` feature `amqp-tls`) connects
+//! with rustls (ring, TLS 1.2 and 1.3). The last five options above are the keys of Kombu's
+//! `ssl` dict for py-amqp (Celery's `broker_use_ssl`), flattened into transport options or
+//! the URL query: `amqps://user:pw@rabbit//?ca_certs=/etc/rabbitmq/ca.pem`. The files are
+//! read once, when the connection is made, so a missing or malformed file, a bad `cert_reqs`
+//! or a TLS option without TLS is an `InvalidArgument` error before anything is sent; an
+//! untrusted certificate or a wrong name is a `Connection` error. Without the feature
+//! `amqps://` is an `Unsupported` error naming it. The amiquip driver has no TLS.
 //!
 //! ## Better than Kombu
 //!
@@ -79,6 +95,7 @@ pub mod delayed;
 mod errors;
 mod session;
 mod settings;
+mod tls;
 mod topology;
 
 use std::sync::Arc;

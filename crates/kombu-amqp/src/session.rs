@@ -253,12 +253,7 @@ impl Session {
 async fn open(settings: &Settings) -> Result<lapin::Connection> {
     let properties = ConnectionProperties::default().with_connection_name("kombu-rs".into());
     let timeout = settings.connect_timeout.max(Duration::from_millis(100));
-    match tokio::time::timeout(
-        timeout,
-        lapin::Connection::connect_uri(settings.uri(), properties),
-    )
-    .await
-    {
+    match tokio::time::timeout(timeout, connect(settings, properties)).await {
         Ok(Ok(connection)) => Ok(connection),
         Ok(Err(e)) => Err(from_lapin(Op::Connect, e).with_context("broker", &settings.display)),
         Err(_) => Err(Error::new(
@@ -266,6 +261,34 @@ async fn open(settings: &Settings) -> Result<lapin::Connection> {
             format!("amqp connect to {} timed out", settings.display),
         )
         .with_context("timeout_ms", timeout.as_millis())),
+    }
+}
+
+/// One lapin connection attempt: plain, or TLS with the settings' rustls configuration.
+async fn connect(settings: &Settings, properties: ConnectionProperties) -> lapin::Result<lapin::Connection> {
+    match &settings.tls {
+        #[cfg(feature = "tls")]
+        Some(tls) => {
+            use lapin::tcp::AMQPUriTcpExt as _;
+            let connector = tls.connector.clone();
+            let server_name = tls.server_name.clone();
+            let runtime = lapin::runtime::default_runtime()?;
+            // lapin's own amqps:// path takes only extra authorities (`OwnedTLSConfig`);
+            // the TCP connection is lapin's, the handshake ours, with our configuration.
+            lapin::Connection::connector(
+                settings.uri(),
+                runtime,
+                async move |uri, runtime| {
+                    let mut plain = uri;
+                    plain.scheme = lapin::uri::AMQPScheme::AMQP;
+                    let stream = plain.connect_async(&runtime).await?;
+                    Ok(stream.into_rustls(&connector, &server_name).await?)
+                },
+                properties,
+            )
+            .await
+        }
+        _ => lapin::Connection::connect_uri(settings.uri(), properties).await,
     }
 }
 

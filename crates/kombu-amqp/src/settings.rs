@@ -8,6 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::tls::{self, TlsSettings};
 use kombu_core::{ConnectOptions, Error, ErrorKind, Result};
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 
@@ -58,6 +59,8 @@ pub(crate) struct Settings {
     pub(crate) recovery: RecoveryPolicy,
     /// Time allowed for one connection attempt.
     pub(crate) connect_timeout: Duration,
+    /// TLS (`amqps://` or `ssl=true`), if on.
+    pub(crate) tls: Option<TlsSettings>,
 }
 
 impl fmt::Debug for Settings {
@@ -72,6 +75,7 @@ impl fmt::Debug for Settings {
             .field("confirm_publish", &self.confirm_publish)
             .field("recovery", &self.recovery)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -111,15 +115,39 @@ impl Settings {
                 ))
             }
         };
-        if tls || truthy(options.transport_options.get("ssl").map(String::as_str)) {
+        // py-amqp's `ssl=True` turns TLS on whatever the scheme; `amqps://` always is TLS.
+        let tls = match options.transport_options.get("ssl") {
+            Some(raw) => parse_bool("ssl", raw)? || tls,
+            None => tls,
+        };
+        if !tls {
+            if let Some(key) = tls::KEYS
+                .iter()
+                .find(|k| options.transport_options.contains_key(**k))
+            {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("transport option {key} needs TLS: an amqps:// URL or ssl=true"),
+                ));
+            }
+        } else if driver == Driver::Amiquip {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                "TLS (amqps:// or ssl=true) is not supported by kombu-amqp yet; use amqp:// on a \
-                 trusted network or a TLS-terminating proxy",
+                "the amiquip driver has no TLS; use amqps:// with the lapin driver (the `amqp-tls` \
+                 feature of the `kombu` crate)",
+            ));
+        } else if !cfg!(feature = "tls") {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "TLS (amqps:// or ssl=true) needs the `amqp-tls` feature of the `kombu` crate (the \
+                 `tls` feature of kombu-amqp)",
             ));
         }
         for key in options.transport_options.keys() {
-            if !KNOWN_OPTIONS.contains(&key.as_str()) && !ACCEPTED_WITHOUT_EFFECT.contains(&key.as_str()) {
+            if !KNOWN_OPTIONS.contains(&key.as_str())
+                && !tls::KEYS.contains(&key.as_str())
+                && !ACCEPTED_WITHOUT_EFFECT.contains(&key.as_str())
+            {
                 return Err(Error::new(
                     ErrorKind::InvalidArgument,
                     format!("unknown transport option {key:?} for the amqp transport"),
@@ -133,7 +161,13 @@ impl Settings {
             None | Some("") | Some("localhost") => "127.0.0.1".to_owned(),
             Some(host) => host.to_owned(),
         };
-        let port = url.port().unwrap_or(5672);
+        // Kombu's pyamqp transport: 5671 for TLS, 5672 otherwise.
+        let port = url.port().unwrap_or(if tls { 5671 } else { 5672 });
+        let tls = if tls {
+            Some(tls::from_options(options, url.host())?)
+        } else {
+            None
+        };
         let username = url
             .username()
             .filter(|u| !u.is_empty())
@@ -162,7 +196,11 @@ impl Settings {
             ..Default::default()
         };
         let uri = AMQPUri {
-            scheme: AMQPScheme::AMQP,
+            scheme: if tls.is_some() {
+                AMQPScheme::AMQPS
+            } else {
+                AMQPScheme::AMQP
+            },
             authority: AMQPAuthority {
                 userinfo: AMQPUserInfo { username, password },
                 host: host.clone(),
@@ -190,6 +228,7 @@ impl Settings {
             confirm_publish,
             recovery,
             connect_timeout,
+            tls,
         })
     }
 
@@ -200,6 +239,10 @@ impl Settings {
 
     /// Where and as whom to connect, parsed once for both drivers (lapin's plain URI struct;
     /// the amiquip driver writes its own URL from it).
+    #[cfg_attr(
+        not(feature = "amiquip"),
+        allow(dead_code, reason = "only the amiquip driver asks")
+    )]
     pub(crate) fn endpoint(&self) -> &AMQPUri {
         &self.uri
     }
@@ -229,13 +272,6 @@ const KNOWN_OPTIONS: &[&str] = &[
     "recovery_interval_max",
     "ssl",
 ];
-
-fn truthy(value: Option<&str>) -> bool {
-    matches!(
-        value.map(|v| v.trim().to_ascii_lowercase()).as_deref(),
-        Some("1" | "true" | "yes" | "on")
-    )
-}
 
 fn parse_bool(key: &str, raw: &str) -> Result<bool> {
     match raw.trim().to_ascii_lowercase().as_str() {
@@ -289,9 +325,42 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
         let err = settings("amqp://h/?confirm_publish=maybe").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
-        let err = settings("amqps://h/").unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        let err = settings("amqp://h/?ssl=maybe").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        let err = settings("amqp://h/?ca_certs=/etc/ca.pem").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(err.to_string().contains("needs TLS"), "{err}");
         assert!(settings("amqp://h/?read_timeout=5").is_ok());
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_without_the_feature_names_the_feature() {
+        for url in ["amqps://h/", "amqp://h/?ssl=true"] {
+            let err = settings(url).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unsupported, "{url}");
+            assert!(err.to_string().contains("amqp-tls"), "{err}");
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_defaults_to_port_5671_and_the_url_host() {
+        let s = settings("amqps://bob:s%40cret@localhost/prod").unwrap();
+        assert_eq!(s.uri.scheme, AMQPScheme::AMQPS);
+        assert_eq!(s.uri.authority.port, 5671);
+        let tls = s.tls.as_ref().unwrap();
+        assert!(tls.verify);
+        assert_eq!(tls.server_name, "localhost");
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("s@cret"), "password leaked: {shown}");
+        let s = settings("amqp://rabbit/?ssl=true&cert_reqs=CERT_NONE&server_hostname=mq.example").unwrap();
+        assert_eq!(s.uri.authority.port, 5671);
+        let tls = s.tls.as_ref().unwrap();
+        assert!(!tls.verify);
+        assert_eq!(tls.server_name, "mq.example");
+        assert!(settings("amqps://h:5000/?ssl=false").unwrap().tls.is_some());
+        assert_eq!(settings("amqps://h:5000/").unwrap().uri.authority.port, 5000);
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! A throwaway RabbitMQ node for tests that must stop and start their broker, set up like
 //! xtask's (`../shared/reference/infra.md`): its own node name, AMQP and distribution ports
 //! on loopback, database and logs in a temp dir. `cargo xtask test-matrix` installs
-//! `rabbitmq-server`; without it these tests fail and say so.
+//! `rabbitmq-server`; without it these tests fail and say so. [`RabbitNode::start_tls`] adds
+//! a TLS listener with a certificate authority made for the test by the `openssl` command
+//! (which the matrix installs too).
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used, reason = "test support")]
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,8 @@ const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 pub(crate) struct RabbitNode {
     port: u16,
     dist_port: u16,
+    /// The TLS listener's port, when started with [`RabbitNode::start_tls`].
+    tls_port: Option<u16>,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -29,6 +33,17 @@ fn free_port() -> u16 {
 impl RabbitNode {
     /// Start a node and wait until it accepts AMQP connections.
     pub(crate) fn start() -> RabbitNode {
+        RabbitNode::start_with(false)
+    }
+
+    /// Start a node that also listens for TLS (AMQPS) on [`RabbitNode::tls_port`], with a
+    /// server certificate for `localhost` and `127.0.0.1` signed by the test CA in
+    /// [`RabbitNode::ca_file`]; clients are not asked for certificates.
+    pub(crate) fn start_tls() -> RabbitNode {
+        RabbitNode::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> RabbitNode {
         assert!(
             std::path::Path::new(SERVER).exists(),
             "{SERVER} is missing: install Debian's rabbitmq-server (cargo xtask test-matrix does)"
@@ -41,9 +56,33 @@ impl RabbitNode {
         let dir = std::env::temp_dir().join(format!("kombu-amqp-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::write(dir.join("rabbitmq-env.conf"), "").expect("env file");
+        let tls_port = tls.then(|| {
+            let mut tls_port = free_port();
+            while tls_port == port || tls_port == dist_port {
+                tls_port = free_port();
+            }
+            make_certificates(&dir);
+            let d = dir.display();
+            // RabbitMQ 3.10's new-style configuration (RABBITMQ_CONFIG_FILE names it without
+            // the .conf extension).
+            std::fs::write(
+                dir.join("rabbitmq.conf"),
+                format!(
+                    "listeners.ssl.1 = 127.0.0.1:{tls_port}\n\
+                     ssl_options.cacertfile = {d}/ca.pem\n\
+                     ssl_options.certfile = {d}/server.pem\n\
+                     ssl_options.keyfile = {d}/server.key\n\
+                     ssl_options.verify = verify_none\n\
+                     ssl_options.fail_if_no_peer_cert = false\n"
+                ),
+            )
+            .expect("rabbitmq.conf");
+            tls_port
+        });
         let mut node = RabbitNode {
             port,
             dist_port,
+            tls_port,
             dir,
             child: None,
         };
@@ -54,6 +93,21 @@ impl RabbitNode {
     /// The broker URL.
     pub(crate) fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}//", self.port)
+    }
+
+    /// The plain AMQP port.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The TLS listener's port (nodes from [`RabbitNode::start_tls`] only).
+    pub(crate) fn tls_port(&self) -> u16 {
+        self.tls_port.expect("a node started with start_tls")
+    }
+
+    /// The PEM file of the CA that signed the node's TLS certificate.
+    pub(crate) fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
     }
 
     fn spawn(&mut self) {
@@ -94,6 +148,16 @@ impl RabbitNode {
             assert!(Instant::now() < deadline, "RabbitMQ did not start within 60 s");
             std::thread::sleep(Duration::from_millis(100));
         }
+        if let Some(tls_port) = self.tls_port {
+            while TcpStream::connect((Ipv4Addr::LOCALHOST, tls_port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "RabbitMQ's TLS listener did not start within 60 s; see {}/server.log",
+                    self.dir.display()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
 
     /// Stop the node (SIGTERM to the start script, which stops the Erlang node) and wait
@@ -129,4 +193,74 @@ impl Drop for RabbitNode {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command must be installed for the TLS test (apt-get install openssl, or run `cargo xtask test-matrix`)");
+    assert!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// In `dir`: `ca.pem` (a CA made for the test) and `server.pem` + `server.key`, a certificate
+/// for `localhost` and `127.0.0.1` that it signed. P-256 keys: quick to make.
+fn make_certificates(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ca = [
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=kombu-rs test CA",
+    ];
+    openssl(dir, &[&["req", "-x509"][..], &ec, &ca].concat());
+    let csr = [
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ];
+    openssl(dir, &[&["req"][..], &ec, &csr].concat());
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("extensions file");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    );
 }
