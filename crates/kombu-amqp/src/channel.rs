@@ -14,7 +14,7 @@
 //! re-declared topology, QoS is applied again.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -39,6 +39,10 @@ use crate::errors::{from_lapin, is_connection_loss, Op};
 use crate::session::{declare, exchange_kind, Session};
 use crate::topology::{Declaration, QueueDeclaration};
 
+/// Mandatory messages the broker returned on channels without publisher confirms, counted
+/// since the process started (see [`crate::returned_messages`]).
+pub(crate) static RETURNED_WITHOUT_CONFIRMS: AtomicU64 = AtomicU64::new(0);
+
 /// One open lapin channel and the generation of the connection it belongs to.
 #[derive(Clone)]
 struct Open {
@@ -54,6 +58,34 @@ impl Open {
     /// Whether this channel belongs to the live connection of `generation` and is open.
     fn usable(&self, generation: u64) -> bool {
         self.generation == generation && self.channel.status().connected()
+    }
+
+    /// Report the mandatory messages the broker returned on this channel since the last call,
+    /// if it is not in confirm mode: a `basic.return` comes after the publish it answers, and
+    /// without a confirm to wait for, that publish has already succeeded; lapin keeps such
+    /// returns until asked. In confirm mode a return travels with its confirm instead (and is
+    /// a `NotFound` error of its publish), so there is nothing to collect here.
+    async fn report_returns(&self) {
+        if self.confirms {
+            return;
+        }
+        // Without confirm mode there is nothing pending: this only takes the kept returns.
+        match self.channel.wait_for_confirms().await {
+            Ok(returned) => {
+                for message in returned {
+                    RETURNED_WITHOUT_CONFIRMS.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        exchange = %message.delivery.exchange,
+                        routing_key = %message.delivery.routing_key,
+                        reply_code = message.reply_code,
+                        reply_text = %message.reply_text,
+                        "amqp broker returned a mandatory message published without confirms: \
+                         no queue received it (publish with confirms to get an error instead)"
+                    );
+                }
+            }
+            Err(e) => debug!(error = %e, "amqp returned messages could not be collected"),
+        }
     }
 }
 
@@ -737,6 +769,10 @@ impl Channel for AmqpChannel {
             })
             .await?;
         if !confirm {
+            // Returns of earlier publishes on this channel (this one's comes later).
+            if let Some(open) = self.control.peek() {
+                open.report_returns().await;
+            }
             return Ok(());
         }
         match pending.await {
@@ -879,6 +915,9 @@ impl Channel for AmqpChannel {
             .collect();
         for entry in consumers {
             let _ = entry.cancel.send(true);
+        }
+        if let Some(open) = self.control.peek() {
+            open.report_returns().await;
         }
         // Closing the channels makes the broker requeue what they had unacked.
         for slot in [&self.control, &self.consume] {

@@ -63,7 +63,11 @@
 //!
 //! * **Publishes are confirmed by default.** py-amqp's default (`confirm_publish=False`) lets
 //!   a publish to a missing exchange or into a full broker vanish; here it is an error.
-//!   A mandatory message nobody receives comes back as a `NotFound` error.
+//!   A mandatory message nobody receives comes back as a `NotFound` error. **Mandatory needs
+//!   confirms to be an error**: with `confirm_publish=false` the publish succeeds before the
+//!   broker's `basic.return` arrives; the return is then logged (`tracing::warn!` with exchange
+//!   and routing key) and counted by [`returned_messages`], at the channel's next publish or
+//!   close.
 //! * **A lost connection is recovered**, not just reported: the transport reconnects with
 //!   backoff, declares again every exchange, queue and binding it had declared, re-applies
 //!   prefetch and resumes every consumer under its old tag. A publish caught by the loss
@@ -155,6 +159,20 @@ pub static DESCRIPTOR: TransportDescriptor = TransportDescriptor {
 };
 
 kombu_core::inventory::submit! { kombu_core::registry::Registration(&DESCRIPTOR) }
+
+/// How many mandatory messages RabbitMQ returned (unroutable: no queue received them) on
+/// publishes made **without** publisher confirms, in this process, since it started.
+///
+/// With confirms (the default) such a message is a `NotFound` error of its own publish. Without
+/// them (`confirm_publish=false`) the publish has succeeded before the `basic.return` arrives,
+/// so the return cannot be its error: the lapin driver collects returns at the channel's next
+/// publish and when the channel closes, logs each with `tracing::warn!` (exchange, routing key,
+/// reply code and text) and counts it here. A return that arrives after its channel's last
+/// publish and close is logged by lapin only. Process-wide because the transport API has no
+/// per-connection statistics; take differences around the code you watch.
+pub fn returned_messages() -> u64 {
+    channel::RETURNED_WITHOUT_CONFIRMS.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Register the AMQP transport explicitly (see [`kombu_core::registry`]).
 pub fn register() {
