@@ -57,10 +57,15 @@ impl Envelope {
     /// Wrap a message published to `exchange` with `routing_key`, minting a fresh uuid4
     /// delivery tag as Kombu's `basic_publish` does.
     pub fn new(message: RawMessage, exchange: &str, routing_key: &str) -> Self {
+        Envelope::with_names(message, exchange.to_owned(), routing_key.to_owned())
+    }
+
+    /// [`Envelope::new`] taking the exchange and routing key by value (no copies).
+    pub fn with_names(message: RawMessage, exchange: String, routing_key: String) -> Self {
         Envelope {
             message,
-            exchange: exchange.to_owned(),
-            routing_key: routing_key.to_owned(),
+            exchange,
+            routing_key,
             delivery_tag: new_delivery_tag(),
             redelivered: false,
             body_encoding: BodyEncoding::Base64,

@@ -19,7 +19,6 @@ struct Shared {
 
 struct Backend(Arc<Shared>);
 
-#[async_trait::async_trait]
 impl VirtualBackend for Backend {
     fn name(&self) -> &'static str {
         "stored"

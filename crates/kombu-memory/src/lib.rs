@@ -33,10 +33,10 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use kombu_core::registry::{ConnectFuture, TransportDescriptor};
 use kombu_core::virtual_transport::{BrokerState, Claimed, VirtualBackend, VirtualTransport};
 use kombu_core::{
@@ -127,6 +127,15 @@ impl MemoryBroker {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// Append (or, restoring, prepend) a message, waking waiting consumers when the queue was
+    /// empty.
+    fn append(&self, queue: &str, envelope: Envelope, front: bool) {
+        let was_empty = self.queue_or_create(queue).lock().push(envelope, front);
+        if was_empty {
+            self.notify.notify_waiters();
+        }
     }
 
     /// The queue, created with default settings if it does not exist (Kombu's memory
@@ -309,7 +318,6 @@ impl QueueData {
     }
 }
 
-#[async_trait]
 impl VirtualBackend for MemoryBroker {
     fn name(&self) -> &'static str {
         "memory"
@@ -348,44 +356,45 @@ impl VirtualBackend for MemoryBroker {
         Ok(self.queue(queue).is_some())
     }
 
-    async fn put(&self, queue: &str, envelope: Envelope) -> Result<()> {
-        let was_empty = self.queue_or_create(queue).lock().push(envelope, false);
-        if was_empty {
-            self.notify.notify_waiters();
-        }
-        Ok(())
+    /// Stores at once and returns a ready future: nothing here waits, so the publish future
+    /// carries no state of ours.
+    fn put(&self, queue: &str, envelope: Envelope) -> impl Future<Output = Result<()>> + Send {
+        self.append(queue, envelope, false);
+        std::future::ready(Ok(()))
     }
 
-    async fn get(&self, queue: &str) -> Result<Option<Claimed>> {
-        let Some(q) = self.queue(queue) else {
-            return Ok(None);
-        };
-        let mut now = None;
-        let envelope = q.lock().pop(&mut now);
-        Ok(envelope.map(Claimed::removed))
+    fn get(&self, queue: &str) -> impl Future<Output = Result<Option<Claimed>>> + Send {
+        let envelope = self.queue(queue).and_then(|q| q.lock().pop(&mut None));
+        std::future::ready(Ok(envelope.map(Claimed::removed)))
     }
 
-    async fn get_batch(&self, queue: &str, max: usize, out: &mut Vec<Claimed>) -> Result<()> {
-        let Some(q) = self.queue(queue) else {
-            return Ok(());
-        };
-        let mut now = None;
-        let mut data = q.lock();
-        for _ in 0..max {
-            match data.pop(&mut now) {
-                Some(envelope) => out.push(Claimed::removed(envelope)),
-                None => break,
+    fn get_batch(
+        &self,
+        queue: &str,
+        max: usize,
+        out: &mut Vec<Claimed>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        if let Some(q) = self.queue(queue) {
+            let mut now = None;
+            let mut data = q.lock();
+            for _ in 0..max {
+                match data.pop(&mut now) {
+                    Some(envelope) => out.push(Claimed::removed(envelope)),
+                    None => break,
+                }
             }
         }
-        Ok(())
+        std::future::ready(Ok(()))
     }
 
-    async fn requeue(&self, queue: &str, envelope: Envelope, _receipt: Option<&str>) -> Result<()> {
-        let was_empty = self.queue_or_create(queue).lock().push(envelope, true);
-        if was_empty {
-            self.notify.notify_waiters();
-        }
-        Ok(())
+    fn requeue(
+        &self,
+        queue: &str,
+        envelope: Envelope,
+        _receipt: Option<&str>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        self.append(queue, envelope, true);
+        std::future::ready(Ok(()))
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use kombu_core::envelope::{to_python_json, BodyEncoding};
 use kombu_core::virtual_transport::{Claimed, StoredBinding, StoredRoutes, VirtualBackend};
 use kombu_core::{
@@ -543,7 +542,6 @@ async fn renew_loop(weak: Weak<Inner>) {
     }
 }
 
-#[async_trait]
 impl VirtualBackend for RedisBackend {
     fn name(&self) -> &'static str {
         "redis"

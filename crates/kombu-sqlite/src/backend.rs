@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use kombu_core::virtual_transport::{BrokerState, Claimed, StoredBinding, StoredRoutes, VirtualBackend};
 use kombu_core::{Capabilities, Envelope, Error, ErrorKind, Exchange, FieldTable, Queue, Result, Value};
 use tokio::sync::Notify;
@@ -109,7 +108,6 @@ fn max_priority(queue: &Queue, arguments: &FieldTable) -> Result<Option<u8>> {
     }
 }
 
-#[async_trait]
 impl VirtualBackend for SqliteBackend {
     fn name(&self) -> &'static str {
         "sqlite"

@@ -24,7 +24,6 @@ struct ToyBroker {
     queues: Mutex<HashMap<String, VecDeque<String>>>,
 }
 
-#[async_trait::async_trait]
 impl VirtualBackend for ToyBroker {
     fn name(&self) -> &'static str {
         "toy"

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use std::future::Future;
 use tokio::sync::Notify;
 
 use crate::capabilities::Capabilities;
@@ -60,7 +60,11 @@ pub struct StoredRoutes {
 /// [`ack`](VirtualBackend::ack) and [`requeue`](VirtualBackend::requeue); backends that store
 /// bindings (Redis, MongoDB) override the binding hooks; backends with a native broadcast
 /// (Redis PUB/SUB) override [`put_fanout`](VirtualBackend::put_fanout).
-#[async_trait]
+///
+/// The operations return `impl Future + Send` (implement them with `async fn`): the trait is
+/// only used generically, by [`VirtualChannel`](super::VirtualChannel), so its futures are
+/// embedded in the channel's instead of boxed one by one, and an in-process backend may do
+/// its work when called and return a ready future.
 pub trait VirtualBackend: Send + Sync + 'static {
     /// The transport's registered name.
     fn name(&self) -> &'static str;
@@ -70,50 +74,63 @@ pub trait VirtualBackend: Send + Sync + 'static {
 
     /// Create the queue if needed (Kombu's `_new_queue`). A redeclaration with different
     /// settings may be a `NotEquivalent` error.
-    async fn declare_queue(&self, queue: &Queue, arguments: &FieldTable) -> Result<()>;
+    fn declare_queue(&self, queue: &Queue, arguments: &FieldTable)
+        -> impl Future<Output = Result<()>> + Send;
 
     /// Whether the queue exists (for passive declarations).
-    async fn queue_exists(&self, queue: &str) -> Result<bool>;
+    fn queue_exists(&self, queue: &str) -> impl Future<Output = Result<bool>> + Send;
 
     /// Append a message to a queue.
-    async fn put(&self, queue: &str, envelope: Envelope) -> Result<()>;
+    fn put(&self, queue: &str, envelope: Envelope) -> impl Future<Output = Result<()>> + Send;
 
     /// Take the next message (by the backend's priority order, FIFO within a priority).
-    async fn get(&self, queue: &str) -> Result<Option<Claimed>>;
+    fn get(&self, queue: &str) -> impl Future<Output = Result<Option<Claimed>>> + Send;
 
     /// Take up to `max` messages into `out`. The default calls [`get`](Self::get) repeatedly;
     /// backends that can take several at once should override it.
-    async fn get_batch(&self, queue: &str, max: usize, out: &mut Vec<Claimed>) -> Result<()> {
-        for _ in 0..max {
-            match self.get(queue).await? {
-                Some(m) => out.push(m),
-                None => break,
+    fn get_batch(
+        &self,
+        queue: &str,
+        max: usize,
+        out: &mut Vec<Claimed>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            for _ in 0..max {
+                match self.get(queue).await? {
+                    Some(m) => out.push(m),
+                    None => break,
+                }
             }
+            Ok(())
         }
-        Ok(())
     }
 
     /// The consumer acknowledged (or rejected without requeue) a message. Only called for
     /// messages claimed with a receipt: a message `get` removed from the broker
     /// ([`Claimed::removed`]) has nothing left to settle.
-    async fn ack(&self, _queue: &str, _receipt: Option<&str>) -> Result<()> {
-        Ok(())
+    fn ack(&self, _queue: &str, _receipt: Option<&str>) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(Ok(()))
     }
 
     /// Make a message available again, to be consumed before older ones where the backend can
     /// (Kombu's `_restore_at_beginning`). `envelope.redelivered` is already set.
-    async fn requeue(&self, queue: &str, envelope: Envelope, _receipt: Option<&str>) -> Result<()> {
-        self.put(queue, envelope).await
+    fn requeue(
+        &self,
+        queue: &str,
+        envelope: Envelope,
+        _receipt: Option<&str>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        self.put(queue, envelope)
     }
 
     /// Remove every ready message; returns how many.
-    async fn purge(&self, queue: &str) -> Result<u64>;
+    fn purge(&self, queue: &str) -> impl Future<Output = Result<u64>> + Send;
 
     /// Ready messages in the queue.
-    async fn size(&self, queue: &str) -> Result<u64>;
+    fn size(&self, queue: &str) -> impl Future<Output = Result<u64>> + Send;
 
     /// Delete the queue and its messages.
-    async fn delete_queue(&self, queue: &str) -> Result<()>;
+    fn delete_queue(&self, queue: &str) -> impl Future<Output = Result<()>> + Send;
 
     /// Whether fanout exchanges are delivered by [`put_fanout`](Self::put_fanout) rather than
     /// by routing to every bound queue.
@@ -122,8 +139,15 @@ pub trait VirtualBackend: Send + Sync + 'static {
     }
 
     /// Broadcast on a fanout exchange (only called when [`native_fanout`](Self::native_fanout)).
-    async fn put_fanout(&self, exchange: &str, _envelope: Envelope, _routing_key: &str) -> Result<()> {
-        Err(Error::unsupported("native fanout").with_context("exchange", exchange))
+    fn put_fanout(
+        &self,
+        exchange: &str,
+        _envelope: Envelope,
+        _routing_key: &str,
+    ) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(Err(
+            Error::unsupported("native fanout").with_context("exchange", exchange)
+        ))
     }
 
     /// Whether the backend stores bindings on the broker: [`load_bindings`](Self::load_bindings)
@@ -134,29 +158,37 @@ pub trait VirtualBackend: Send + Sync + 'static {
 
     /// An exchange was declared (not passively). Backends that persist bindings may record its
     /// type, so other processes route it the same way. Default: nothing.
-    async fn declare_exchange(&self, _exchange: &Exchange) -> Result<()> {
-        Ok(())
+    fn declare_exchange(&self, _exchange: &Exchange) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(Ok(()))
     }
 
     /// An exchange was deleted: forget its persisted type and bindings. Default: nothing.
-    async fn delete_exchange(&self, _exchange: &str) -> Result<()> {
-        Ok(())
+    fn delete_exchange(&self, _exchange: &str) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(Ok(()))
     }
 
     /// Persist a binding so other processes route through it. Default: bindings are kept by
     /// the [`BrokerState`](super::BrokerState) only.
-    async fn store_binding(&self, _exchange: &Exchange, _binding: &StoredBinding) -> Result<()> {
-        Ok(())
+    fn store_binding(
+        &self,
+        _exchange: &Exchange,
+        _binding: &StoredBinding,
+    ) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(Ok(()))
     }
 
     /// The routing of `exchange` persisted by any process (`None`: nothing is stored for it).
-    async fn load_bindings(&self, _exchange: &str) -> Result<Option<StoredRoutes>> {
-        Ok(None)
+    fn load_bindings(&self, _exchange: &str) -> impl Future<Output = Result<Option<StoredRoutes>>> + Send {
+        std::future::ready(Ok(None))
     }
 
     /// Remove a persisted binding.
-    async fn remove_binding(&self, _exchange: &str, _binding: &StoredBinding) -> Result<()> {
-        Ok(())
+    fn remove_binding(
+        &self,
+        _exchange: &str,
+        _binding: &StoredBinding,
+    ) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(Ok(()))
     }
 
     /// Whether [`put_routed`](Self::put_routed) routes and appends on the broker in one step
@@ -174,15 +206,17 @@ pub trait VirtualBackend: Send + Sync + 'static {
     /// declarations route to, appended too, each queue once. Returns `Ok(None)`, having
     /// appended nothing, when nothing is stored for the exchange (the channel then routes with
     /// its local table), else `Ok(Some(n))` for the `n` queues the message went to.
-    async fn put_routed(
+    fn put_routed(
         &self,
         exchange: &str,
         _kind: Option<ExchangeType>,
         _routing_key: &str,
         _local: &[Arc<str>],
         _envelope: &Envelope,
-    ) -> Result<Option<usize>> {
-        Err(Error::unsupported("routing on the broker").with_context("exchange", exchange))
+    ) -> impl Future<Output = Result<Option<usize>>> + Send {
+        std::future::ready(Err(
+            Error::unsupported("routing on the broker").with_context("exchange", exchange)
+        ))
     }
 
     /// A signal notified when messages arrive, so consumers wake at once instead of polling.
@@ -202,13 +236,19 @@ pub trait VirtualBackend: Send + Sync + 'static {
     /// [`wakeup`](Self::wakeup) signal when a message arrives; a wait must take nothing, so
     /// cancelling it at any point loses nothing (the dispatcher claims with
     /// [`get_batch`](Self::get_batch)).
-    async fn wait_for_messages(&self, _queues: &[Arc<str>], timeout: Duration) -> Result<()> {
-        tokio::time::sleep(timeout).await;
-        Ok(())
+    fn wait_for_messages(
+        &self,
+        _queues: &[Arc<str>],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            tokio::time::sleep(timeout).await;
+            Ok(())
+        }
     }
 
     /// Release the backend's resources.
-    async fn close(&self) -> Result<()> {
-        Ok(())
+    fn close(&self) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(Ok(()))
     }
 }
