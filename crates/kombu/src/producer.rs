@@ -426,12 +426,23 @@ impl Producer {
         })
     }
 
-    async fn send(&self, prepared: Result<RawMessage>, options: PublishOptions) -> Result<()> {
-        let mut message = prepared?;
-        let exchange = options.exchange.as_ref().unwrap_or(&self.exchange);
-        let routing_key = options.routing_key.as_deref().unwrap_or(&self.routing_key);
-        let span = debug_span!("kombu.publish", exchange = %exchange.name, routing_key = %routing_key);
-        async {
+    /// Not an `async fn`, which would keep its arguments (the message, the options) twice in
+    /// the future: once as passed, once moved into the body.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would store its arguments twice"
+    )]
+    fn send(
+        &self,
+        prepared: Result<RawMessage>,
+        options: PublishOptions,
+    ) -> impl Future<Output = Result<()>> + Send + '_ {
+        async move {
+            let mut message = prepared?;
+            let exchange = options.exchange.as_ref().unwrap_or(&self.exchange);
+            let routing_key = options.routing_key.as_deref().unwrap_or(&self.routing_key);
+            let span = debug_span!("kombu.publish", exchange = %exchange.name, routing_key = %routing_key);
+            async {
             let policy = options.retry_policy.clone().unwrap_or_else(RetryPolicy::publish_default);
             let mut waits = policy.intervals();
             loop {
@@ -455,6 +466,7 @@ impl Producer {
         }
         .instrument(span)
         .await
+        }
     }
 
     async fn publish_once(
