@@ -72,6 +72,12 @@
 //!   backoff, declares again every exchange, queue and binding it had declared, re-applies
 //!   prefetch and resumes every consumer under its old tag. A publish caught by the loss
 //!   either gets its confirm or fails with an error saying it may not have been stored.
+//!   Recovery reconnects to the URL the transport was made for: a transport is given one
+//!   entry of a failover list (`amqp://a//;amqp://b//`), not the list. When recovery runs out
+//!   of attempts (`recovery_max_retries`, about a minute with the defaults) the transport
+//!   reports itself disconnected and the facade connects to the next URL with a new transport;
+//!   what the old one had declared is not replayed there. Lower `recovery_max_retries` to fail
+//!   over sooner.
 //! * **A refused declaration does not kill the channel.** RabbitMQ closes a channel on a
 //!   404/406; kombu-rs answers with a typed error (`NotFound`, `NotEquivalent`,
 //!   `PreconditionFailed`) and the next operation runs on a fresh channel. Consumers live on
