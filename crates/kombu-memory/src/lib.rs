@@ -97,7 +97,8 @@ fn connect(options: ConnectOptions) -> ConnectFuture {
 /// The shared state of one virtual host.
 pub struct MemoryBroker {
     state: Arc<BrokerState>,
-    queues: Mutex<HashMap<String, Arc<MemoryQueue>>>,
+    /// Looked up on every put and poll: foldhash (seeded per process) rather than SipHash.
+    queues: Mutex<HashMap<String, Arc<MemoryQueue>, foldhash::fast::RandomState>>,
     notify: Arc<Notify>,
 }
 
@@ -114,7 +115,7 @@ impl MemoryBroker {
             .or_insert_with(|| {
                 Arc::new(MemoryBroker {
                     state: BrokerState::new(),
-                    queues: Mutex::new(HashMap::new()),
+                    queues: Mutex::new(HashMap::default()),
                     notify: Arc::new(Notify::new()),
                 })
             })

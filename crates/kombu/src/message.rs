@@ -1,7 +1,7 @@
 //! Received messages.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -20,7 +20,9 @@ use crate::serialization;
 /// must be listed, as in Kombu where they are disabled by default.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accept {
-    content_types: HashSet<String>,
+    // An ordered set: a handful of names, checked on every decode; comparing a few short
+    // strings is cheaper than hashing one twice.
+    content_types: BTreeSet<String>,
 }
 
 impl Default for Accept {
@@ -48,7 +50,7 @@ impl Accept {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let mut content_types: HashSet<String> = ["application/data", "application/text"]
+        let mut content_types: BTreeSet<String> = ["application/data", "application/text"]
             .into_iter()
             .map(str::to_owned)
             .collect();
@@ -66,7 +68,7 @@ impl Accept {
     /// Accept anything.
     pub fn any() -> Self {
         Accept {
-            content_types: HashSet::from(["*".to_owned()]),
+            content_types: BTreeSet::from(["*".to_owned()]),
         }
     }
 

@@ -14,6 +14,10 @@ struct ExchangeEntry {
     table: RouteTable,
 }
 
+/// Exchanges by name, looked up on every publish: foldhash (seeded per process) instead of
+/// SipHash, whose DoS resistance costs more than the lookup itself.
+type ExchangeMap = HashMap<String, ExchangeEntry, foldhash::fast::RandomState>;
+
 /// Declared exchanges and their bindings.
 ///
 /// Kombu keeps one such state per connection (memory: per process). kombu-rs lets each
@@ -21,7 +25,7 @@ struct ExchangeEntry {
 /// process, so routing declared on one connection serves every other.
 #[derive(Debug, Default)]
 pub struct BrokerState {
-    exchanges: RwLock<HashMap<String, ExchangeEntry>>,
+    exchanges: RwLock<ExchangeMap>,
 }
 
 /// The result of routing a message.
@@ -39,11 +43,11 @@ impl BrokerState {
         Arc::new(BrokerState::default())
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, ExchangeEntry>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ExchangeMap> {
         self.exchanges.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, ExchangeEntry>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ExchangeMap> {
         self.exchanges.write().unwrap_or_else(|p| p.into_inner())
     }
 
