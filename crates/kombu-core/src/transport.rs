@@ -31,7 +31,11 @@ use crate::value::FieldTable;
 pub type TransportOptions = BTreeMap<String, String>;
 
 /// Everything a transport needs to connect.
+///
+/// Non-exhaustive so that fields can be added without breaking transports: build it with
+/// [`ConnectOptions::new`] and the `with_*` methods, then set the public fields.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConnectOptions {
     /// The URL of the broker to connect to (one entry of a failover list).
     pub url: BrokerUrl,
@@ -41,10 +45,24 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// AMQP heartbeat interval, if any.
     pub heartbeat: Option<Duration>,
+    /// The other URLs of the connection's failover list, in the order the facade would try
+    /// them after [`url`](Self::url), each as the complete options the facade would connect
+    /// to it with (its own query parameters under the same transport options, as Kombu
+    /// applies one `transport_options` to every URL of the list). Their own `alternates` are
+    /// empty.
+    ///
+    /// The facade fails over by itself when a transport reports it is disconnected, so most
+    /// transports ignore this. It exists for transports that recover a lost connection
+    /// *without* the facade (AMQP), which would otherwise only ever reconnect to `url` and
+    /// lose their recovered state (the topology they re-declare) when the facade replaces
+    /// them. Only URLs the same transport serves are listed: a transport cannot connect to
+    /// another transport's broker.
+    pub alternates: Vec<ConnectOptions>,
 }
 
 impl ConnectOptions {
-    /// Options for `url`: its query parameters as transport options, a 5 s connect timeout.
+    /// Options for `url`: its query parameters as transport options, a 5 s connect timeout,
+    /// no alternates.
     pub fn new(url: BrokerUrl) -> Self {
         let transport_options = url.query().iter().cloned().collect();
         ConnectOptions {
@@ -52,7 +70,30 @@ impl ConnectOptions {
             transport_options,
             connect_timeout: Duration::from_secs(5),
             heartbeat: None,
+            alternates: Vec::new(),
         }
+    }
+
+    /// These options with `alternates` as the failover URLs to try after
+    /// [`url`](Self::url) (see [`alternates`](Self::alternates)). The alternates' own
+    /// alternates are dropped: the list is flat.
+    ///
+    /// ```
+    /// use kombu_core::ConnectOptions;
+    /// let b = ConnectOptions::new("amqp://b//".parse()?);
+    /// let options = ConnectOptions::new("amqp://a//".parse()?).with_alternates([b]);
+    /// assert_eq!(options.alternates[0].url.host(), Some("b"));
+    /// # Ok::<(), kombu_core::Error>(())
+    /// ```
+    pub fn with_alternates(mut self, alternates: impl IntoIterator<Item = ConnectOptions>) -> Self {
+        self.alternates = alternates
+            .into_iter()
+            .map(|mut alternate| {
+                alternate.alternates.clear();
+                alternate
+            })
+            .collect();
+        self
     }
 
     /// Parse transport option `key` as `T`; a malformed value is an `InvalidArgument` error.
