@@ -276,14 +276,36 @@ impl Connection {
         Ok(kombu_core::registry::lookup_url(url)?.capabilities)
     }
 
-    async fn connect_once(&self, url: &BrokerUrl) -> Result<Arc<dyn Transport>> {
-        let descriptor = kombu_core::registry::lookup_url(url)?;
+    /// The options the facade connects to `url` with: its query parameters under the
+    /// connection's transport options (explicit options win), timeout and heartbeat.
+    fn connect_options(&self, url: &BrokerUrl) -> ConnectOptions {
         let mut options = ConnectOptions::new(url.clone());
         options
             .transport_options
             .extend(self.inner.options.transport_options.clone());
         options.connect_timeout = self.inner.options.connect_timeout;
         options.heartbeat = self.inner.options.heartbeat;
+        options
+    }
+
+    /// Connect to URL `index` of the list, once.
+    ///
+    /// The transport is also given the list's other URLs that `descriptor` serves, in
+    /// round-robin order after this one (a shuffling connection hands them over in that order
+    /// too), so a transport that recovers by itself (AMQP) can reconnect to another broker of
+    /// the list without being replaced. URLs of other transports in a mixed list are left
+    /// out: only the facade can switch transports, once this one reports itself disconnected.
+    async fn connect_once(&self, index: usize) -> Result<Arc<dyn Transport>> {
+        let urls = &self.inner.urls;
+        let url = &urls[index % urls.len()];
+        let descriptor = kombu_core::registry::lookup_url(url)?;
+        let alternates = (1..urls.len())
+            .map(|step| &urls[(index + step) % urls.len()])
+            .filter(|alternate| {
+                kombu_core::registry::lookup_url(alternate).is_ok_and(|d| std::ptr::eq(d, descriptor))
+            })
+            .map(|alternate| self.connect_options(alternate));
+        let options = self.connect_options(url).with_alternates(alternates);
         let timeout = options.connect_timeout;
         let span = info_span!("kombu.connect", transport = descriptor.name, url = %url);
         match tokio::time::timeout(timeout, (descriptor.connect)(options).instrument(span)).await {
@@ -324,7 +346,7 @@ impl Connection {
             let mut last_error = None;
             for _ in 0..n {
                 let url = self.inner.urls[state.current % n].clone();
-                match self.connect_once(&url).await {
+                match self.connect_once(state.current % n).await {
                     Ok(t) => {
                         debug!(url = %url, "connected");
                         state.transport = Some(t.clone());
