@@ -288,6 +288,20 @@ impl Connection {
         options
     }
 
+    /// The URLs after `index` in round-robin order, cycling, that `descriptor` serves.
+    fn alternate_urls<'a>(
+        &'a self,
+        index: usize,
+        descriptor: &'static kombu_core::registry::TransportDescriptor,
+    ) -> impl Iterator<Item = &'a BrokerUrl> + 'a {
+        let urls = &self.inner.urls;
+        (1..urls.len())
+            .map(move |step| &urls[(index + step) % urls.len()])
+            .filter(move |alternate| {
+                kombu_core::registry::lookup_url(alternate).is_ok_and(|d| std::ptr::eq(d, descriptor))
+            })
+    }
+
     /// Connect to URL `index` of the list, once.
     ///
     /// The transport is also given the list's other URLs that `descriptor` serves, in
@@ -299,11 +313,8 @@ impl Connection {
         let urls = &self.inner.urls;
         let url = &urls[index % urls.len()];
         let descriptor = kombu_core::registry::lookup_url(url)?;
-        let alternates = (1..urls.len())
-            .map(|step| &urls[(index + step) % urls.len()])
-            .filter(|alternate| {
-                kombu_core::registry::lookup_url(alternate).is_ok_and(|d| std::ptr::eq(d, descriptor))
-            })
+        let alternates = self
+            .alternate_urls(index, descriptor)
             .map(|alternate| self.connect_options(alternate));
         let options = self.connect_options(url).with_alternates(alternates);
         let timeout = options.connect_timeout;
@@ -549,5 +560,21 @@ mod tests {
         let c = conn.default_channel().await.unwrap();
         assert!(c.is_open(), "a closed default channel is never handed out again");
         assert!(!Arc::ptr_eq(&a, &c));
+    }
+
+    #[test]
+    fn alternates_are_the_urls_the_same_transport_serves_in_rotation_order() {
+        let conn = Connection::new("memory:///a;sqlite://:memory:;memory:///b;memory:///c").unwrap();
+        let memory = kombu_core::registry::lookup("memory").unwrap();
+        let paths = |index| {
+            conn.alternate_urls(index, memory)
+                .map(|u| u.path().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(paths(0), ["/b", "/c"], "the sqlite URL is no alternate of memory");
+        assert_eq!(paths(2), ["/c", "/a"]);
+        assert_eq!(paths(3), ["/a", "/b"]);
+        let single = Connection::new("memory:///only").unwrap();
+        assert_eq!(single.alternate_urls(0, memory).count(), 0);
     }
 }
