@@ -188,7 +188,7 @@ pub fn register() {
 fn connect(options: ConnectOptions) -> ConnectFuture {
     Box::pin(async move {
         let settings = settings::Settings::from_options(&options)?;
-        let session = Session::connect(settings).await?;
+        let session = Session::connect(settings, &options).await?;
         let transport: Arc<dyn Transport> = Arc::new(AmqpTransport { session });
         Ok(transport)
     })

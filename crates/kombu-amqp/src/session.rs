@@ -5,12 +5,18 @@
 //! connection is gone calls [`Session::recover`]: one caller reconnects (with the recovery
 //! policy's backoff), replays the topology, and bumps the generation; the others wait for it
 //! and reuse the result. Channels and consumers compare generations to know when to reopen.
+//!
+//! Recovery walks the connection's failover list: the URL the lost connection was on first,
+//! then the facade's other URLs for this transport ([`ConnectOptions::alternates`]) round
+//! robin, so a broker that is gone for good is replaced by the next one of the list with the
+//! topology declared there, instead of the transport giving up and the facade starting a new
+//! one that knows nothing of what was declared.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use kombu_core::{Error, ErrorKind, Result};
+use kombu_core::{BrokerUrl, ConnectOptions, Error, ErrorKind, Result};
 use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::{ConnectionProperties, ExchangeKind};
 use tracing::{debug, info, warn};
@@ -25,6 +31,9 @@ use crate::topology::{Declaration, Topology};
 pub(crate) struct Live {
     pub(crate) connection: Arc<lapin::Connection>,
     pub(crate) generation: u64,
+    /// Which URL of the failover list it is connected to: 0 is the one the transport was
+    /// made for, `i` is `alternates[i - 1]`. The next recovery starts there.
+    url_index: usize,
 }
 
 impl Live {
@@ -36,7 +45,14 @@ impl Live {
 
 /// A connection that reconnects and re-declares its topology.
 pub(crate) struct Session {
+    /// The settings of the URL the transport was made for. Its behaviour (confirms, the
+    /// recovery policy) holds whichever URL the session is connected to.
     pub(crate) settings: Settings,
+    /// The URL the transport was made for (index 0 of the failover list).
+    url: BrokerUrl,
+    /// The other URLs of the failover list, tried in turn when recovering. Kept as options,
+    /// not settings, so each is validated when it is tried (TLS files are read then).
+    alternates: Vec<ConnectOptions>,
     current: RwLock<Live>,
     /// Held while reconnecting, so one caller reconnects and the others wait.
     reconnecting: tokio::sync::Mutex<()>,
@@ -49,7 +65,8 @@ pub(crate) struct Session {
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
-            .field("broker", &self.settings.display)
+            .field("url", &self.url_at(self.read().url_index))
+            .field("alternates", &self.alternates.len())
             .field("generation", &self.read().generation)
             .field("closed", &self.closed.load(Ordering::Relaxed))
             .finish()
@@ -57,15 +74,24 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// Connect once (no retries: the facade's `ensure_connection` retries first connections).
-    pub(crate) async fn connect(settings: Settings) -> Result<Arc<Session>> {
+    /// Connect once to `options.url` (no retries, no alternates: the facade's
+    /// `ensure_connection` retries and fails over first connections). `settings` are
+    /// `options`' own, already validated.
+    pub(crate) async fn connect(settings: Settings, options: &ConnectOptions) -> Result<Arc<Session>> {
         let connection = open(&settings).await?;
-        info!(broker = %settings.display, "amqp connected");
+        info!(
+            broker = %settings.display,
+            alternates = options.alternates.len(),
+            "amqp connected"
+        );
         Ok(Arc::new(Session {
             settings,
+            url: options.url.clone(),
+            alternates: options.alternates.clone(),
             current: RwLock::new(Live {
                 connection: Arc::new(connection),
                 generation: 1,
+                url_index: 0,
             }),
             reconnecting: tokio::sync::Mutex::new(()),
             topology: Mutex::new(Topology::default()),
@@ -135,30 +161,37 @@ impl Session {
             return Ok(live);
         }
         let policy = self.settings.recovery;
+        let lost_on = live.url_index;
+        let candidates = candidates(&self.settings, &self.alternates, lost_on);
         let mut last_error = None;
-        for attempt in 0..=policy.max_retries {
+        // `recovery_max_retries` counts attempts over all URLs together: the budget (and its
+        // backoff) is the same whether the list has one URL or several.
+        for (attempt, (url_index, settings)) in (0..=policy.max_retries).zip(candidates.iter().cycle()) {
             tokio::time::sleep(policy.delay(attempt)).await;
             if self.is_closed() {
                 return Err(Error::new(ErrorKind::Closed, "the amqp connection was closed"));
             }
-            match open(&self.settings).await {
+            let url = self.url_at(*url_index);
+            match open(settings).await {
                 Ok(connection) => {
                     let connection = Arc::new(connection);
                     if let Err(e) = self.replay(&connection).await {
-                        warn!(error = %e, attempt, "amqp topology replay failed; retrying");
+                        warn!(url = %url, error = %e, attempt, "amqp topology replay failed; retrying");
                         last_error = Some(e);
                         continue;
                     }
                     let live = Live {
                         connection,
                         generation: live.generation + 1,
+                        url_index: *url_index,
                     };
                     *self
                         .current
                         .write()
                         .unwrap_or_else(|poisoned| poisoned.into_inner()) = live.clone();
                     info!(
-                        broker = %self.settings.display,
+                        url = %url,
+                        failed_over = *url_index != lost_on,
                         generation = live.generation,
                         attempts = attempt + 1,
                         "amqp connection recovered, topology re-declared"
@@ -166,21 +199,33 @@ impl Session {
                     return Ok(live);
                 }
                 Err(e) => {
-                    debug!(error = %e, attempt, "amqp reconnect attempt failed");
+                    debug!(url = %url, error = %e, attempt, "amqp reconnect attempt failed");
                     last_error = Some(e);
                 }
             }
         }
         self.gave_up.store(true, Ordering::Release);
         let cause = last_error.map_or_else(|| "no attempt was made".to_owned(), |e| e.to_string());
+        let urls = candidates
+            .iter()
+            .map(|(i, _)| self.url_at(*i).to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         Err(Error::new(
             ErrorKind::Connection,
             format!(
-                "amqp connection to {} lost and not recovered after {} attempts: {cause}",
-                self.settings.display,
+                "amqp connection lost and not recovered after {} attempts on {urls}: {cause}",
                 policy.max_retries + 1
             ),
         ))
+    }
+
+    /// The URL at `index` of the failover list (0: the transport's own).
+    fn url_at(&self, index: usize) -> &BrokerUrl {
+        index
+            .checked_sub(1)
+            .and_then(|i| self.alternates.get(i))
+            .map_or(&self.url, |alternate| &alternate.url)
     }
 
     /// Declare every recorded entity again on `connection`.
@@ -247,6 +292,33 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The URLs to recover on, in the order to try them, starting with `from` (the index of the
+/// URL the lost connection was on: 0 is the transport's own, whose `settings` were validated
+/// when it connected, `i` is `alternates[i - 1]`), each with its index and settings.
+///
+/// The same transport options hold for every URL (the facade put them in each alternate's
+/// options, as Kombu applies one `transport_options` to the whole list), but an alternate's
+/// own query may carry a bad option, and its TLS files are read only now: an alternate whose
+/// settings are invalid is logged with its typed error and left out, so it costs no attempt.
+fn candidates(settings: &Settings, alternates: &[ConnectOptions], from: usize) -> Vec<(usize, Settings)> {
+    let mut all = Vec::with_capacity(alternates.len() + 1);
+    all.push((0, settings.clone()));
+    for (i, alternate) in alternates.iter().enumerate() {
+        match Settings::from_options(alternate) {
+            Ok(settings) => all.push((i + 1, settings)),
+            Err(e) => warn!(
+                url = %alternate.url,
+                kind = ?e.kind(),
+                error = %e,
+                "amqp failover URL skipped during recovery: its settings are invalid"
+            ),
+        }
+    }
+    let start = all.iter().position(|(i, _)| *i == from).unwrap_or(0);
+    all.rotate_left(start);
+    all
 }
 
 /// Open one lapin connection within the connect timeout.
@@ -361,5 +433,38 @@ pub(crate) fn exchange_kind(kind: kombu_core::ExchangeType) -> ExchangeKind {
         kombu_core::ExchangeType::Topic => ExchangeKind::Topic,
         kombu_core::ExchangeType::Fanout => ExchangeKind::Fanout,
         kombu_core::ExchangeType::Headers => ExchangeKind::Headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(url: &str) -> ConnectOptions {
+        ConnectOptions::new(url.parse().unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    #[test]
+    fn candidates_rotate_from_the_lost_url_and_skip_invalid_alternates() {
+        let primary = options("amqp://a//");
+        let settings = Settings::from_options(&primary).unwrap_or_else(|e| panic!("{e}"));
+        let alternates = [
+            options("amqp://b//"),
+            options("amqp://bad//?no_such_option=1"),
+            options("amqp://c//"),
+        ];
+        let order = |from| {
+            candidates(&settings, &alternates, from)
+                .into_iter()
+                .map(|(i, s)| (i, s.display))
+                .collect::<Vec<_>>()
+        };
+        let a = (0, "a:5672//".to_owned());
+        let b = (1, "b:5672//".to_owned());
+        let c = (3, "c:5672//".to_owned());
+        assert_eq!(order(0), [a.clone(), b.clone(), c.clone()]);
+        assert_eq!(order(3), [c.clone(), a.clone(), b.clone()]);
+        // Recovering from an alternate that has become invalid starts at the transport's URL.
+        assert_eq!(order(2), [a, b, c]);
     }
 }
