@@ -37,7 +37,7 @@
 //! | `heartbeat` | the broker's (60 s) | heartbeat interval in seconds |
 //! | `connect_timeout` | 5 s | one connection attempt |
 //! | `frame_max`, `channel_max` | negotiated | AMQP tuning |
-//! | `recovery_max_retries` | 30 | reconnection attempts after a lost connection |
+//! | `recovery_max_retries` | 30 | reconnection attempts after a lost connection, over all URLs of a failover list |
 //! | `recovery_interval_start` / `recovery_interval_max` | 0.2 s / 2 s | backoff between them |
 //! | `ssl` | false (true for `amqps://`) | TLS, as py-amqp's `ssl=True` |
 //! | `ca_certs` | the web's roots ([webpki-roots](https://docs.rs/webpki-roots)) | PEM file of the authorities to trust |
@@ -72,12 +72,19 @@
 //!   backoff, declares again every exchange, queue and binding it had declared, re-applies
 //!   prefetch and resumes every consumer under its old tag. A publish caught by the loss
 //!   either gets its confirm or fails with an error saying it may not have been stored.
-//!   Recovery reconnects to the URL the transport was made for: a transport is given one
-//!   entry of a failover list (`amqp://a//;amqp://b//`), not the list. When recovery runs out
-//!   of attempts (`recovery_max_retries`, about a minute with the defaults) the transport
-//!   reports itself disconnected and the facade connects to the next URL with a new transport;
-//!   what the old one had declared is not replayed there. Lower `recovery_max_retries` to fail
-//!   over sooner.
+//! * **Recovery fails over.** With a failover list (`amqp://a//;amqp://b//`) recovery tries
+//!   the URL the lost connection was on, then the list's other AMQP URLs round robin (the
+//!   facade hands them over as [`ConnectOptions::alternates`]), and replays the topology and
+//!   resumes the consumers on whichever broker accepts; it logs at `info` the URL it recovered
+//!   on (password redacted) and whether that was a failover. `recovery_max_retries` counts the
+//!   attempts over all URLs together, with the same backoff. The transport options, confirms
+//!   and recovery policy are the same for every URL (as Kombu applies one `transport_options`
+//!   to the list); each alternate's settings are checked when it is tried, and one that is
+//!   invalid (a bad option in its query, an unreadable TLS file) is logged with its error and
+//!   skipped. Only when every attempt has failed does the transport report itself
+//!   disconnected; the facade then starts a new transport, which has no topology to replay.
+//!   The facade keeps the transport throughout, so `Connection::as_uri` still names the URL it
+//!   first connected to after a failover here.
 //! * **A refused declaration does not kill the channel.** RabbitMQ closes a channel on a
 //!   404/406; kombu-rs answers with a typed error (`NotFound`, `NotEquivalent`,
 //!   `PreconditionFailed`) and the next operation runs on a fresh channel. Consumers live on
