@@ -67,8 +67,11 @@
 //!   through the exchange, duplicating it into every other bound queue.
 //! * Messages that are not Kombu envelopes are moved intact to the list `_kombu_rs.malformed`
 //!   with a typed `Decode` error, and the queue keeps flowing.
-//! * **One round trip per publish**: a Lua script matches the exchange's binding set and
-//!   pushes to every matching queue, where Kombu reads the set and pushes in a second call.
+//! * **One round trip per publish**, where Kombu reads the binding set and pushes in a second
+//!   call: a publisher that declared the exchange and routes to queues itself sends
+//!   `SMEMBERS` and its `LPUSH`es in one pipeline (queues bound only by other processes then
+//!   get theirs in a second round trip); one that knows nothing of the exchange runs a Lua
+//!   script that matches the set and pushes to every matching queue.
 //! * **Acks do not wait for the server**: like AMQP's `basic.ack` they are queued, and a
 //!   background task writes all acks queued meanwhile in one transaction (retrying while the
 //!   server is away). Closing the connection waits for them; until written a message is still

@@ -1,6 +1,7 @@
-//! Publishing to a named exchange routes on the server (one Lua script over the binding set):
-//! it must agree with kombu-core's router on every topic case, whether the publisher declared
-//! the exchange itself or only finds the bindings another process stored.
+//! Publishing to a named exchange routes over the binding set stored on the server (one Lua
+//! script, or one pipelined round trip for a publisher that routes to queues itself): it must
+//! agree with kombu-core's router on every topic case, whether the publisher declared the
+//! exchange itself or only finds the bindings another process stored.
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests fail loudly")]
 
 mod common;
@@ -138,6 +139,88 @@ async fn overlapping_and_direct_bindings_deliver_once_per_queue() {
         .expect_err("unroutable mandatory publish");
     assert_eq!(error.kind(), kombu_core::ErrorKind::NotFound);
     transport.close().await.expect("close");
+}
+
+/// A publisher that declared the exchange and bound a queue itself takes the pipelined path;
+/// queues another process bound (unknown to the publisher) must still get the message, once,
+/// by the declared type — direct by equality, topic by AMQP words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_stored_by_another_process_reach_their_queues() {
+    let server = RedisServer::start();
+    let publisher = connect(&server.url()).await;
+    let other = connect(&server.url()).await;
+    let mine = publisher.create_channel().await.expect("channel");
+    let theirs = other.create_channel().await.expect("channel");
+    for (exchange, my_key, their_keys, routing_key, expected) in [
+        (
+            Exchange::direct("d-shared"),
+            "k",
+            vec![("t-k", "k"), ("t-other", "other")],
+            "k",
+            vec![("mine-d-shared", 1), ("t-k", 1), ("t-other", 0)],
+        ),
+        (
+            Exchange::topic("t-shared"),
+            "a.#",
+            vec![("t-star", "a.*"), ("t-hash", "#.c"), ("t-miss", "b.#")],
+            "a.c",
+            vec![("mine-t-shared", 1), ("t-star", 1), ("t-hash", 1), ("t-miss", 0)],
+        ),
+    ] {
+        let my_queue = format!("mine-{}", exchange.name);
+        mine.declare_exchange(&exchange, DeclareOptions::default())
+            .await
+            .expect("exchange");
+        mine.declare_queue(&Queue::new(my_queue.as_str()), DeclareOptions::default())
+            .await
+            .expect("queue");
+        mine.bind_queue(&QueueBinding::new(
+            my_queue.as_str(),
+            exchange.name.as_str(),
+            my_key,
+        ))
+        .await
+        .expect("bind");
+        theirs
+            .declare_exchange(&exchange, DeclareOptions::default())
+            .await
+            .expect("exchange");
+        for (queue, key) in &their_keys {
+            theirs
+                .declare_queue(&Queue::new(*queue), DeclareOptions::default())
+                .await
+                .expect("queue");
+            theirs
+                .bind_queue(&QueueBinding::new(*queue, exchange.name.as_str(), *key))
+                .await
+                .expect("bind");
+        }
+        // Also bound by the other process to the publisher's own queue: still one copy.
+        theirs
+            .bind_queue(&QueueBinding::new(
+                my_queue.as_str(),
+                exchange.name.as_str(),
+                routing_key,
+            ))
+            .await
+            .expect("bind");
+        mine.publish(
+            RawMessage::default(),
+            PublishOptions::new(exchange.name.as_str(), routing_key),
+        )
+        .await
+        .expect("publish");
+        for (queue, count) in expected {
+            let size = theirs
+                .declare_queue(&Queue::new(queue), DeclareOptions::passive())
+                .await
+                .expect("passive")
+                .message_count;
+            assert_eq!(size, count, "messages in {queue} (exchange {})", exchange.name);
+        }
+    }
+    publisher.close().await.expect("close");
+    other.close().await.expect("close");
 }
 
 /// Acks are queued and written in batches; closing the connection waits for them, so nothing
