@@ -99,7 +99,7 @@
 //!
 //! lapin (async) is the default. With the crate feature `amiquip` (`kombu` feature
 //! `amqp-amiquip`) the same transport also runs over amiquip, a blocking client, on threads
-//! of its own: `amqp+amiquip://` URLs, [`AMIQUIP_DESCRIPTOR`]. Its module docs
+//! of its own: `amqp+amiquip://` URLs, `AMIQUIP_DESCRIPTOR`. Its module docs
 //! (`amiquip_driver`) have the threads, the data flow and a capability table comparing
 //! the two; in short, the amiquip driver does not reconnect by itself.
 #![forbid(unsafe_code)]
