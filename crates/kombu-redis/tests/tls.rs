@@ -4,7 +4,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests fail loudly")]
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,20 +24,8 @@ impl Drop for TlsServer {
     }
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl command must be installed for the TLS test (apt-get install openssl, or run `cargo xtask test-matrix`)");
-    assert!(
-        output.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// A CA, a server certificate for `localhost` signed by it, and a TLS-only redis-server.
+/// A CA, a server certificate for `localhost` signed by it (kombu-testkit makes them), and a
+/// TLS-only redis-server.
 fn start() -> TlsServer {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -45,72 +33,7 @@ fn start() -> TlsServer {
         .expect("a free loopback port");
     let dir = std::env::temp_dir().join(format!("kombu-redis-tls-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    openssl(
-        &dir,
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=kombu-rs test CA",
-            ],
-        ]
-        .concat(),
-    );
-    openssl(
-        &dir,
-        &[
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("extensions file");
-    openssl(
-        &dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ],
-    );
+    kombu_testkit::tls::make_test_certificates(&dir);
     let child = Command::new("redis-server")
         .args([
             "--port",

@@ -19,11 +19,15 @@
 //!
 //! Tests isolate themselves by name (every queue and exchange gets a unique suffix), so one
 //! broker serves the whole suite.
+//!
+//! Beside the suite: [`interop`] (the Rust side of the scenarios shared with Python Kombu) and
+//! [`tls`] (a test certificate authority and server certificate for TLS tests).
 #![forbid(unsafe_code)]
 
 mod behaviours;
 mod harness;
 pub mod interop;
+pub mod tls;
 
 pub use behaviours::all as behaviours;
 pub use harness::{run_main, Behaviour, BoxTest, Ctx, Failure, TestResult};

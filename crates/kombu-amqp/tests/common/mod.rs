@@ -7,7 +7,7 @@
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used, reason = "test support")]
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -61,7 +61,7 @@ impl RabbitNode {
             while tls_port == port || tls_port == dist_port {
                 tls_port = free_port();
             }
-            make_certificates(&dir);
+            kombu_testkit::tls::make_test_certificates(&dir);
             let d = dir.display();
             // RabbitMQ 3.10's new-style configuration (RABBITMQ_CONFIG_FILE names it without
             // the .conf extension).
@@ -193,74 +193,4 @@ impl Drop for RabbitNode {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl command must be installed for the TLS test (apt-get install openssl, or run `cargo xtask test-matrix`)");
-    assert!(
-        output.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// In `dir`: `ca.pem` (a CA made for the test) and `server.pem` + `server.key`, a certificate
-/// for `localhost` and `127.0.0.1` that it signed. P-256 keys: quick to make.
-fn make_certificates(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let ca = [
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=kombu-rs test CA",
-    ];
-    openssl(dir, &[&["req", "-x509"][..], &ec, &ca].concat());
-    let csr = [
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ];
-    openssl(dir, &[&["req"][..], &ec, &csr].concat());
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("extensions file");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ],
-    );
 }
