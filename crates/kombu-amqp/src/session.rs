@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::convert::{short, table_to_amqp};
 use crate::errors::{from_lapin, Op};
-use crate::settings::Settings;
+use crate::settings::{Driver, Settings};
 use crate::topology::{Declaration, Topology};
 
 /// The lapin connection of one generation.
@@ -162,7 +162,7 @@ impl Session {
         }
         let policy = self.settings.recovery;
         let lost_on = live.url_index;
-        let candidates = candidates(&self.settings, &self.alternates, lost_on);
+        let candidates = candidates(&self.settings, &self.alternates, lost_on, Driver::Lapin);
         let mut last_error = None;
         // `recovery_max_retries` counts attempts over all URLs together: the budget (and its
         // backoff) is the same whether the list has one URL or several.
@@ -302,11 +302,19 @@ impl Session {
 /// options, as Kombu applies one `transport_options` to the whole list), but an alternate's
 /// own query may carry a bad option, and its TLS files are read only now: an alternate whose
 /// settings are invalid is logged with its typed error and left out, so it costs no attempt.
-fn candidates(settings: &Settings, alternates: &[ConnectOptions], from: usize) -> Vec<(usize, Settings)> {
+///
+/// Shared by both drivers (`driver` picks the scheme rules each alternate is checked with),
+/// so they fail over across the same list in the same order.
+pub(crate) fn candidates(
+    settings: &Settings,
+    alternates: &[ConnectOptions],
+    from: usize,
+    driver: Driver,
+) -> Vec<(usize, Settings)> {
     let mut all = Vec::with_capacity(alternates.len() + 1);
     all.push((0, settings.clone()));
     for (i, alternate) in alternates.iter().enumerate() {
-        match Settings::from_options(alternate) {
+        match Settings::for_driver(alternate, driver) {
             Ok(settings) => all.push((i + 1, settings)),
             Err(e) => warn!(
                 url = %alternate.url,
@@ -454,7 +462,7 @@ mod tests {
             options("amqp://c//"),
         ];
         let order = |from| {
-            candidates(&settings, &alternates, from)
+            candidates(&settings, &alternates, from, Driver::Lapin)
                 .into_iter()
                 .map(|(i, s)| (i, s.display))
                 .collect::<Vec<_>>()

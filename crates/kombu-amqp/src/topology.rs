@@ -1,11 +1,13 @@
 //! What this connection declared, so a recovered connection can declare it again.
 //!
-//! lapin's own recovery covers channels of a connection that survived; when the connection
+//! Neither client library replays declarations on a new connection (lapin's own recovery
+//! covers channels of a connection that survived; amiquip has none): when the connection
 //! itself is lost, exchanges, queues and bindings that were not durable are gone with the
 //! broker, and even durable ones are missing on a fresh broker (lapin#450, the peers'
-//! recurring bug). The transport records every successful declaration here, in order, removes
+//! recurring bug). Each driver records every successful declaration here, in order, removes
 //! what is deleted, and replays the record on the new connection before any channel or
-//! consumer is used again.
+//! consumer is used again. The record holds kombu-rs types only, so both drivers share it
+//! (the lapin driver in `session`, the amiquip driver on its connection thread).
 
 use kombu_core::{Exchange, ExchangeBinding, FieldTable, QueueBinding};
 
