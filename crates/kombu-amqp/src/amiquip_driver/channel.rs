@@ -20,6 +20,7 @@ use super::convert::{properties_to_amqp, table_to_amqp};
 use super::worker::WorkerLink;
 use crate::convert::{check_body_size, check_short};
 use crate::errors::Op;
+use crate::topology::{Declaration, QueueDeclaration};
 
 /// A kombu-rs channel on RabbitMQ through amiquip.
 #[derive(Debug)]
@@ -44,7 +45,7 @@ impl AmiquipChannel {
     async fn on_control<T, F>(&self, op: Op, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&amiquip::Channel) -> amiquip::Result<T> + Send + 'static,
+        F: Fn(&amiquip::Channel) -> amiquip::Result<T> + Send + 'static,
     {
         self.ensure_open()?;
         self.link.call(move |w| w.core.on_control(op, f)).await
@@ -54,19 +55,16 @@ impl AmiquipChannel {
         if !self.open.load(Ordering::Acquire) || self.connection.state.is_closed() {
             return Err(Error::new(ErrorKind::Closed, "the channel is closed"));
         }
-        if self.connection.state.is_lost() {
-            // No reconnection in this driver: a recoverable error, so the facade's
-            // `ensure_connection`/`retry` connects anew.
-            return Err(Error::new(
-                ErrorKind::Connection,
-                format!("the amqp connection to {} was lost", self.connection.display),
-            ));
+        // A lost connection is no reason to refuse: the job's first channel request
+        // recovers it (or waits for the recovery under way).
+        if self.connection.state.gave_up() {
+            return Err(self.connection.state.gave_up_error(&self.connection.display));
         }
         Ok(())
     }
 }
 
-fn exchange_type(kind: ExchangeType) -> amiquip::ExchangeType {
+pub(super) fn exchange_type(kind: ExchangeType) -> amiquip::ExchangeType {
     match kind {
         ExchangeType::Direct => amiquip::ExchangeType::Direct,
         ExchangeType::Topic => amiquip::ExchangeType::Topic,
@@ -91,7 +89,7 @@ impl Channel for AmiquipChannel {
         if options.passive || exchange.passive {
             return self
                 .on_control(Op::DeclareExchange, move |ch| {
-                    ch.exchange_declare_passive(name).map(|_| ())
+                    ch.exchange_declare_passive(&name).map(|_| ())
                 })
                 .await;
         }
@@ -103,17 +101,27 @@ impl Channel for AmiquipChannel {
             arguments: table_to_amqp(&exchange.arguments)?,
         };
         self.on_control(Op::DeclareExchange, move |ch| {
-            ch.exchange_declare(kind, name, declare_options).map(|_| ())
+            ch.exchange_declare(kind.clone(), &name, declare_options.clone())
+                .map(|_| ())
         })
-        .await
+        .await?;
+        self.connection
+            .state
+            .record(Declaration::Exchange(exchange.clone()));
+        Ok(())
     }
 
     async fn delete_exchange(&self, name: &str, options: DeleteExchangeOptions) -> Result<()> {
         check_short(name, "exchange name")?;
         let name = name.to_owned();
         let if_unused = options.if_unused;
-        self.on_control(Op::DeleteExchange, move |ch| ch.exchange_delete(name, if_unused))
-            .await
+        let forget = name.clone();
+        self.on_control(Op::DeleteExchange, move |ch| ch.exchange_delete(&name, if_unused))
+            .await?;
+        self.connection
+            .state
+            .with_topology(|t| t.forget_exchange(&forget));
+        Ok(())
     }
 
     async fn declare_queue(&self, queue: &Queue, options: DeclareOptions) -> Result<QueueDeclareOk> {
@@ -127,55 +135,88 @@ impl Channel for AmiquipChannel {
             auto_delete: queue.auto_delete,
             arguments: table_to_amqp(&queue.declare_arguments())?,
         };
-        self.on_control(Op::DeclareQueue, move |ch| {
-            let declared = if passive {
-                ch.queue_declare_passive(name)?
-            } else {
-                ch.queue_declare(name, declare_options)?
-            };
-            Ok(QueueDeclareOk {
-                queue: declared.name().to_owned(),
-                message_count: u64::from(declared.declared_message_count().unwrap_or(0)),
-                consumer_count: declared.declared_consumer_count().unwrap_or(0),
+        // Server-named queues ("amq.gen-…") cannot be declared again by name: not recorded.
+        let record = (!passive && !queue.name.is_empty()).then(|| {
+            Declaration::Queue(QueueDeclaration {
+                name: queue.name.clone(),
+                durable: queue.durable,
+                exclusive: queue.exclusive,
+                auto_delete: queue.auto_delete,
+                arguments: queue.declare_arguments(),
             })
-        })
-        .await
+        });
+        let declared = self
+            .on_control(Op::DeclareQueue, move |ch| {
+                let declared = if passive {
+                    ch.queue_declare_passive(&name)?
+                } else {
+                    ch.queue_declare(&name, declare_options.clone())?
+                };
+                Ok(QueueDeclareOk {
+                    queue: declared.name().to_owned(),
+                    message_count: u64::from(declared.declared_message_count().unwrap_or(0)),
+                    consumer_count: declared.declared_consumer_count().unwrap_or(0),
+                })
+            })
+            .await?;
+        if let Some(declaration) = record {
+            self.connection.state.record(declaration);
+        }
+        Ok(declared)
     }
 
     async fn bind_queue(&self, binding: &QueueBinding) -> Result<()> {
         let (queue, exchange, key, arguments) = queue_binding(binding)?;
-        self.on_control(Op::Bind, move |ch| ch.queue_bind(queue, exchange, key, arguments))
-            .await
+        self.on_control(Op::Bind, move |ch| {
+            ch.queue_bind(&queue, &exchange, &key, arguments.clone())
+        })
+        .await?;
+        self.connection
+            .state
+            .record(Declaration::Binding(binding.clone()));
+        Ok(())
     }
 
     async fn unbind_queue(&self, binding: &QueueBinding) -> Result<()> {
         let (queue, exchange, key, arguments) = queue_binding(binding)?;
         self.on_control(Op::Unbind, move |ch| {
-            ch.queue_unbind(queue, exchange, key, arguments)
+            ch.queue_unbind(&queue, &exchange, &key, arguments.clone())
         })
-        .await
+        .await?;
+        self.connection
+            .state
+            .with_topology(|t| t.forget(&Declaration::Binding(binding.clone())));
+        Ok(())
     }
 
     async fn bind_exchange(&self, binding: &ExchangeBinding) -> Result<()> {
         let (destination, source, key, arguments) = exchange_binding(binding)?;
         self.on_control(Op::Bind, move |ch| {
-            ch.exchange_bind(destination, source, key, arguments)
+            ch.exchange_bind(&destination, &source, &key, arguments.clone())
         })
-        .await
+        .await?;
+        self.connection
+            .state
+            .record(Declaration::ExchangeBinding(binding.clone()));
+        Ok(())
     }
 
     async fn unbind_exchange(&self, binding: &ExchangeBinding) -> Result<()> {
         let (destination, source, key, arguments) = exchange_binding(binding)?;
         self.on_control(Op::Unbind, move |ch| {
-            ch.exchange_unbind(destination, source, key, arguments)
+            ch.exchange_unbind(&destination, &source, &key, arguments.clone())
         })
-        .await
+        .await?;
+        self.connection
+            .state
+            .with_topology(|t| t.forget(&Declaration::ExchangeBinding(binding.clone())));
+        Ok(())
     }
 
     async fn purge_queue(&self, queue: &str) -> Result<u64> {
         check_short(queue, "queue name")?;
         let name = queue.to_owned();
-        self.on_control(Op::Purge, move |ch| ch.queue_purge(name))
+        self.on_control(Op::Purge, move |ch| ch.queue_purge(&name))
             .await
             .map(u64::from)
     }
@@ -187,9 +228,11 @@ impl Channel for AmiquipChannel {
             if_unused: options.if_unused,
             if_empty: options.if_empty,
         };
-        self.on_control(Op::DeleteQueue, move |ch| ch.queue_delete(name, delete_options))
-            .await
-            .map(u64::from)
+        let deleted = self
+            .on_control(Op::DeleteQueue, move |ch| ch.queue_delete(&name, delete_options))
+            .await?;
+        self.connection.state.with_topology(|t| t.forget_queue(queue));
+        Ok(u64::from(deleted))
     }
 
     async fn publish(&self, message: RawMessage, options: PublishOptions) -> Result<()> {
@@ -274,9 +317,7 @@ impl Channel for AmiquipChannel {
     }
 
     fn is_open(&self) -> bool {
-        self.open.load(Ordering::Acquire)
-            && !self.connection.state.is_closed()
-            && !self.connection.state.is_lost()
+        self.open.load(Ordering::Acquire) && self.connection.state.is_usable()
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::debug;
 
 use super::convert::{message_from_amqp, table_to_amqp};
-use super::errors::closes_channel;
+use super::errors::{closes_channel, is_connection_loss};
 use super::worker::{Worker, WorkerLink};
 use crate::errors::Op;
 
@@ -28,6 +28,8 @@ pub(crate) struct ConsumerEntry<'c> {
     consumer: amiquip::Consumer<'c>,
     queue: Arc<str>,
     no_ack: bool,
+    /// As sent, to consume again the same way after a recovery.
+    options: amiquip::ConsumerOptions,
     deliveries: UnboundedSender<Result<Delivery>>,
 }
 
@@ -36,6 +38,31 @@ impl ConsumerEntry<'_> {
     pub(crate) fn receiver(&self) -> Receiver<amiquip::ConsumerMessage> {
         self.consumer.receiver().clone()
     }
+
+    /// What it takes to consume again after the connection was lost; `None` if nobody
+    /// reads the stream any more. The amiquip consumer (on the dead channel) is dropped;
+    /// what it had received but not handed out is redelivered by the broker.
+    pub(crate) fn into_resume(self, tag: Arc<str>) -> Option<Resume> {
+        if self.deliveries.is_closed() {
+            return None;
+        }
+        Some(Resume {
+            tag,
+            queue: self.queue,
+            options: self.options,
+            deliveries: self.deliveries,
+        })
+    }
+}
+
+/// A consumer between a lost consume channel and its replacement. The kombu-rs tag and the
+/// stream's sender survive, so the application keeps one stream across recoveries and the
+/// deliveries keep the tag it knows (the broker's tag is amiquip's business).
+pub(crate) struct Resume {
+    tag: Arc<str>,
+    queue: Arc<str>,
+    options: amiquip::ConsumerOptions,
+    deliveries: UnboundedSender<Result<Delivery>>,
 }
 
 /// The deliveries of the current consume channel that wait to be settled.
@@ -137,20 +164,98 @@ impl<'c> Worker<'c> {
         if let Some(channel) = self.consume.get() {
             return Ok(channel);
         }
-        let channel = self.core.connection.open_channel_blocking()?;
+        let (channel, generation) = self.core.connection.open_channel_blocking()?;
+        // QoS is per channel: a channel of a recovered connection gets it again here.
         if let Some(qos) = self.core.qos {
             channel
                 .qos(0, qos.prefetch_count, qos.global)
                 .map_err(|e| self.core.connection.state.observe(Op::Qos, e))?;
         }
+        self.consume_generation = generation;
         Ok(self.consume.get_or_init(|| channel))
     }
 
+    /// The connection under the consume channel is gone: end the epoch, resuming its
+    /// consumers in the next.
+    fn connection_lost(&mut self) {
+        self.lost = true;
+        self.consume_closed = true;
+    }
+
+    /// Consume again, on a new consume channel, what the last epoch lost with the
+    /// connection. A consumer that cannot be resumed (its queue is gone, recovery gave up)
+    /// ends with the error; if the channel closes under the resumption, the rest wait for
+    /// the next epoch.
+    pub(crate) fn resume_consumers(&mut self) {
+        let mut waiting = std::mem::take(&mut self.core.resume).into_iter();
+        for resume in waiting.by_ref() {
+            if resume.deliveries.is_closed() {
+                continue;
+            }
+            let consumed = match self.resume_one(&resume) {
+                // The control channel died with the connection too, and nobody has asked for
+                // a new one yet: the retry's request is what recovers the connection.
+                Err(e) if e.kind() == ErrorKind::Connection && self.core.connection.state.is_usable() => {
+                    debug!(error = %e, "amiquip: resuming a consumer on a new connection");
+                    self.resume_one(&resume)
+                }
+                other => other,
+            };
+            match consumed {
+                Ok(consumer) => {
+                    debug!(tag = %resume.tag, queue = %resume.queue, "amiquip consumer resumed");
+                    self.consumers.insert(
+                        resume.tag,
+                        ConsumerEntry {
+                            consumer,
+                            queue: resume.queue,
+                            no_ack: resume.options.no_ack,
+                            options: resume.options,
+                            deliveries: resume.deliveries,
+                        },
+                    );
+                }
+                Err(e)
+                    if self.lost
+                        || (e.kind() == ErrorKind::Connection && self.core.connection.state.is_usable()) =>
+                {
+                    // Lost again while resuming: this one and the rest try the next epoch,
+                    // after the next recovery.
+                    debug!(error = %e, "amiquip connection lost while resuming consumers");
+                    self.lost = true;
+                    self.consume_closed = true;
+                    self.core.resume.push(resume);
+                    break;
+                }
+                Err(e) => {
+                    let _ = resume.deliveries.send(Err(e));
+                    if self.consume_closed {
+                        break;
+                    }
+                }
+            }
+        }
+        self.core.resume.extend(waiting);
+    }
+
+    /// Check the queue and consume it again as before.
+    fn resume_one(&mut self, resume: &Resume) -> Result<amiquip::Consumer<'c>> {
+        self.check_queue(&resume.queue)?;
+        let channel = self.consume_channel()?;
+        channel
+            .basic_consume(&*resume.queue, resume.options.clone())
+            .map_err(|e| self.consume_failed(Op::Consume, e))
+    }
+
     /// An error of an operation on the consume channel; a channel the server closed ends
-    /// this epoch (its consumers end with the error, the next operation opens a new one).
+    /// this epoch (its consumers end with the error, the next operation opens a new one;
+    /// after a lost connection they are resumed instead).
     fn consume_failed(&mut self, op: Op, error: amiquip::Error) -> Error {
         if closes_channel(&error) {
             self.consume_closed = true;
+        }
+        if is_connection_loss(&error) {
+            self.lost = true;
         }
         self.core.connection.state.observe(op, error)
     }
@@ -202,7 +307,7 @@ impl<'c> Worker<'c> {
         };
         // amiquip lets the broker name the consumer; deliveries carry the kombu-rs tag.
         let consumer = channel
-            .basic_consume(queue, consumer_options)
+            .basic_consume(queue, consumer_options.clone())
             .map_err(|e| self.consume_failed(Op::Consume, e))?;
         self.consumers.insert(
             tag,
@@ -210,6 +315,7 @@ impl<'c> Worker<'c> {
                 consumer,
                 queue: Arc::from(queue),
                 no_ack: options.no_ack,
+                options: consumer_options,
                 deliveries,
             },
         );
@@ -219,6 +325,7 @@ impl<'c> Worker<'c> {
     /// Stop a consumer. What amiquip received for it but was not handed out yet goes back
     /// to the queue (those messages were never seen by the application).
     pub(crate) fn cancel(&mut self, tag: &str) -> Result<()> {
+        self.core.resume.retain(|resume| &*resume.tag != tag);
         let Some(entry) = self.consumers.remove(tag) else {
             return Ok(());
         };
@@ -272,7 +379,10 @@ impl<'c> Worker<'c> {
             Settle::Reject { requeue } => delivery.reject(channel, requeue),
         };
         settled.map_err(|e| {
-            if closes_channel(&e) {
+            if is_connection_loss(&e) {
+                self.connection_lost();
+                channel_gone().with_source(e)
+            } else if closes_channel(&e) {
                 self.consume_closed = true;
                 channel_gone().with_source(e)
             } else {
@@ -324,15 +434,22 @@ impl<'c> Worker<'c> {
                 self.consume_closed = true;
                 Some(self.core.connection.state.observe(Op::Consume, e))
             }
-            Some(M::ServerClosedConnection(e)) => Some(self.core.connection.state.observe(Op::Consume, e)),
-            Some(M::ClientClosedConnection) => {
+            Some(M::ClientClosedConnection) | None if self.core.connection.state.is_closed() => {
                 Some(Error::new(ErrorKind::Closed, "the amqp connection was closed"))
             }
-            Some(M::ClientCancelled | M::ClientClosedChannel) => None,
-            None => {
-                self.core.connection.state.mark_lost();
-                Some(Error::new(ErrorKind::Connection, "the amiquip connection ended"))
+            // The broker closed the connection (a restart sends 320 CONNECTION_FORCED), the
+            // socket went (the receiver disconnects), or a recovery dropped the old
+            // connection: the consumer is resumed on the recovered one, not ended.
+            Some(M::ServerClosedConnection(e)) => {
+                debug!(error = %e, tag = %tag, "amiquip consumer lost its connection; resuming after recovery");
+                self.connection_lost();
+                return;
             }
+            Some(M::ClientClosedConnection) | None => {
+                self.connection_lost();
+                return;
+            }
+            Some(M::ClientCancelled | M::ClientClosedChannel) => None,
         };
         if let Some(entry) = self.consumers.remove(tag) {
             if let Some(error) = ending {

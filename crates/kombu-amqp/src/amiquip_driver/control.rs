@@ -25,6 +25,8 @@ use crate::errors::Op;
 /// An open control channel.
 pub(crate) struct Control {
     pub(crate) channel: amiquip::Channel,
+    /// The generation of the connection it was opened on (see `connection`).
+    generation: u64,
     returns: Receiver<Return>,
     /// Publisher confirms, once enabled: the receiver and the last sequence number used.
     confirms: Option<(Receiver<Confirm>, u64)>,
@@ -42,6 +44,9 @@ impl Control {
     }
 }
 
+/// A control operation's amiquip error that means the connection was lost.
+struct Retry(amiquip::Error);
+
 /// A message ready to be published: converted and checked on the async side.
 pub(crate) struct Outgoing {
     pub(crate) body: bytes::Bytes,
@@ -56,6 +61,13 @@ pub(crate) struct Outgoing {
 impl Core {
     /// The control channel (opened or replaced as needed), with confirms on when `confirms`.
     fn control(&mut self, confirms: bool) -> Result<&mut Control> {
+        // A channel of a connection that recovery replaced is dead: using it would only
+        // turn into an error for the caller although a working connection is there.
+        let generation = self.connection.state.generation();
+        if self.control.as_ref().is_some_and(|c| c.generation != generation) {
+            debug!("amiquip control channel is from before a recovery; reopening");
+            self.control = None;
+        }
         if let Some(control) = self.control.as_mut() {
             if control.unverified {
                 // A returns listener is set by the I/O thread alone, no frame is sent: it
@@ -75,12 +87,13 @@ impl Core {
         let mut control = match self.control.take() {
             Some(control) => control,
             None => {
-                let channel = self.connection.open_channel_blocking()?;
+                let (channel, generation) = self.connection.open_channel_blocking()?;
                 let returns = channel
                     .listen_for_returns()
                     .map_err(|e| self.connection.state.observe(Op::OpenChannel, e))?;
                 Control {
                     channel,
+                    generation,
                     returns,
                     confirms: None,
                     unverified: false,
@@ -105,19 +118,49 @@ impl Core {
     }
 
     /// Run `f` on the control channel; a channel the broker closed is dropped for the next.
+    ///
+    /// A lost connection is often first seen here (nobody has used the channel since the
+    /// broker went), so `f` runs once more on a fresh channel, whose request recovers the
+    /// connection: the caller then sees the recovery as a pause, not as an error. As in the
+    /// lapin driver, that is for control operations only, which are declarations, deletions
+    /// and purges: repeating one is harmless where the first may or may not have arrived.
+    /// Publishes are not repeated (see [`Core::publish`]).
     pub(crate) fn on_control<T>(
         &mut self,
         op: Op,
-        f: impl FnOnce(&amiquip::Channel) -> amiquip::Result<T>,
+        f: impl Fn(&amiquip::Channel) -> amiquip::Result<T>,
     ) -> Result<T> {
-        let control = self.control(false)?;
+        match self.on_control_once(op, &f) {
+            Err(Retry(e)) if self.connection.state.is_usable() => {
+                debug!(error = %e, ?op, "amiquip control channel lost with its connection; retrying on a fresh one");
+                self.on_control_once(op, &f)
+                    .unwrap_or_else(|Retry(e)| Err(self.connection.state.observe(op, e)))
+            }
+            Err(Retry(e)) => Err(self.connection.state.observe(op, e)),
+            Ok(result) => result,
+        }
+    }
+
+    /// One try of [`Core::on_control`]: `Err` is a lost connection worth one more try.
+    fn on_control_once<T>(
+        &mut self,
+        op: Op,
+        f: &impl Fn(&amiquip::Channel) -> amiquip::Result<T>,
+    ) -> std::result::Result<Result<T>, Retry> {
+        let control = match self.control(false) {
+            Ok(control) => control,
+            Err(e) => return Ok(Err(e)),
+        };
         match f(&control.channel) {
-            Ok(value) => Ok(value),
+            Ok(value) => Ok(Ok(value)),
             Err(e) => {
                 if closes_channel(&e) {
                     self.control = None;
                 }
-                Err(self.connection.state.observe(op, e))
+                if super::errors::is_connection_loss(&e) {
+                    return Err(Retry(e));
+                }
+                Ok(Err(self.connection.state.observe(op, e)))
             }
         }
     }
@@ -137,6 +180,11 @@ impl Core {
         if let Err(e) = control.channel.basic_publish(message.exchange.as_str(), publish) {
             if closes_channel(&e) {
                 self.control = None;
+            }
+            if super::errors::is_connection_loss(&e) {
+                // The frames may have reached the broker before the socket went: the caller
+                // must not take the failure for "not stored" (nor a success for "stored").
+                return Err(lost_before_confirm().with_source(self.connection.state.observe(Op::Publish, e)));
             }
             return Err(self.connection.state.observe(Op::Publish, e));
         }
@@ -190,18 +238,24 @@ impl Core {
                 .with_context("exchange", exchange),
             lost => {
                 if let Some(e) = lost {
-                    self.connection.state.observe(Op::Publish, e);
-                } else {
-                    self.connection.state.mark_lost();
+                    debug!(error = %e, "amiquip publish: the connection was lost before the confirm");
                 }
-                Error::new(
-                    ErrorKind::Connection,
-                    "amqp basic.publish failed: the connection was lost before the broker confirmed",
-                )
-                .with_context("delivery", "unknown: the message may or may not have been stored")
+                lost_before_confirm()
             }
         }
     }
+}
+
+/// The error for a publish caught by a lost connection: recoverable (the connection is
+/// being recovered, so a retry publishes on the new one), and honest that the message's
+/// fate is unknown, so that at-least-once callers retry and at-most-once callers do not.
+fn lost_before_confirm() -> Error {
+    Error::new(
+        ErrorKind::Connection,
+        "amqp basic.publish failed: the connection was lost before the broker confirmed; \
+         the message may or may not have been stored",
+    )
+    .with_context("delivery", "unknown: the message may or may not have been stored")
 }
 
 /// Whether a confirm for `payload` covers sequence number `mine`.

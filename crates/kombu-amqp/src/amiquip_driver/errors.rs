@@ -2,8 +2,8 @@
 //!
 //! The broker's reply codes map through [`reply_code_kind`], as for the lapin driver. What
 //! tells a dead *channel* (its amiquip handle must be replaced) from a dead *connection* (a
-//! recoverable `Connection` error; the transport reports itself disconnected so the facade
-//! reconnects) is decided here, once.
+//! recoverable `Connection` error; the connection thread recovers it, see `connection`) is
+//! decided here, once.
 
 use kombu_core::{Error, ErrorKind};
 

@@ -21,6 +21,15 @@
 //! (an exclusive consume refused, say), its consumers end with the error, and the next
 //! operation opens a new one: a new *epoch*, whose acknowledgers refuse tags of the old one.
 //!
+//! **After a lost connection** the epoch ends the same way, but the consumers are not ended:
+//! each is kept as a [`Resume`] (queue, options, kombu-rs tag and the sender its stream reads
+//! from) and consumed again at the start of the next epoch, whose channel request is what
+//! recovers the connection (see `connection`). The application's stream never notices
+//! beyond a pause and redeliveries; acks of the old epoch's deliveries are `MessageState`
+//! errors (the broker redelivers those messages). A job that arrives while the consume
+//! channel is of an older generation is held back ([`Core::pending`]) and run first in the
+//! new epoch, so it is served on the recovered connection instead of failing on the dead one.
+//!
 //! The thread ends when the channel is closed or when the last [`WorkerLink`] (held by the
 //! kombu-rs channel, its consumer streams and its unsettled deliveries) is dropped.
 
@@ -33,7 +42,7 @@ use kombu_core::{Error, ErrorKind, QosOptions, Result};
 use tracing::debug;
 
 use super::connection::ConnectionHandle;
-use super::consume::{ConsumerEntry, Tracking};
+use super::consume::{ConsumerEntry, Resume, Tracking};
 use super::control::Control;
 
 /// Work for a channel worker, run on its thread.
@@ -108,6 +117,8 @@ pub(crate) fn spawn(connection: ConnectionHandle) -> Result<Arc<WorkerLink>> {
         epoch: 0,
         stop: false,
         close_replies: Vec::new(),
+        resume: Vec::new(),
+        pending: None,
     };
     std::thread::Builder::new()
         .name("kombu-amiquip-ch".into())
@@ -133,6 +144,11 @@ pub(crate) struct Core {
     pub(crate) stop: bool,
     /// `close` calls to answer once the channels are closed.
     close_replies: Vec<tokio::sync::oneshot::Sender<Result<()>>>,
+    /// Consumers of an epoch that ended with the connection, to consume again.
+    pub(crate) resume: Vec<Resume>,
+    /// A job received while the consume channel was of an older connection, run first in
+    /// the next epoch.
+    pending: Option<Job>,
 }
 
 /// A worker with its current consume channel (opened on first use) and the consumers on it.
@@ -143,6 +159,11 @@ pub(crate) struct Worker<'c> {
     pub(crate) tracking: Tracking,
     /// The server closed the consume channel: serve no more on it, open a new one.
     pub(crate) consume_closed: bool,
+    /// The consume channel went with the connection: its consumers are resumed in the next
+    /// epoch rather than ended.
+    pub(crate) lost: bool,
+    /// The generation of the connection the consume channel is on, once opened.
+    pub(crate) consume_generation: u64,
 }
 
 fn run(mut core: Core, inbox: &Receiver<Job>) {
@@ -156,6 +177,8 @@ fn run(mut core: Core, inbox: &Receiver<Job>) {
                 consume: &consume,
                 consumers: HashMap::new(),
                 consume_closed: false,
+                lost: false,
+                consume_generation: 0,
             };
             worker.serve(inbox);
             let reopen = worker.consume_closed && !worker.core.stop;
@@ -182,13 +205,32 @@ fn run(mut core: Core, inbox: &Receiver<Job>) {
 impl Worker<'_> {
     /// The state to keep; the consumers (which borrow the consume channel) are dropped,
     /// each cancelling itself, before the channel is closed.
-    fn into_core(self) -> Core {
+    fn into_core(mut self) -> Core {
+        if self.lost && !self.core.stop {
+            for (tag, entry) in self.consumers.drain() {
+                if let Some(resume) = entry.into_resume(tag) {
+                    self.core.resume.push(resume);
+                }
+            }
+        }
         drop(self.consumers);
         self.core
     }
 
+    /// Whether the consume channel is on a connection that recovery has replaced.
+    fn is_stale(&self) -> bool {
+        self.consume.get().is_some() && self.consume_generation != self.core.connection.state.generation()
+    }
+
     /// Serve jobs and consumer messages until stopped or the consume channel is closed.
     fn serve(&mut self, inbox: &Receiver<Job>) {
+        // The held-back job before resuming: it may be the `cancel` of a consumer to resume.
+        if let Some(job) = self.core.pending.take() {
+            job(self);
+        }
+        if !self.core.stop && !self.consume_closed {
+            self.resume_consumers();
+        }
         while !self.core.stop && !self.consume_closed {
             // Cloned receivers (cheap handles) so the select borrows nothing of `self`.
             let receivers: Vec<(Arc<str>, Receiver<amiquip::ConsumerMessage>)> = self
@@ -205,6 +247,11 @@ impl Worker<'_> {
             let index = ready.index();
             if index == jobs {
                 match ready.recv(inbox) {
+                    Ok(job) if self.is_stale() => {
+                        self.core.pending = Some(job);
+                        self.lost = true;
+                        self.consume_closed = true;
+                    }
                     Ok(job) => job(self),
                     Err(_) => self.core.stop = true, // every link dropped
                 }
