@@ -101,7 +101,8 @@
 //! `amqp-amiquip`) the same transport also runs over amiquip, a blocking client, on threads
 //! of its own: `amqp+amiquip://` URLs, `AMIQUIP_DESCRIPTOR`. Its module docs
 //! (`amiquip_driver`) have the threads, the data flow and a capability table comparing
-//! the two; in short, the amiquip driver does not reconnect by itself.
+//! the two; it recovers a lost connection the same way (same options, failover list,
+//! re-declared topology, resumed consumers).
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "amiquip")]

@@ -56,7 +56,10 @@
 //! | ack tag tracking (double ack → `MessageState`) | ✅ | ✅ |
 //! | unacked restored on close, crash-safe acks | ✅ broker-side | ✅ broker-side |
 //! | `recover(requeue = true)` | ✅ | ✅ |
-//! | **lost connection** | reconnects, re-declares the topology, resumes consumers | a recoverable `Connection` error; the transport reports itself disconnected and the facade's `ensure_connection` connects anew (topology is declared again by the application / facade's declaration cache, consumers are not resumed) |
+//! | **lost connection** | reconnects, re-declares the topology, resumes consumers | the same, with the same recovery options and failover order; the reconnection starts when a channel is next needed (a consumer's channel needs one at once) |
+//! | operation caught by the loss | control operations retried once on the new connection | the same for declarations, deletions and purges; a `get`, `qos` or `recover` on the dead consume channel is a recoverable `Connection` error once, the next call runs on the new connection |
+//! | publish caught by the loss | confirm, or a recoverable `Connection` error: may or may not have been stored | the same (never retried by the driver) |
+//! | channel `close` during a recovery | at once | waits for the recovery to end (the worker is blocked in it) |
 //! | `frame_max` option | ✅ | no effect (amiquip negotiates its own) |
 //! | headers with non-UTF-8 long strings (`S`) received | as bytes | amiquip's parser rejects the frame and drops the connection |
 //! | broker-chosen consumer tag | the kombu-rs tag is sent | amiquip always lets the broker name the consumer; deliveries carry the kombu-rs tag |
@@ -86,7 +89,7 @@ use connection::ConnectionHandle;
 pub const AMIQUIP_SCHEMES: &[&str] = &["amqp+amiquip", "pyamqp+amiquip"];
 
 /// What the amiquip driver supports: RabbitMQ's model, as the lapin driver; what differs
-/// (no reconnection) has no capability flag and is in the table above.
+/// has no capability flag and is in the table above.
 pub const AMIQUIP_CAPABILITIES: Capabilities = crate::CAPABILITIES;
 
 /// The registry entry of the amiquip driver.
@@ -117,7 +120,14 @@ fn connect(options: ConnectOptions) -> ConnectFuture {
         // handshake too (the thread finishes on its own and closes what it opened).
         let connection = tokio::time::timeout(
             timeout + std::time::Duration::from_secs(1),
-            ConnectionHandle::open(url, settings.display.clone()),
+            ConnectionHandle::open(
+                url,
+                settings.display.clone(),
+                connection::Recovery {
+                    settings: settings.clone(),
+                    alternates: options.alternates.clone(),
+                },
+            ),
         )
         .await
         .map_err(|_| {
@@ -137,7 +147,7 @@ fn connect(options: ConnectOptions) -> ConnectFuture {
 
 /// The URL amiquip connects with, written from the parsed settings (credentials and vhost
 /// percent-encoded; `heartbeat`, `channel_max` and the connect timeout as its query).
-fn amiquip_url(settings: &Settings) -> String {
+pub(super) fn amiquip_url(settings: &Settings) -> String {
     let endpoint = settings.endpoint();
     let encode = |text: &str| utf8_percent_encode(text, NON_ALPHANUMERIC).to_string();
     let user = &endpoint.authority.userinfo;
@@ -183,20 +193,18 @@ impl Transport for AmiquipTransport {
         if self.connection.state.is_closed() {
             return Err(Error::new(ErrorKind::Closed, "the amqp connection is closed"));
         }
-        if self.connection.state.is_lost() {
-            return Err(Error::new(
-                ErrorKind::Connection,
-                format!("the amqp connection to {} was lost", self.connection.display),
-            ));
+        if self.connection.state.gave_up() {
+            return Err(self.connection.state.gave_up_error(&self.connection.display));
         }
         let channel = channel::AmiquipChannel::new(self.connection.clone(), self.confirm_publish)?;
         Ok(Arc::new(channel))
     }
 
-    /// False once an operation found the connection gone: this driver does not reconnect,
-    /// so the facade must replace the transport.
+    /// True while the connection works or may still be recovered: the driver reconnects by
+    /// itself, so the facade must not replace it (and lose its topology and consumers) on
+    /// a brief outage. False once closed, or once recovery ran out of attempts.
     fn is_connected(&self) -> bool {
-        !self.connection.state.is_closed() && !self.connection.state.is_lost()
+        self.connection.state.is_usable()
     }
 
     async fn close(&self) -> Result<()> {
