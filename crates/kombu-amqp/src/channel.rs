@@ -917,14 +917,22 @@ impl Channel for AmqpChannel {
             let _ = entry.cancel.send(true);
         }
         if let Some(open) = self.control.peek() {
-            open.report_returns().await;
+            if crate::session::bounded_close(open.report_returns())
+                .await
+                .is_none()
+            {
+                warn!("amqp returned messages not collected within the close timeout");
+            }
         }
         // Closing the channels makes the broker requeue what they had unacked.
         for slot in [&self.control, &self.consume] {
             if let Some(open) = slot.peek() {
                 if open.channel.status().connected() {
-                    if let Err(e) = open.channel.close(200, "kombu-rs channel closed".into()).await {
-                        warn!(error = %e, "amqp channel close failed");
+                    let closing = open.channel.close(200, "kombu-rs channel closed".into());
+                    match crate::session::bounded_close(closing).await {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => warn!(error = %e, "amqp channel close failed"),
+                        None => warn!("amqp channel close not confirmed within the close timeout"),
                     }
                 }
             }

@@ -256,7 +256,7 @@ impl Session {
                     .map_err(|e| from_lapin(Op::OpenChannel, e))?;
             }
         }
-        let _ = channel.close(200, "topology restored".into()).await;
+        let _ = bounded_close(channel.close(200, "topology restored".into())).await;
         Ok(())
     }
 
@@ -282,16 +282,27 @@ impl Session {
         if live.is_connected() {
             // Channels already closing make lapin report an error here although the
             // connection closes all the same: logged, not returned.
-            if let Err(e) = live
-                .connection
-                .close(200, "kombu-rs connection closed".into())
-                .await
-            {
-                debug!(error = %e, "amqp connection close reported an error");
+            let closing = live.connection.close(200, "kombu-rs connection closed".into());
+            match bounded_close(closing).await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => debug!(error = %e, "amqp connection close reported an error"),
+                None => warn!("amqp connection close not confirmed within the close timeout"),
             }
         }
         Ok(())
     }
+}
+
+/// How long a close handshake (`channel.close`, `connection.close`) may wait for the broker's
+/// `close-ok`.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `fut` (a close handshake), given up after [`CLOSE_TIMEOUT`] (`None`). Closing must end even
+/// when the broker, or lapin's side of a connection that is going away, never answers: a hung
+/// `close` would hang the application's shutdown. Dropping the handshake loses nothing: what
+/// the channel had unacked the broker requeues when the socket goes.
+pub(crate) async fn bounded_close<T>(fut: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(CLOSE_TIMEOUT, fut).await.ok()
 }
 
 /// The URLs to recover on, in the order to try them, starting with `from` (the index of the
