@@ -6,6 +6,7 @@
 //! (which the matrix installs too).
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used, reason = "test support")]
 
+pub(crate) mod failover;
 pub(crate) mod restart;
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
