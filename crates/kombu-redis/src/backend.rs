@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kombu_core::envelope::{to_python_json, BodyEncoding};
+use kombu_core::router::CompiledBinding;
 use kombu_core::virtual_transport::{Claimed, StoredBinding, StoredRoutes, VirtualBackend};
 use kombu_core::{
     Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, FieldTable, Queue, Result, Value,
@@ -258,8 +259,6 @@ impl Inner {
         Ok(())
     }
 
-    /// Push the `x-expires` deadline of the queues among `queues` that have one (Redis
-    /// expires their lists, as Kombu 5.7 does). Best effort: a failure only shortens a life.
     /// [`put_routed`](VirtualBackend::put_routed) for a publisher that declared the exchange
     /// and routes to queues itself: one pipelined round trip reads the binding set and pushes
     /// to those queues (`SMEMBERS` + `LPUSH`es, a fraction of the routing script's server
@@ -299,14 +298,10 @@ impl Inner {
             if routed.contains(&member.queue) {
                 continue;
             }
-            let hit = match kind {
-                ExchangeType::Fanout => true,
-                ExchangeType::Topic => {
-                    kombu_core::router::TopicPattern::new(&member.routing_key).matches(routing_key)
-                }
-                _ => member.routing_key == routing_key,
-            };
-            if hit {
+            // The router's matching, by the declared type, as for local bindings.
+            let binding =
+                CompiledBinding::new(kind, member.queue.as_str(), member.routing_key, FieldTable::new());
+            if binding.matches(routing_key, &envelope.message.headers) {
                 foreign
                     .cmd("LPUSH")
                     .arg(self.keys.key_for_priority(&member.queue, priority))
@@ -326,6 +321,8 @@ impl Inner {
         Ok(routed.len())
     }
 
+    /// Push the `x-expires` deadline of the queues among `queues` that have one (Redis
+    /// expires their lists, as Kombu 5.7 does). Best effort: a failure only shortens a life.
     async fn refresh_expiry(&self, queues: &[String]) {
         let mut pipe = redis::pipe();
         let mut any = false;
@@ -990,8 +987,7 @@ impl VirtualBackend for RedisBackend {
         envelope: &Envelope,
     ) -> Result<Option<usize>> {
         let inner = &self.inner;
-        let declared = kind;
-        let kind = match kind {
+        let script_kind = match kind {
             None => "",
             Some(ExchangeType::Direct) => "direct",
             Some(ExchangeType::Topic) => "topic",
@@ -1002,7 +998,7 @@ impl VirtualBackend for RedisBackend {
                     .with_context("type", other.as_str()))
             }
         };
-        if let (Some(declared), false) = (declared, local.is_empty()) {
+        if let (Some(declared), false) = (kind, local.is_empty()) {
             return inner
                 .put_routed_pipelined(exchange, declared, routing_key, local, envelope)
                 .await
@@ -1011,7 +1007,7 @@ impl VirtualBackend for RedisBackend {
         let mut invocation = scripts::ROUTE_AND_PUSH.prepare_invoke();
         invocation
             .key(inner.keys.binding_set(exchange))
-            .arg(kind)
+            .arg(script_kind)
             .arg(routing_key)
             .arg(inner.keys.sep())
             .arg(inner.keys.prefix())
