@@ -442,6 +442,8 @@ enum Prepared {
     Routed(Envelope, RouteTarget),
     /// To a named exchange of a backend that stores bindings: routing needs the broker.
     RouteWithStored(Envelope, PublishOptions),
+    /// Routed to no queue and not mandatory: nothing to do (AMQP drops it).
+    Dropped,
 }
 
 impl<B: VirtualBackend> ChannelInner<B> {
@@ -473,7 +475,8 @@ impl<B: VirtualBackend> ChannelInner<B> {
             self.route_local(exchange, routing_key, &message)?
         };
         if matches!(&target, RouteTarget::Queues(queues) if queues.is_empty()) {
-            unroutable(&options)?;
+            // An error when mandatory, else dropped here, before any envelope is made.
+            return unroutable(&options).map(|()| Prepared::Dropped);
         }
         // Routed: the options' names move into the envelope instead of being copied.
         let mut envelope = Envelope::with_names(message, options.exchange, options.routing_key);
@@ -483,19 +486,31 @@ impl<B: VirtualBackend> ChannelInner<B> {
 
     /// Route a publish to a named exchange with the bindings the backend stores (on the
     /// broker itself where the backend can), then deliver it.
-    async fn publish_with_stored(&self, envelope: Envelope, options: PublishOptions) -> Result<()> {
-        if self.backend.routes_on_broker() {
-            if let Some(routed) = Box::pin(self.publish_routed_on_broker(&envelope, &options)).await? {
-                return routed;
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would store its arguments twice"
+    )]
+    fn publish_with_stored(
+        &self,
+        envelope: Envelope,
+        options: PublishOptions,
+    ) -> impl Future<Output = Result<()>> + Send + '_ {
+        async move {
+            // This whole future is boxed by `publish` (only on this path), so its awaits are not
+            // boxed again.
+            if self.backend.routes_on_broker() {
+                if let Some(routed) = self.publish_routed_on_broker(&envelope, &options).await? {
+                    return routed;
+                }
             }
-        }
-        let target =
-            Box::pin(self.route_with_stored(&options.exchange, &options.routing_key, &envelope.message))
+            let target = self
+                .route_with_stored(&options.exchange, &options.routing_key, &envelope.message)
                 .await?;
-        if matches!(&target, RouteTarget::Queues(queues) if queues.is_empty()) {
-            return unroutable(&options);
+            if matches!(&target, RouteTarget::Queues(queues) if queues.is_empty()) {
+                return unroutable(&options);
+            }
+            self.deliver(envelope, target).await
         }
-        self.deliver(envelope, target).await
     }
 
     /// Append a routed message: one copy per queue, or one broadcast for a native fanout.
@@ -1023,6 +1038,7 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
         let inner = &*self.inner;
         match inner.prepare_publish(message, options) {
             Err(e) => Box::pin(std::future::ready(Err(e))),
+            Ok(Prepared::Dropped) => Box::pin(std::future::ready(Ok(()))),
             Ok(Prepared::Routed(envelope, target)) => Box::pin(inner.deliver(envelope, target)),
             Ok(Prepared::RouteWithStored(envelope, options)) => {
                 Box::pin(inner.publish_with_stored(envelope, options))
