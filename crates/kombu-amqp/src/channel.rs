@@ -283,7 +283,7 @@ impl ChannelCore {
     async fn declare_and_record(&self, declaration: Declaration) -> Result<()> {
         let open = self.control(false).await?;
         declare(&open.channel, &declaration).await?;
-        self.session.record(declaration);
+        self.session.topology.record(declaration);
         Ok(())
     }
 
@@ -609,7 +609,7 @@ impl Channel for AmqpChannel {
             }
         })
         .await?;
-        self.session.with_topology(|t| t.forget_exchange(name));
+        self.session.topology.forget_exchange(name);
         Ok(())
     }
 
@@ -638,7 +638,7 @@ impl Channel for AmqpChannel {
             .await?;
         // Server-named queues ("amq.gen-…") cannot be declared again by name: not recorded.
         if !passive && !queue.name.is_empty() {
-            self.session.record(Declaration::Queue(QueueDeclaration {
+            self.session.topology.record(Declaration::Queue(QueueDeclaration {
                 name: queue.name.clone(),
                 durable: queue.durable,
                 exclusive: queue.exclusive,
@@ -672,7 +672,8 @@ impl Channel for AmqpChannel {
         })
         .await?;
         self.session
-            .with_topology(|t| t.forget(&Declaration::Binding(binding.clone())));
+            .topology
+            .forget(&Declaration::Binding(binding.clone()));
         Ok(())
     }
 
@@ -709,7 +710,8 @@ impl Channel for AmqpChannel {
         })
         .await?;
         self.session
-            .with_topology(|t| t.forget(&Declaration::ExchangeBinding(binding.clone())));
+            .topology
+            .forget(&Declaration::ExchangeBinding(binding.clone()));
         Ok(())
     }
 
@@ -741,7 +743,7 @@ impl Channel for AmqpChannel {
                 }
             })
             .await?;
-        self.session.with_topology(|t| t.forget_queue(queue));
+        self.session.topology.forget_queue(queue);
         Ok(u64::from(count))
     }
 

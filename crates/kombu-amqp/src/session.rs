@@ -13,7 +13,7 @@
 //! one that knows nothing of what was declared.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use kombu_core::{BrokerUrl, ConnectOptions, Error, ErrorKind, Result};
@@ -56,7 +56,7 @@ pub(crate) struct Session {
     current: RwLock<Live>,
     /// Held while reconnecting, so one caller reconnects and the others wait.
     reconnecting: tokio::sync::Mutex<()>,
-    topology: Mutex<Topology>,
+    pub(crate) topology: Topology,
     closed: AtomicBool,
     /// Set when a recovery ran out of attempts: the facade then fails over to the next URL.
     gave_up: AtomicBool,
@@ -94,7 +94,7 @@ impl Session {
                 url_index: 0,
             }),
             reconnecting: tokio::sync::Mutex::new(()),
-            topology: Mutex::new(Topology::default()),
+            topology: Topology::default(),
             closed: AtomicBool::new(false),
             gave_up: AtomicBool::new(false),
         }))
@@ -230,11 +230,7 @@ impl Session {
 
     /// Declare every recorded entity again on `connection`.
     async fn replay(&self, connection: &lapin::Connection) -> Result<()> {
-        let entries = self
-            .topology
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entries();
+        let entries = self.topology.entries();
         if entries.is_empty() {
             return Ok(());
         }
@@ -258,19 +254,6 @@ impl Session {
         }
         let _ = bounded_close(channel.close(200, "topology restored".into())).await;
         Ok(())
-    }
-
-    /// Remember a successful declaration for recovery.
-    pub(crate) fn record(&self, declaration: Declaration) {
-        self.with_topology(|t| t.record(declaration));
-    }
-
-    /// Update the recorded topology.
-    pub(crate) fn with_topology(&self, f: impl FnOnce(&mut Topology)) {
-        f(&mut self
-            .topology
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()));
     }
 
     /// Close the connection; channels and consumers end.

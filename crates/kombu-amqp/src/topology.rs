@@ -9,6 +9,8 @@
 //! consumer is used again. The record holds kombu-rs types only, so both drivers share it
 //! (the lapin driver in `session`, the amiquip driver on its connection thread).
 
+use std::sync::Mutex;
+
 use kombu_core::{Exchange, ExchangeBinding, FieldTable, QueueBinding};
 
 /// A queue declaration as sent to the broker.
@@ -30,16 +32,24 @@ pub(crate) enum Declaration {
     ExchangeBinding(ExchangeBinding),
 }
 
-/// The declarations of one connection, in the order they were made.
+/// The declarations of one connection, in the order they were made. Shared by the
+/// connection's channels (each records what it declared) and its recovery (which replays
+/// them), so it locks itself.
 #[derive(Debug, Default)]
 pub(crate) struct Topology {
-    entries: Vec<Declaration>,
+    entries: Mutex<Vec<Declaration>>,
 }
 
 impl Topology {
+    fn entries_mut(&self) -> std::sync::MutexGuard<'_, Vec<Declaration>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Record a declaration (a repeat of an identical one is not recorded twice; a changed
     /// one replaces the old entry).
-    pub(crate) fn record(&mut self, declaration: Declaration) {
+    pub(crate) fn record(&self, declaration: Declaration) {
         let same_entity = |existing: &Declaration| match (existing, &declaration) {
             (Declaration::Exchange(a), Declaration::Exchange(b)) => a.name == b.name,
             (Declaration::Queue(a), Declaration::Queue(b)) => a.name == b.name,
@@ -47,15 +57,16 @@ impl Topology {
             (Declaration::ExchangeBinding(a), Declaration::ExchangeBinding(b)) => a == b,
             _ => false,
         };
-        match self.entries.iter().position(same_entity) {
-            Some(i) => self.entries[i] = declaration,
-            None => self.entries.push(declaration),
+        let mut entries = self.entries_mut();
+        match entries.iter().position(same_entity) {
+            Some(i) => entries[i] = declaration,
+            None => entries.push(declaration),
         }
     }
 
     /// Forget a deleted exchange and the bindings to and from it.
-    pub(crate) fn forget_exchange(&mut self, name: &str) {
-        self.entries.retain(|d| match d {
+    pub(crate) fn forget_exchange(&self, name: &str) {
+        self.entries_mut().retain(|d| match d {
             Declaration::Exchange(e) => e.name != name,
             Declaration::Binding(b) => b.exchange != name,
             Declaration::ExchangeBinding(b) => b.source != name && b.destination != name,
@@ -64,8 +75,8 @@ impl Topology {
     }
 
     /// Forget a deleted queue and its bindings.
-    pub(crate) fn forget_queue(&mut self, name: &str) {
-        self.entries.retain(|d| match d {
+    pub(crate) fn forget_queue(&self, name: &str) {
+        self.entries_mut().retain(|d| match d {
             Declaration::Queue(q) => q.name != name,
             Declaration::Binding(b) => b.queue != name,
             _ => true,
@@ -73,14 +84,14 @@ impl Topology {
     }
 
     /// Forget one binding.
-    pub(crate) fn forget(&mut self, declaration: &Declaration) {
-        self.entries.retain(|d| d != declaration);
+    pub(crate) fn forget(&self, declaration: &Declaration) {
+        self.entries_mut().retain(|d| d != declaration);
     }
 
     /// Every declaration, in order: exchanges and queues come before the bindings that
     /// were made after them.
     pub(crate) fn entries(&self) -> Vec<Declaration> {
-        self.entries.clone()
+        self.entries_mut().clone()
     }
 }
 
@@ -100,7 +111,7 @@ mod tests {
 
     #[test]
     fn replays_in_order_without_duplicates_or_deleted_entities() {
-        let mut t = Topology::default();
+        let t = Topology::default();
         t.record(Declaration::Exchange(Exchange::topic("ex")));
         t.record(queue("q1"));
         t.record(queue("q2"));

@@ -107,6 +107,7 @@ impl Channel for AmiquipChannel {
         .await?;
         self.connection
             .state
+            .topology
             .record(Declaration::Exchange(exchange.clone()));
         Ok(())
     }
@@ -118,9 +119,7 @@ impl Channel for AmiquipChannel {
         let forget = name.clone();
         self.on_control(Op::DeleteExchange, move |ch| ch.exchange_delete(&name, if_unused))
             .await?;
-        self.connection
-            .state
-            .with_topology(|t| t.forget_exchange(&forget));
+        self.connection.state.topology.forget_exchange(&forget);
         Ok(())
     }
 
@@ -160,7 +159,7 @@ impl Channel for AmiquipChannel {
             })
             .await?;
         if let Some(declaration) = record {
-            self.connection.state.record(declaration);
+            self.connection.state.topology.record(declaration);
         }
         Ok(declared)
     }
@@ -173,6 +172,7 @@ impl Channel for AmiquipChannel {
         .await?;
         self.connection
             .state
+            .topology
             .record(Declaration::Binding(binding.clone()));
         Ok(())
     }
@@ -185,7 +185,8 @@ impl Channel for AmiquipChannel {
         .await?;
         self.connection
             .state
-            .with_topology(|t| t.forget(&Declaration::Binding(binding.clone())));
+            .topology
+            .forget(&Declaration::Binding(binding.clone()));
         Ok(())
     }
 
@@ -197,6 +198,7 @@ impl Channel for AmiquipChannel {
         .await?;
         self.connection
             .state
+            .topology
             .record(Declaration::ExchangeBinding(binding.clone()));
         Ok(())
     }
@@ -209,7 +211,8 @@ impl Channel for AmiquipChannel {
         .await?;
         self.connection
             .state
-            .with_topology(|t| t.forget(&Declaration::ExchangeBinding(binding.clone())));
+            .topology
+            .forget(&Declaration::ExchangeBinding(binding.clone()));
         Ok(())
     }
 
@@ -231,7 +234,7 @@ impl Channel for AmiquipChannel {
         let deleted = self
             .on_control(Op::DeleteQueue, move |ch| ch.queue_delete(&name, delete_options))
             .await?;
-        self.connection.state.with_topology(|t| t.forget_queue(queue));
+        self.connection.state.topology.forget_queue(queue);
         Ok(u64::from(deleted))
     }
 

@@ -29,7 +29,7 @@
 //! then never causes a second reconnection.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -61,7 +61,7 @@ pub(crate) struct ConnectionState {
     /// Which connection is current: 1 for the first, one more after each recovery.
     generation: AtomicU64,
     /// What was declared through this connection, declared again by each recovery.
-    topology: Mutex<Topology>,
+    pub(crate) topology: Topology,
 }
 
 impl Default for ConnectionState {
@@ -70,7 +70,7 @@ impl Default for ConnectionState {
             closed: AtomicBool::new(false),
             gave_up: AtomicBool::new(false),
             generation: AtomicU64::new(1),
-            topology: Mutex::new(Topology::default()),
+            topology: Topology::default(),
         }
     }
 }
@@ -99,19 +99,6 @@ impl ConnectionState {
     /// connection thread finds out itself at the next channel request (module docs).
     pub(crate) fn observe(&self, op: Op, error: amiquip::Error) -> Error {
         from_amiquip(op, error)
-    }
-
-    /// Remember a successful declaration for recovery.
-    pub(crate) fn record(&self, declaration: Declaration) {
-        self.with_topology(|t| t.record(declaration));
-    }
-
-    /// Update the recorded topology.
-    pub(crate) fn with_topology(&self, f: impl FnOnce(&mut Topology)) {
-        f(&mut self
-            .topology
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()));
     }
 
     /// The error for an operation on a connection recovery gave up on.
@@ -361,11 +348,7 @@ fn sleep_unless_closed(state: &ConnectionState, delay: Duration) -> bool {
 /// redeclared elsewhere with other arguments) is logged and skipped so the rest come back;
 /// a lost connection fails the attempt.
 fn replay(connection: &mut amiquip::Connection, state: &ConnectionState) -> Result<()> {
-    let entries = state
-        .topology
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .entries();
+    let entries = state.topology.entries();
     if entries.is_empty() {
         return Ok(());
     }
