@@ -236,16 +236,6 @@ impl Settings {
     pub(crate) fn uri(&self) -> AMQPUri {
         self.uri.clone()
     }
-
-    /// Where and as whom to connect, parsed once for both drivers (lapin's plain URI struct;
-    /// the amiquip driver writes its own URL from it).
-    #[cfg_attr(
-        not(feature = "amiquip"),
-        allow(dead_code, reason = "only the amiquip driver asks")
-    )]
-    pub(crate) fn endpoint(&self) -> &AMQPUri {
-        &self.uri
-    }
 }
 
 /// The suffix of the schemes that select the amiquip driver (`amqp+amiquip://`).
@@ -371,8 +361,8 @@ mod tests {
             Driver::Amiquip,
         )
         .unwrap();
-        assert_eq!(s.endpoint().authority.host, "rabbit");
-        assert_eq!(s.endpoint().vhost, "prod");
+        assert_eq!(s.uri().authority.host, "rabbit");
+        assert_eq!(s.uri().vhost, "prod");
         let err = Settings::from_options(&options("amqp+amiquip://h/")).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidUrl);
         assert!(err.to_string().contains("amqp-amiquip"), "{err}");

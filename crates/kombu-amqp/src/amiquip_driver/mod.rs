@@ -148,7 +148,7 @@ fn connect(options: ConnectOptions) -> ConnectFuture {
 /// The URL amiquip connects with, written from the parsed settings (credentials and vhost
 /// percent-encoded; `heartbeat`, `channel_max` and the connect timeout as its query).
 pub(super) fn amiquip_url(settings: &Settings) -> String {
-    let endpoint = settings.endpoint();
+    let endpoint = settings.uri();
     let encode = |text: &str| utf8_percent_encode(text, NON_ALPHANUMERIC).to_string();
     let user = &endpoint.authority.userinfo;
     let mut query = vec![format!(
