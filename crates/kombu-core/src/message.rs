@@ -136,6 +136,15 @@ pub trait Acknowledger: Send + Sync + 'static {
     /// Reject: drop it (or dead-letter it), or with `requeue` make it available again with
     /// `redelivered` set.
     async fn reject(&self, tag: u64, requeue: bool) -> Result<()>;
+
+    /// Acknowledge without a future when nothing has to be awaited (a virtual channel whose
+    /// broker already forgot the message, as the memory transport's does): `Some` with the
+    /// outcome, or `None` to say that [`ack`](Acknowledger::ack) must be awaited. Callers try
+    /// this first, so the common in-process ack costs no boxed future.
+    fn ack_now(&self, tag: u64) -> Option<Result<()>> {
+        let _ = tag;
+        None
+    }
 }
 
 /// How a delivery is settled: the channel's acknowledger and the channel-local tag.

@@ -263,7 +263,10 @@ impl Message {
             // Delivered with no_ack: nothing to tell the broker (Kombu: silent no-op).
             None => Ok(()),
             Some(handle) => match requeue {
-                None => handle.acknowledger.ack(handle.tag).await,
+                None => match handle.acknowledger.ack_now(handle.tag) {
+                    Some(settled) => settled,
+                    None => handle.acknowledger.ack(handle.tag).await,
+                },
                 Some(requeue) => handle.acknowledger.reject(handle.tag, requeue).await,
             },
         };

@@ -767,6 +767,22 @@ impl<B: VirtualBackend> Acknowledger for ChannelInner<B> {
         }
     }
 
+    fn ack_now(&self, tag: u64) -> Option<Result<()>> {
+        let settled = {
+            let mut unacked = self.lock_unacked();
+            match unacked.get(&tag) {
+                None => return Some(Err(unknown_tag(tag))),
+                // The broker holds it until acked: `ack` must tell it.
+                Some(u) if u.claimed.receipt.is_some() => return None,
+                Some(_) => unacked.remove(&tag),
+            }
+        };
+        // Dropped after the lock is released.
+        drop(settled);
+        self.wakeup.notify_one();
+        Some(Ok(()))
+    }
+
     async fn reject(&self, tag: u64, requeue: bool) -> Result<()> {
         let unacked = self.lock_unacked().remove(&tag);
         let Some(u) = unacked else {
