@@ -31,7 +31,7 @@ use crate::venv::{self, Venv};
 
 /// Help text of the subcommand.
 pub(crate) const USAGE: &str = "\
-cargo xtask bench [--messages N] [--latency-samples M] [--size BYTES]
+cargo xtask bench [--messages N] [--latency-samples M] [--size BYTES] [--rounds R]
 
 Ensures the Python venv .venv (Kombu from tests/python/requirements.txt), builds
 the kombu CLI in release mode, runs kombu-rs (`kombu bench`), the raw baseline
@@ -43,7 +43,10 @@ Options:
                         groups of slow transports cap it, e.g. sqlite at 5000)
   --latency-samples M   publish→receive round trips for p50/p99 (default 2000;
                         capped likewise, e.g. sqlite at 1000)
-  --size BYTES          approximate serialized JSON body size (default 100)";
+  --size BYTES          approximate serialized JSON body size (default 100)
+  --rounds R            run every entry of a group R times, interleaved
+                        (kombu-rs, raw, Python, then again), and report the
+                        median of each number (default 3)";
 
 /// Where the report goes, relative to the workspace root.
 const REPORT: &str = "docs/BENCHMARKS.md";
@@ -56,6 +59,8 @@ struct Options {
     messages: u64,
     latency_samples: u64,
     size: u64,
+    /// Interleaved repetitions of every entry; the report shows medians.
+    rounds: u64,
 }
 
 impl Default for Options {
@@ -64,12 +69,13 @@ impl Default for Options {
             messages: 100_000,
             latency_samples: 2_000,
             size: 100,
+            rounds: 3,
         }
     }
 }
 
 impl Options {
-    /// The workload flags shared by every entry.
+    /// The workload flags shared by every entry (the rounds are the xtask's own).
     fn flags(&self) -> Vec<String> {
         vec![
             "--messages".into(),
@@ -89,6 +95,7 @@ fn parse_options(mut args: Args) -> Result<Options> {
             "--messages" => options.messages = positive(&args.value(&flag)?, &flag)?,
             "--latency-samples" => options.latency_samples = positive(&args.value(&flag)?, &flag)?,
             "--size" => options.size = positive(&args.value(&flag)?, &flag)?,
+            "--rounds" => options.rounds = positive(&args.value(&flag)?, &flag)?,
             _ => return args.unknown(&flag),
         }
     }
@@ -125,6 +132,7 @@ impl BenchGroup {
             messages: cap(options.messages, self.max_messages),
             latency_samples: cap(options.latency_samples, self.max_latency_samples),
             size: options.size,
+            rounds: options.rounds,
         }
     }
 }
@@ -231,12 +239,36 @@ struct GroupResult {
     group: &'static BenchGroup,
     /// The workload its entries ran (the run's, capped by the group).
     workload: Options,
+    /// One measurement per entry: the median of its rounds, number by number.
     runs: Vec<(Role, Measurement)>,
+    /// Every round's total msg/s per entry, in the order they ran (the spread behind a median).
+    round_totals: Vec<(Role, Vec<f64>)>,
 }
 
 impl GroupResult {
     fn get(&self, role: Role) -> Option<&Measurement> {
         self.runs.iter().find(|(r, _)| *r == role).map(|(_, m)| m)
+    }
+
+    /// The per-round totals behind the medians (`None` for a single round).
+    fn spread(&self) -> Option<String> {
+        let rounds = self.round_totals.first().map_or(0, |(_, t)| t.len());
+        if rounds < 2 {
+            return None;
+        }
+        let entries: Vec<String> = self
+            .round_totals
+            .iter()
+            .map(|(role, totals)| {
+                let name = self.get(*role).map_or("?", |m| m.name.as_str());
+                let values: Vec<String> = totals.iter().map(|t| thousands(*t)).collect();
+                format!("{name} {}", values.join(" / "))
+            })
+            .collect();
+        Some(format!(
+            "total msg/s in each of the {rounds} rounds: {}",
+            entries.join("; ")
+        ))
     }
 
     /// Ratio lines: kombu-rs ÷ Python Kombu, and raw baseline ÷ kombu-rs.
@@ -330,55 +362,120 @@ fn run_group(
         .provision(root, &format!("bench-{}", group.transport))?;
     let url = format!("{}{}", provisioned.url, group.url_query);
     let options = &group.workload(options);
-    let mut entries: Vec<(Role, Command)> = Vec::new();
-
-    let mut kombu = Command::new(bench_bin);
-    kombu
-        .args(["--url", &url, "bench"])
-        .args(options.flags())
-        .arg("--json");
-    entries.push((Role::KombuRs, kombu));
-    if let Some(baseline) = group.baseline {
-        let mut raw = Command::new(bench_bin);
-        raw.args(["--url", &url, "bench", "--baseline", baseline])
-            .args(options.flags())
-            .arg("--json");
-        entries.push((Role::Baseline, raw));
-    }
-    let mut python = Command::new(venv.python());
-    python
-        .arg(root.join(PYTHON_BENCH))
-        .args(["--url", &(group.python_url)(&url)])
-        .args(options.flags());
-    entries.push((Role::Python, python));
-
-    let mut runs = Vec::new();
-    for (role, mut command) in entries {
-        command.current_dir(root);
-        println!("bench: {}: {}", group.transport, describe(&command));
-        let stdout = run_capture_stdout(&mut command)?;
-        let mut measurement =
-            parse_measurement(&stdout).map_err(|e| Error::new(format!("`{}`: {e}", describe(&command))))?;
-        measurement.name = shorten_temp_paths(&measurement.name, &util::target_dir(root).join("xtask-tmp"));
-        if measurement.messages != options.messages || measurement.size != options.size {
-            println!(
-                "bench: warning: {} reports messages={} size={}, asked for {} and {}",
-                measurement.name, measurement.messages, measurement.size, options.messages, options.size
-            );
+    let entry = |role: Role| -> Command {
+        let mut command = match role {
+            Role::KombuRs => {
+                let mut kombu = Command::new(bench_bin);
+                kombu.args(["--url", &url, "bench"]);
+                kombu
+            }
+            Role::Baseline => {
+                let mut raw = Command::new(bench_bin);
+                raw.args([
+                    "--url",
+                    &url,
+                    "bench",
+                    "--baseline",
+                    group.baseline.unwrap_or_default(),
+                ]);
+                raw
+            }
+            Role::Python => {
+                let mut python = Command::new(venv.python());
+                python
+                    .arg(root.join(PYTHON_BENCH))
+                    .args(["--url", &(group.python_url)(&url)]);
+                python
+            }
+        };
+        command.args(options.flags());
+        if role != Role::Python {
+            command.arg("--json");
         }
-        println!(
-            "bench:   {}: total {} msg/s, p50 {} ms",
-            measurement.name,
-            thousands(measurement.total_msgs_per_s),
-            millis(measurement.latency_p50_ms)
-        );
-        runs.push((role, measurement));
+        command.current_dir(root);
+        command
+    };
+    let mut roles = vec![Role::KombuRs];
+    if group.baseline.is_some() {
+        roles.push(Role::Baseline);
+    }
+    roles.push(Role::Python);
+
+    // Interleaved rounds: a slow spell of the machine hits every entry alike instead of one.
+    let mut measured: Vec<(Role, Vec<Measurement>)> = roles.iter().map(|r| (*r, Vec::new())).collect();
+    for round in 1..=options.rounds {
+        for (role, rounds) in &mut measured {
+            let mut command = entry(*role);
+            println!(
+                "bench: {} (round {round}/{}): {}",
+                group.transport,
+                options.rounds,
+                describe(&command)
+            );
+            let stdout = run_capture_stdout(&mut command)?;
+            let mut measurement = parse_measurement(&stdout)
+                .map_err(|e| Error::new(format!("`{}`: {e}", describe(&command))))?;
+            measurement.name =
+                shorten_temp_paths(&measurement.name, &util::target_dir(root).join("xtask-tmp"));
+            if measurement.messages != options.messages || measurement.size != options.size {
+                println!(
+                    "bench: warning: {} reports messages={} size={}, asked for {} and {}",
+                    measurement.name, measurement.messages, measurement.size, options.messages, options.size
+                );
+            }
+            println!(
+                "bench:   {}: publish {} msg/s, consume+ack {} msg/s, total {} msg/s, p50 {} ms",
+                measurement.name,
+                thousands(measurement.publish_msgs_per_s),
+                thousands(measurement.consume_msgs_per_s),
+                thousands(measurement.total_msgs_per_s),
+                millis(measurement.latency_p50_ms)
+            );
+            rounds.push(measurement);
+        }
+    }
+    let round_totals = measured
+        .iter()
+        .map(|(role, rounds)| (*role, rounds.iter().map(|m| m.total_msgs_per_s).collect()))
+        .collect();
+    let mut runs = Vec::new();
+    for (role, rounds) in measured {
+        if let Some(m) = median_measurement(rounds) {
+            runs.push((role, m));
+        }
     }
     drop(provisioned);
     Ok(GroupResult {
         group,
         workload: *options,
         runs,
+        round_totals,
+    })
+}
+
+/// The median of `values` (the mean of the middle two for an even count); `None` if empty.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+/// One measurement whose every number is the median of that number over `rounds` (named and
+/// sized as the first round).
+fn median_measurement(rounds: Vec<Measurement>) -> Option<Measurement> {
+    let pick = |f: fn(&Measurement) -> f64| median(rounds.iter().map(f).collect());
+    let first = rounds.first()?;
+    Some(Measurement {
+        publish_msgs_per_s: pick(|m| m.publish_msgs_per_s)?,
+        consume_msgs_per_s: pick(|m| m.consume_msgs_per_s)?,
+        total_msgs_per_s: pick(|m| m.total_msgs_per_s)?,
+        latency_p50_ms: pick(|m| m.latency_p50_ms)?,
+        latency_p99_ms: pick(|m| m.latency_p99_ms)?,
+        ..first.clone()
     })
 }
 
@@ -538,11 +635,13 @@ fn markdown(options: &Options, machine: &Machine, date: &str, results: &[GroupRe
         messages,
         latency_samples,
         size,
+        rounds,
     } = *options;
     let Options {
         messages: default_messages,
         latency_samples: default_samples,
         size: default_size,
+        rounds: default_rounds,
     } = Options::default();
     let mut md = String::new();
     let _ = write!(
@@ -553,18 +652,21 @@ fn markdown(options: &Options, machine: &Machine, date: &str, results: &[GroupRe
          _Generated by `cargo xtask bench`; edits are overwritten._\n\n\
          ## How to reproduce\n\n\
          ```sh\n\
-         cargo xtask bench [--messages N] [--latency-samples M] [--size BYTES]\n\
+         cargo xtask bench [--messages N] [--latency-samples M] [--size BYTES] [--rounds R]\n\
          ```\n\n\
          Defaults: {default_messages} messages, {default_samples} latency samples, {default_size}-byte \
-         bodies; the flags of this run are \
+         bodies, {default_rounds} rounds; the flags of this run are \
          under [Run](#run). \
          It creates the Python venv `.venv` with the pinned `tests/python/requirements.txt` if needed, \
          builds the `kombu` CLI (`cargo build --release -p kombu-cli`), and for every transport runs \
          `kombu --url <url> bench`, the raw baseline `kombu bench --baseline <name>` and \
-         `{PYTHON_BENCH} --url <url>`.\n\n\
+         `{PYTHON_BENCH} --url <url>`. \
+         Every entry of a group runs once per round, the entries interleaved (kombu-rs, raw, \
+         Python, then again), so a slow spell of the machine falls on all of them; every number \
+         in the tables is the median over the rounds, and the ratios are taken between medians.\n\n\
          ## Run\n\n\
          - Date: {date}\n\
-         - Command: `cargo xtask bench --messages {messages} --latency-samples {latency_samples} --size {size}`\n\n\
+         - Command: `cargo xtask bench --messages {messages} --latency-samples {latency_samples} --size {size} --rounds {rounds}`\n\n\
          ## Machine\n\n\
          - CPUs (`nproc`): {}\n\
          - CPU model: {}\n\
@@ -606,6 +708,9 @@ fn markdown(options: &Options, machine: &Machine, date: &str, results: &[GroupRe
             for line in ratios {
                 let _ = writeln!(md, "- {line}");
             }
+        }
+        if let Some(line) = result.spread() {
+            let _ = writeln!(md, "- {line}");
         }
     }
     md
@@ -651,21 +756,58 @@ mod tests {
                     measurement("Python Kombu 5.7 memory://", 50_000.0, 62_500.0, 27_777.7),
                 ),
             ],
+            round_totals: vec![
+                (Role::KombuRs, vec![333_333.3, 300_000.0, 350_000.0]),
+                (Role::Baseline, vec![2_000_000.0, 1_900_000.0, 2_100_000.0]),
+                (Role::Python, vec![27_777.7, 27_000.0, 28_000.0]),
+            ],
         }
+    }
+
+    #[test]
+    fn medians_are_taken_number_by_number() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        let mut slow_publish = measurement("kombu-rs memory://", 100.0, 900.0, 90.0);
+        slow_publish.latency_p50_ms = 3.0;
+        let rounds = vec![
+            measurement("kombu-rs memory://", 300.0, 100.0, 75.0),
+            slow_publish,
+            measurement("kombu-rs memory://", 200.0, 200.0, 100.0),
+        ];
+        let m = median_measurement(rounds).expect("three rounds");
+        assert_eq!(
+            (m.publish_msgs_per_s, m.consume_msgs_per_s, m.total_msgs_per_s),
+            (200.0, 200.0, 90.0)
+        );
+        assert_eq!(m.latency_p50_ms, 0.0123);
+        assert_eq!(m.name, "kombu-rs memory://");
+        assert!(median_measurement(Vec::new()).is_none());
     }
 
     #[test]
     fn parses_options() -> Result<()> {
         assert_eq!(parse_options(args(&[]))?, Options::default());
-        let o = parse_options(args(&["--messages", "20", "--latency-samples=5", "--size", "64"]))?;
+        let o = parse_options(args(&[
+            "--messages",
+            "20",
+            "--latency-samples=5",
+            "--size",
+            "64",
+            "--rounds",
+            "1",
+        ]))?;
         assert_eq!(
             o,
             Options {
                 messages: 20,
                 latency_samples: 5,
-                size: 64
+                size: 64,
+                rounds: 1,
             }
         );
+        assert!(parse_options(args(&["--rounds", "0"])).is_err());
         assert!(parse_options(args(&["--messages", "lots"])).is_err());
         assert!(parse_options(args(&["--size", "0"])).is_err());
         assert!(parse_options(args(&["--url", "x"])).is_err());
@@ -735,6 +877,7 @@ mod tests {
             messages: 10,
             latency_samples: 5,
             size: 64,
+            rounds: 2,
         };
         assert_eq!(sqlite.workload(&small), small);
         assert_eq!(GROUPS[0].workload(&Options::default()), Options::default());
@@ -785,6 +928,7 @@ mod tests {
                 Role::KombuRs,
                 measurement("kombu-rs sqlite:///tmp/bench.db", 2_000.0, 2_000.0, 1_000.0),
             )],
+            round_totals: vec![(Role::KombuRs, vec![1_000.0])],
         };
         let md = markdown(
             &Options::default(),
@@ -804,6 +948,8 @@ mod tests {
             "## Results\n\n### memory — in-process transport (`memory://`)\n\n| run | publish msg/s |",
             "| kombu-rs memory:// | 1,000,000 | 500,000 | 333,333 | 0.012 | 0.500 |\n",
             "- kombu-rs ÷ Python Kombu: publish 20.00×",
+            "- total msg/s in each of the 3 rounds: kombu-rs memory:// 333,333 / 300,000 / 350,000; raw mpsc 2,000,000 / 1,900,000 / 2,100,000; Python Kombu 5.7 memory:// 27,778 / 27,000 / 28,000\n",
+            "--size 100 --rounds 3`",
             "`kombu --url <url> bench`",
             "Workload of this group: 5000 messages, 1000 latency samples, 100-byte bodies.\n\n| run |",
         ] {
