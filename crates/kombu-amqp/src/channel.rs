@@ -469,11 +469,11 @@ fn to_delivery(
     });
     Delivery {
         info: DeliveryInfo {
-            exchange: delivery.exchange.as_str().to_owned(),
-            routing_key: delivery.routing_key.as_str().to_owned(),
+            exchange: Arc::from(delivery.exchange.as_str()),
+            routing_key: Arc::from(delivery.routing_key.as_str()),
             redelivered: delivery.redelivered,
             consumer_tag,
-            delivery_tag: tag.to_string(),
+            delivery_tag: crate::convert::delivery_tag_text(tag),
             queue,
         },
         ack,

@@ -38,6 +38,23 @@ pub(crate) fn short(value: &str, what: &'static str) -> Result<ShortString> {
 }
 
 /// A `LimitExceeded` error for a body over RabbitMQ's 128 MiB limit, before it is sent.
+/// An AMQP delivery tag as the decimal text `DeliveryInfo::delivery_tag` holds, formatted on
+/// the stack (one allocation per delivery: the shared string itself).
+pub(crate) fn delivery_tag_text(tag: u64) -> std::sync::Arc<str> {
+    let mut buf = [0u8; 20]; // u64::MAX has 20 digits
+    let (mut rest, mut start) = (tag, buf.len());
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::sync::Arc::from(std::str::from_utf8(&buf[start..]).unwrap_or_default())
+}
+
 pub(crate) fn check_body_size(len: usize) -> Result<()> {
     if len as u64 <= crate::MAX_MESSAGE_SIZE {
         return Ok(());

@@ -94,10 +94,10 @@ pub(crate) fn properties_json(p: &Properties) -> Json {
 /// Kombu's `delivery_info`, plus the queue and consumer tag.
 pub(crate) fn delivery_info_json(info: &DeliveryInfo) -> Json {
     json!({
-        "exchange": info.exchange,
-        "routing_key": info.routing_key,
+        "exchange": &*info.exchange,
+        "routing_key": &*info.routing_key,
         "redelivered": info.redelivered,
-        "delivery_tag": info.delivery_tag,
+        "delivery_tag": &*info.delivery_tag,
         "consumer_tag": info.consumer_tag.as_deref(),
         "queue": &*info.queue,
     })
@@ -154,7 +154,7 @@ pub(crate) fn message_text(index: u64, message: &Message, payload: &[u8]) -> Str
     let exchange = if info.exchange.is_empty() {
         "\"\" (default exchange)".to_owned()
     } else {
-        info.exchange.clone()
+        info.exchange.to_string()
     };
     let content = match (message.content_type(), message.content_encoding()) {
         (Some(t), Some(e)) => format!("{t} ({e})"),

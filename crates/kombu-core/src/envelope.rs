@@ -15,6 +15,7 @@
 //! input instead of panicking.
 
 use std::io;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -41,12 +42,12 @@ pub enum BodyEncoding {
 pub struct Envelope {
     /// The message itself.
     pub message: RawMessage,
-    /// `properties.delivery_info.exchange`.
-    pub exchange: String,
-    /// `properties.delivery_info.routing_key`.
-    pub routing_key: String,
+    /// `properties.delivery_info.exchange` (shared with the deliveries made from it).
+    pub exchange: Arc<str>,
+    /// `properties.delivery_info.routing_key` (shared likewise).
+    pub routing_key: Arc<str>,
     /// `properties.delivery_tag`: a fresh uuid4 minted at publish, travelling with the message.
-    pub delivery_tag: String,
+    pub delivery_tag: Arc<str>,
     /// Set when the message is restored or requeued.
     pub redelivered: bool,
     /// How the body is encoded when written as JSON.
@@ -57,16 +58,16 @@ impl Envelope {
     /// Wrap a message published to `exchange` with `routing_key`, minting a fresh uuid4
     /// delivery tag as Kombu's `basic_publish` does.
     pub fn new(message: RawMessage, exchange: &str, routing_key: &str) -> Self {
-        Envelope::with_names(message, exchange.to_owned(), routing_key.to_owned())
+        Envelope::with_names(message, Arc::from(exchange), Arc::from(routing_key))
     }
 
-    /// [`Envelope::new`] taking the exchange and routing key by value (no copies).
-    pub fn with_names(message: RawMessage, exchange: String, routing_key: String) -> Self {
+    /// [`Envelope::new`] sharing the exchange and routing key (no copies).
+    pub fn with_names(message: RawMessage, exchange: Arc<str>, routing_key: Arc<str>) -> Self {
         Envelope {
             message,
             exchange,
             routing_key,
-            delivery_tag: new_delivery_tag(),
+            delivery_tag: shared_delivery_tag(),
             redelivered: false,
             body_encoding: BodyEncoding::Base64,
         }
@@ -160,7 +161,7 @@ impl Serialize for PropertiesOut<'_> {
             BodyEncoding::Base64 => map.serialize_entry("body_encoding", "base64")?,
             BodyEncoding::Utf8 => map.serialize_entry("body_encoding", &None::<&str>)?,
         }
-        map.serialize_entry("delivery_tag", &env.delivery_tag)?;
+        map.serialize_entry("delivery_tag", &*env.delivery_tag)?;
         map.end()
     }
 }
@@ -223,8 +224,8 @@ impl RawEnvelope<'_> {
         let decode_err = |msg: &str| Error::new(ErrorKind::Decode, msg.to_owned());
         let mut props_map = self.properties.unwrap_or_default();
         let mut properties = Properties::default();
-        let mut exchange = String::new();
-        let mut routing_key = String::new();
+        let mut exchange: Arc<str> = Arc::from("");
+        let mut routing_key: Arc<str> = Arc::from("");
         let mut delivery_tag = None;
         let mut redelivered = self.redelivered.as_ref().is_some_and(truthy);
         let mut body_encoding = None;
@@ -233,10 +234,10 @@ impl RawEnvelope<'_> {
                 "delivery_info" => {
                     if let serde_json::Value::Object(info) = value {
                         if let Some(e) = info.get("exchange").and_then(|v| v.as_str()) {
-                            exchange = e.to_owned();
+                            exchange = Arc::from(e);
                         }
                         if let Some(r) = info.get("routing_key").and_then(|v| v.as_str()) {
-                            routing_key = r.to_owned();
+                            routing_key = Arc::from(r);
                         }
                         if info.get("redelivered").is_some_and(truthy) {
                             redelivered = true;
@@ -309,11 +310,17 @@ impl RawEnvelope<'_> {
             },
             exchange,
             routing_key,
-            delivery_tag: delivery_tag.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            delivery_tag: delivery_tag.map_or_else(shared_delivery_tag, Arc::from),
             redelivered,
             body_encoding: encoding,
         })
     }
+}
+
+/// [`new_delivery_tag`] as a shared string, made straight from the formatted bytes.
+fn shared_delivery_tag() -> Arc<str> {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    Arc::from(&*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf))
 }
 
 /// A fresh uuid4 as text, formatted without the `fmt` machinery (this runs per publish).
@@ -426,10 +433,10 @@ mod tests {
         let env = Envelope::from_json(python.as_bytes()).unwrap();
         assert_eq!(&env.message.body[..], br#"{"hello": "world"}"#);
         assert_eq!(env.message.properties.reply_to.as_deref(), Some("rq"));
-        assert_eq!(env.exchange, "exd");
-        assert_eq!(env.routing_key, "rk1");
+        assert_eq!(&*env.exchange, "exd");
+        assert_eq!(&*env.routing_key, "rk1");
         assert_eq!(env.priority(), 5);
-        assert_eq!(env.delivery_tag, "1f6927ba-ea7e-4da1-8bc9-112ae15d7da1");
+        assert_eq!(&*env.delivery_tag, "1f6927ba-ea7e-4da1-8bc9-112ae15d7da1");
         assert!(!env.redelivered);
     }
 

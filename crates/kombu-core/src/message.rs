@@ -109,10 +109,11 @@ impl fmt::Debug for RawMessage {
 /// Where a delivered message came from and how to refer to it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryInfo {
-    /// The exchange it was published to (`""` for the default exchange).
-    pub exchange: String,
-    /// The routing key it was published with.
-    pub routing_key: String,
+    /// The exchange it was published to (`""` for the default exchange); shared with the
+    /// stored message, so making a delivery copies no names.
+    pub exchange: Arc<str>,
+    /// The routing key it was published with (shared likewise).
+    pub routing_key: Arc<str>,
     /// Whether it was delivered before and requeued (or restored after a crash).
     pub redelivered: bool,
     /// The tag of the consumer it was delivered to (none for `get`); shared by every delivery
@@ -120,7 +121,7 @@ pub struct DeliveryInfo {
     pub consumer_tag: Option<Arc<str>>,
     /// The delivery tag as the broker names it: a uuid4 on virtual transports (minted at
     /// publish, as Kombu does), the channel's counter on AMQP.
-    pub delivery_tag: String,
+    pub delivery_tag: Arc<str>,
     /// The queue it was taken from (shared by every delivery from that queue).
     pub queue: Arc<str>,
 }

@@ -258,10 +258,11 @@ pub struct DeleteExchangeOptions {
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct PublishOptions {
-    /// The exchange (`""`: the default exchange, routing by queue name).
-    pub exchange: String,
-    /// The routing key.
-    pub routing_key: String,
+    /// The exchange (`""`: the default exchange, routing by queue name). Shared, not copied:
+    /// it travels into the stored envelope and every delivery.
+    pub exchange: Arc<str>,
+    /// The routing key (shared likewise).
+    pub routing_key: Arc<str>,
     /// Ask the broker to return the message if no queue receives it (AMQP).
     pub mandatory: bool,
     /// Wait for a publisher confirm (where supported).
@@ -270,7 +271,7 @@ pub struct PublishOptions {
 
 impl PublishOptions {
     /// Publish to `exchange` with `routing_key`.
-    pub fn new(exchange: impl Into<String>, routing_key: impl Into<String>) -> Self {
+    pub fn new(exchange: impl Into<Arc<str>>, routing_key: impl Into<Arc<str>>) -> Self {
         PublishOptions {
             exchange: exchange.into(),
             routing_key: routing_key.into(),

@@ -272,8 +272,8 @@ async fn roundtrip_json_with_headers_and_properties(ctx: Ctx) -> TestResult {
         check_eq!(p.priority, Some(3), "priority");
     }
     let info = m.delivery_info();
-    check_eq!(info.exchange.as_str(), ex.name.as_str(), "delivery_info.exchange");
-    check_eq!(info.routing_key.as_str(), "rk", "delivery_info.routing_key");
+    check_eq!(&*info.exchange, ex.name.as_str(), "delivery_info.exchange");
+    check_eq!(&*info.routing_key, "rk", "delivery_info.routing_key");
     check!(
         !info.redelivered,
         "a first delivery must not be marked redelivered"
@@ -392,9 +392,9 @@ async fn default_exchange_routes_by_queue_name(ctx: Ctx) -> TestResult {
     )
     .await?;
     let m = get_one(&ctx, &conn, &q.name).await?;
-    check_eq!(m.delivery_info().exchange.as_str(), "", "exchange");
+    check_eq!(&*m.delivery_info().exchange, "", "exchange");
     check_eq!(
-        m.delivery_info().routing_key.as_str(),
+        &*m.delivery_info().routing_key,
         q.name.as_str(),
         "routing_key"
     );

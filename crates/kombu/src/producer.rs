@@ -223,7 +223,9 @@ pub struct Producer {
     connection: Connection,
     channel: Option<Arc<dyn Channel>>,
     exchange: Exchange,
-    routing_key: String,
+    /// `exchange.name`, shared by every message published to it (no copy per publish).
+    exchange_name: Arc<str>,
+    routing_key: Arc<str>,
     serializer: Option<String>,
     compression: Option<String>,
     auto_declare: bool,
@@ -236,7 +238,8 @@ impl Producer {
             connection: connection.clone(),
             channel: None,
             exchange: Exchange::default_exchange(),
-            routing_key: String::new(),
+            exchange_name: Arc::from(""),
+            routing_key: Arc::from(""),
             serializer: None,
             compression: None,
             auto_declare: true,
@@ -252,13 +255,14 @@ impl Producer {
     /// The default exchange of this producer (declared before the first publish unless
     /// `auto_declare` is off).
     pub fn exchange(mut self, exchange: Exchange) -> Self {
+        self.exchange_name = Arc::from(exchange.name.as_str());
         self.exchange = exchange;
         self
     }
 
     /// The default routing key.
     pub fn routing_key(mut self, key: impl Into<String>) -> Self {
-        self.routing_key = key.into();
+        self.routing_key = Arc::from(key.into());
         self
     }
 
@@ -439,8 +443,14 @@ impl Producer {
     ) -> impl Future<Output = Result<()>> + Send + '_ {
         async move {
             let mut message = prepared?;
-            let exchange = options.exchange.as_ref().unwrap_or(&self.exchange);
-            let routing_key = options.routing_key.as_deref().unwrap_or(&self.routing_key);
+            let (exchange, exchange_name) = match &options.exchange {
+                Some(e) => (e, Arc::from(e.name.as_str())),
+                None => (&self.exchange, self.exchange_name.clone()),
+            };
+            let routing_key: Arc<str> = match &options.routing_key {
+                Some(key) => Arc::from(key.as_str()),
+                None => self.routing_key.clone(),
+            };
             let span = debug_span!("kombu.publish", exchange = %exchange.name, routing_key = %routing_key);
             async {
             let policy = options.retry_policy.clone().unwrap_or_else(RetryPolicy::publish_default);
@@ -452,7 +462,10 @@ impl Producer {
                 } else {
                     std::mem::take(&mut message)
                 };
-                match self.publish_once(attempt, exchange, routing_key, &options).await {
+                match self
+                    .publish_once(attempt, exchange, (&exchange_name, &routing_key), &options)
+                    .await
+                {
                     Ok(()) => return Ok(()),
                     Err(e) if options.retry && e.is_recoverable() => {
                         let Some(wait) = waits.next() else { return Err(e) };
@@ -473,7 +486,7 @@ impl Producer {
         &self,
         message: RawMessage,
         exchange: &Exchange,
-        routing_key: &str,
+        (exchange_name, routing_key): (&Arc<str>, &Arc<str>),
         options: &PublishOptions,
     ) -> Result<()> {
         let channel = self.channel_for_publish().await?;
@@ -485,7 +498,7 @@ impl Producer {
                 .maybe_declare_exchange(exchange, channel.as_ref())
                 .await?;
         }
-        let mut publish = kombu_core::PublishOptions::new(exchange.name.clone(), routing_key);
+        let mut publish = kombu_core::PublishOptions::new(exchange_name.clone(), routing_key.clone());
         publish.mandatory = options.mandatory;
         publish.confirm = options.confirm;
         channel.publish(message, publish).await

@@ -247,7 +247,7 @@ impl Channel for AmiquipChannel {
             properties: properties_to_amqp(&message)?,
             body: message.body,
             exchange: options.exchange,
-            routing_key: options.routing_key,
+            routing_key: options.routing_key.to_string(),
             mandatory: options.mandatory,
             confirm: options.confirm || self.confirm_publish,
         };

@@ -95,11 +95,11 @@ impl Tracking {
             &std::mem::take(&mut delivery.properties),
         );
         let info = DeliveryInfo {
-            exchange: std::mem::take(&mut delivery.exchange),
-            routing_key: std::mem::take(&mut delivery.routing_key),
+            exchange: Arc::from(std::mem::take(&mut delivery.exchange)),
+            routing_key: Arc::from(std::mem::take(&mut delivery.routing_key)),
             redelivered: delivery.redelivered,
             consumer_tag,
-            delivery_tag: tag.to_string(),
+            delivery_tag: crate::convert::delivery_tag_text(tag),
             queue,
         };
         let ack = match (no_ack, self.link.upgrade()) {

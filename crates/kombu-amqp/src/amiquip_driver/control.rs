@@ -51,7 +51,8 @@ struct Retry(amiquip::Error);
 pub(crate) struct Outgoing {
     pub(crate) body: bytes::Bytes,
     pub(crate) properties: amiquip::AmqpProperties,
-    pub(crate) exchange: String,
+    pub(crate) exchange: std::sync::Arc<str>,
+    /// amiquip's `Publish` takes it as a `String`.
     pub(crate) routing_key: String,
     pub(crate) mandatory: bool,
     /// Wait for the broker's confirm.
@@ -177,7 +178,7 @@ impl Core {
             immediate: false,
             properties: message.properties,
         };
-        if let Err(e) = control.channel.basic_publish(message.exchange.as_str(), publish) {
+        if let Err(e) = control.channel.basic_publish(&*message.exchange, publish) {
             if closes_channel(&e) {
                 self.control = None;
             }

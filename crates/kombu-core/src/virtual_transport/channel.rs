@@ -462,10 +462,10 @@ impl<B: VirtualBackend> ChannelInner<B> {
                 .with_context("transport", self.backend.name()));
             }
         }
-        let (exchange, routing_key) = (options.exchange.as_str(), options.routing_key.as_str());
+        let (exchange, routing_key) = (&*options.exchange, &*options.routing_key);
         let target = if exchange.is_empty() {
             // The default exchange: the queue named by the routing key.
-            let queue = (!routing_key.is_empty()).then(|| Arc::from(routing_key));
+            let queue = (!routing_key.is_empty()).then(|| options.routing_key.clone());
             RouteTarget::Queues(queue.into_iter().collect())
         } else if self.backend.persists_bindings() {
             let mut envelope = Envelope::new(message, exchange, routing_key);
