@@ -177,11 +177,12 @@ pub(crate) fn properties_to<P: BasicPropertiesModel>(message: &RawMessage) -> Re
         .and_then(Value::as_str)
         .map(str::to_owned);
     let texts = [
-        (&message.content_type, "content_type"),
-        (&message.content_encoding, "content_encoding"),
-        (&cluster_id, "cluster_id"),
+        (message.content_type.as_deref(), "content_type"),
+        (message.content_encoding.as_deref(), "content_encoding"),
+        (cluster_id.as_deref(), "cluster_id"),
     ];
-    for (value, name) in texts.into_iter().chain(text_properties(p)) {
+    let others = text_properties(p).map(|(value, name)| (value.as_deref(), name));
+    for (value, name) in texts.into_iter().chain(others) {
         if let Some(value) = value {
             check_short(value, name)?;
             props = props.set_text(name, value)?;
@@ -202,8 +203,11 @@ pub(crate) fn message_from<P: BasicPropertiesModel>(body: Vec<u8>, props: &P) ->
     let (delivery_mode, priority, timestamp) = props.numbers();
     RawMessage {
         body: body.into(),
-        content_type: props.text("content_type"),
-        content_encoding: props.text("content_encoding"),
+        content_type: props.text("content_type").as_deref().map(kombu_core::shared_text),
+        content_encoding: props
+            .text("content_encoding")
+            .as_deref()
+            .map(kombu_core::shared_text),
         headers: props.headers(),
         properties: Properties {
             delivery_mode: delivery_mode.map(DeliveryMode::from_u8),
@@ -299,6 +303,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn delivery_tags_are_decimal_text() {
+        for tag in [0, 7, 10, 1234567890, u64::MAX] {
+            assert_eq!(&*delivery_tag_text(tag), tag.to_string());
+        }
+    }
+
+    #[test]
     fn values_round_trip_through_amqp() {
         let mut nested = FieldTable::new();
         nested.insert("n".into(), Value::Int(-3));
@@ -369,7 +380,7 @@ mod tests {
         let err = short(&long, "routing key").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
         let message = RawMessage {
-            content_type: Some(long),
+            content_type: Some(long.into()),
             ..Default::default()
         };
         assert!(properties_to_amqp(&message).is_err());

@@ -23,7 +23,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::message::{DeliveryMode, Properties, RawMessage};
+use crate::message::{shared_text, DeliveryMode, Properties, RawMessage};
 use crate::value::{FieldTable, Value};
 
 /// How the body is stored inside the envelope (`properties.body_encoding`).
@@ -109,8 +109,8 @@ impl Serialize for Envelope {
                 Err(_) => map.serialize_entry("body", &Value::Bytes(msg.body.to_vec()))?,
             },
         }
-        map.serialize_entry("content-encoding", &msg.content_encoding)?;
-        map.serialize_entry("content-type", &msg.content_type)?;
+        map.serialize_entry("content-encoding", &msg.content_encoding.as_deref())?;
+        map.serialize_entry("content-type", &msg.content_type.as_deref())?;
         map.serialize_entry("headers", &msg.headers)?;
         map.serialize_entry("properties", &PropertiesOut(self))?;
         if self.redelivered {
@@ -303,8 +303,8 @@ impl RawEnvelope<'_> {
         Ok(Envelope {
             message: RawMessage {
                 body,
-                content_type: self.content_type,
-                content_encoding: self.content_encoding,
+                content_type: self.content_type.as_deref().map(shared_text),
+                content_encoding: self.content_encoding.as_deref().map(shared_text),
                 headers: self.headers.unwrap_or_default(),
                 properties,
             },

@@ -34,7 +34,9 @@ pub use capabilities::{Capabilities, PriorityOrder, PrioritySupport};
 pub use entity::{Binding, Exchange, ExchangeType, Queue};
 pub use envelope::{BodyEncoding, Envelope};
 pub use error::{Error, ErrorKind, Result};
-pub use message::{AckHandle, Acknowledger, Delivery, DeliveryInfo, DeliveryMode, Properties, RawMessage};
+pub use message::{
+    shared_text, AckHandle, Acknowledger, Delivery, DeliveryInfo, DeliveryMode, Properties, RawMessage,
+};
 pub use registry::TransportDescriptor;
 pub use transport::{
     Channel, ConnectOptions, ConsumeOptions, ConsumerHandle, DeclareOptions, DeleteExchangeOptions,

@@ -79,15 +79,42 @@ impl Properties {
     }
 }
 
+/// Content types and encodings nearly every message carries: one shared string each.
+const COMMON_TEXTS: [&str; 9] = [
+    "application/json",
+    "utf-8",
+    "binary",
+    "application/data",
+    "text/plain",
+    "application/x-python-serialize",
+    "application/x-msgpack",
+    "application/x-yaml",
+    "application/x-bzip2",
+];
+
+/// `text` as a shared string; the common content types and encodings are allocated once per
+/// process and shared by every message that names them (serializers and envelope decoders
+/// use this, so a message's metadata costs no allocation).
+pub fn shared_text(text: &str) -> Arc<str> {
+    static COMMON: std::sync::OnceLock<Vec<Arc<str>>> = std::sync::OnceLock::new();
+    let common = COMMON.get_or_init(|| COMMON_TEXTS.iter().map(|t| Arc::from(*t)).collect());
+    common
+        .iter()
+        .find(|shared| ***shared == *text)
+        .cloned()
+        .unwrap_or_else(|| Arc::from(text))
+}
+
 /// A message as transports see it: opaque body bytes plus metadata.
 #[derive(Clone, Default, PartialEq)]
 pub struct RawMessage {
     /// The (serialized, maybe compressed) body.
     pub body: Bytes,
-    /// MIME type of the serialized body (`application/json`, …).
-    pub content_type: Option<String>,
-    /// Character set or `binary`.
-    pub content_encoding: Option<String>,
+    /// MIME type of the serialized body (`application/json`, …). Shared: serializers hand out
+    /// one string per type, and deliveries share the stored message's.
+    pub content_type: Option<Arc<str>>,
+    /// Character set or `binary` (shared likewise).
+    pub content_encoding: Option<Arc<str>>,
     /// Application headers (Kombu puts `compression` here).
     pub headers: FieldTable,
     /// The basic properties.
@@ -172,4 +199,19 @@ pub struct Delivery {
     pub info: DeliveryInfo,
     /// `None` when the message was delivered with `no_ack` (nothing to settle).
     pub ack: Option<AckHandle>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_texts_are_shared_and_others_are_copied() {
+        let (a, b) = (shared_text("application/json"), shared_text("application/json"));
+        assert!(Arc::ptr_eq(&a, &b), "one string per common content type");
+        assert_eq!(&*a, "application/json");
+        let custom = shared_text("application/x-custom");
+        assert_eq!(&*custom, "application/x-custom");
+        assert!(!Arc::ptr_eq(&custom, &shared_text("application/x-custom")));
+    }
 }

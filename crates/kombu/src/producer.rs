@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use kombu_core::{
-    Channel, DeliveryMode, Error, ErrorKind, Exchange, FieldTable, Properties, RawMessage, Result, Value,
+    shared_text, Channel, DeliveryMode, Error, ErrorKind, Exchange, FieldTable, Properties, RawMessage,
+    Result, Value,
 };
 use serde::Serialize;
 use tracing::{debug_span, Instrument};
@@ -197,7 +198,7 @@ impl PublishOptions {
 enum Body<'a> {
     /// Already serialized by [`Producer::publish`] (where the value's type is known, so the
     /// built-in JSON serializes without type erasure): content type, encoding, bytes.
-    Serialized(Result<(String, String, Vec<u8>)>),
+    Serialized(Result<(Arc<str>, Arc<str>, Vec<u8>)>),
     Bytes(Bytes),
     Text(&'a str),
 }
@@ -347,40 +348,48 @@ impl Producer {
     /// Serialize, compress and assemble the message (Kombu's `_prepare` + `prepare_message`).
     fn prepare(&self, body: Body<'_>, options: &PublishOptions) -> Result<RawMessage> {
         let exchange = options.exchange.as_ref().unwrap_or(&self.exchange);
-        let (mut content_type, mut content_encoding, payload): (Option<String>, Option<String>, Bytes) =
+        let text = |t: &String| shared_text(t);
+        let (mut content_type, mut content_encoding, payload): (Option<Arc<str>>, Option<Arc<str>>, Bytes) =
             match (body, &options.content_type) {
                 (Body::Bytes(b), Some(ct)) => (
-                    Some(ct.clone()),
+                    Some(text(ct)),
                     Some(
                         options
                             .content_encoding
-                            .clone()
-                            .unwrap_or_else(|| "binary".into()),
+                            .as_ref()
+                            .map_or_else(|| shared_text("binary"), text),
                     ),
                     b,
                 ),
                 (Body::Text(t), Some(ct)) => {
-                    let enc = options.content_encoding.clone().unwrap_or_else(|| "utf-8".into());
+                    let enc = options
+                        .content_encoding
+                        .as_ref()
+                        .map_or_else(|| shared_text("utf-8"), text);
                     if !enc.eq_ignore_ascii_case("utf-8") && !enc.eq_ignore_ascii_case("utf8") {
                         return Err(Error::new(
                             ErrorKind::Encode,
                             "text bodies can only be encoded as utf-8",
                         )
-                        .with_context("content_encoding", enc));
+                        .with_context("content_encoding", &*enc));
                     }
-                    (Some(ct.clone()), Some(enc), Bytes::copy_from_slice(t.as_bytes()))
+                    (Some(text(ct)), Some(enc), Bytes::copy_from_slice(t.as_bytes()))
                 }
-                (Body::Bytes(b), None) => (Some("application/data".into()), Some("binary".into()), b),
+                (Body::Bytes(b), None) => (
+                    Some(shared_text("application/data")),
+                    Some(shared_text("binary")),
+                    b,
+                ),
                 (Body::Text(t), None) => (
-                    Some("text/plain".into()),
-                    Some("utf-8".into()),
+                    Some(shared_text("text/plain")),
+                    Some(shared_text("utf-8")),
                     Bytes::copy_from_slice(t.as_bytes()),
                 ),
                 (Body::Serialized(serialized), _) => {
                     let (ct, enc, bytes) = serialized?;
                     (
-                        Some(options.content_type.clone().unwrap_or(ct)),
-                        Some(options.content_encoding.clone().unwrap_or(enc)),
+                        Some(options.content_type.as_ref().map_or(ct, text)),
+                        Some(options.content_encoding.as_ref().map_or(enc, text)),
                         Bytes::from(bytes),
                     )
                 }

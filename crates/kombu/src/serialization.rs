@@ -280,14 +280,19 @@ pub fn for_content_type(content_type: &str) -> Option<Arc<dyn Serializer>> {
 }
 
 /// Serialize `value` with the serializer `name` → `(content_type, content_encoding, bytes)`.
-pub fn dumps<T: serde::Serialize + ?Sized>(value: &T, name: &str) -> Result<(String, String, Vec<u8>)> {
+pub fn dumps<T: serde::Serialize + ?Sized>(value: &T, name: &str) -> Result<(Arc<str>, Arc<str>, Vec<u8>)> {
+    use kombu_core::shared_text;
     if json_fast_path(name) {
         let body = kombu_core::envelope::to_python_json(value)?;
-        return Ok(("application/json".to_owned(), "utf-8".to_owned(), body));
+        return Ok((shared_text("application/json"), shared_text("utf-8"), body));
     }
     let s = get(name)?;
     let body = s.serialize(&value as &dyn erased_serde::Serialize)?;
-    Ok((s.content_type().to_owned(), s.content_encoding().to_owned(), body))
+    Ok((
+        shared_text(s.content_type()),
+        shared_text(s.content_encoding()),
+        body,
+    ))
 }
 
 /// Deserialize `data` of `content_type` into `T`. Unknown content types are decoded as text
@@ -325,7 +330,7 @@ mod tests {
     #[test]
     fn json_is_python_style() {
         let (ct, enc, body) = dumps(&serde_json::json!({"a": [1, 2], "b": "é"}), "json").unwrap();
-        assert_eq!((ct.as_str(), enc.as_str()), ("application/json", "utf-8"));
+        assert_eq!((&*ct, &*enc), ("application/json", "utf-8"));
         assert_eq!(
             std::str::from_utf8(&body).unwrap(),
             r#"{"a": [1, 2], "b": "\u00e9"}"#

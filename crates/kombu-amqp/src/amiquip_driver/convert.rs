@@ -209,7 +209,7 @@ mod tests {
     #[test]
     fn overlong_names_are_errors_not_panics() {
         let message = RawMessage {
-            content_type: Some("x".repeat(256)),
+            content_type: Some("x".repeat(256).into()),
             ..Default::default()
         };
         let err = properties_to_amqp(&message).unwrap_err();
