@@ -67,7 +67,7 @@ impl Envelope {
             message,
             exchange,
             routing_key,
-            delivery_tag: shared_delivery_tag(),
+            delivery_tag: new_delivery_tag(),
             redelivered: false,
             body_encoding: BodyEncoding::Base64,
         }
@@ -310,26 +310,18 @@ impl RawEnvelope<'_> {
             },
             exchange,
             routing_key,
-            delivery_tag: delivery_tag.map_or_else(shared_delivery_tag, Arc::from),
+            delivery_tag: delivery_tag.map_or_else(new_delivery_tag, Arc::from),
             redelivered,
             body_encoding: encoding,
         })
     }
 }
 
-/// [`new_delivery_tag`] as a shared string, made straight from the formatted bytes.
-fn shared_delivery_tag() -> Arc<str> {
+/// A fresh uuid4 as text (the shared string itself is the only allocation: this runs per
+/// publish).
+pub fn new_delivery_tag() -> Arc<str> {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     Arc::from(&*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf))
-}
-
-/// A fresh uuid4 as text, formatted without the `fmt` machinery (this runs per publish).
-pub fn new_delivery_tag() -> String {
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Uuid::new_v4()
-        .hyphenated()
-        .encode_lower(&mut buf)
-        .to_owned()
 }
 
 /// A `serde_json` formatter that writes what Python's `json.dumps` writes by default:
