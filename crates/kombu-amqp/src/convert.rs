@@ -209,7 +209,7 @@ pub(crate) fn message_from<P: BasicPropertiesModel>(body: Vec<u8>, props: &P) ->
             .as_deref()
             .map(kombu_core::shared_text),
         headers: props.headers(),
-        properties: Properties {
+        properties: kombu_core::shared_properties(Properties {
             delivery_mode: delivery_mode.map(DeliveryMode::from_u8),
             priority,
             correlation_id: props.text("correlation_id"),
@@ -221,7 +221,7 @@ pub(crate) fn message_from<P: BasicPropertiesModel>(body: Vec<u8>, props: &P) ->
             user_id: props.text("user_id"),
             app_id: props.text("app_id"),
             extra,
-        },
+        }),
     }
 }
 
@@ -368,7 +368,8 @@ mod tests {
             user_id: Some("guest".into()),
             app_id: Some("a".into()),
             extra: FieldTable::new(),
-        };
+        }
+        .into();
         let props = properties_to_amqp(&message).unwrap();
         let back = message_from_amqp(b"x".to_vec(), &props);
         assert_eq!(back, message);

@@ -23,7 +23,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::message::{shared_text, DeliveryMode, Properties, RawMessage};
+use crate::message::{shared_properties, shared_text, DeliveryMode, Properties, RawMessage};
 use crate::value::{FieldTable, Value};
 
 /// How the body is stored inside the envelope (`properties.body_encoding`).
@@ -306,7 +306,7 @@ impl RawEnvelope<'_> {
                 content_type: self.content_type.as_deref().map(shared_text),
                 content_encoding: self.content_encoding.as_deref().map(shared_text),
                 headers: self.headers.unwrap_or_default(),
-                properties,
+                properties: shared_properties(properties),
             },
             exchange,
             routing_key,
@@ -394,10 +394,10 @@ mod tests {
             ..RawMessage::default()
         };
         msg.headers.insert("h".into(), Value::Int(1));
-        msg.properties.correlation_id = Some("cid".into());
-        msg.properties.priority = Some(5);
-        msg.properties.expiration = Some("10000".into());
-        msg.properties.delivery_mode = Some(DeliveryMode::Persistent);
+        msg.properties_mut().correlation_id = Some("cid".into());
+        msg.properties_mut().priority = Some(5);
+        msg.properties_mut().expiration = Some("10000".into());
+        msg.properties_mut().delivery_mode = Some(DeliveryMode::Persistent);
         Envelope::new(msg, "exd", "rk1")
     }
 

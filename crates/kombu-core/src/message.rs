@@ -79,6 +79,77 @@ impl Properties {
     }
 }
 
+impl Properties {
+    /// Whether only `delivery_mode` and a priority of at most 9 are set: what nearly every
+    /// message carries, and what [`shared_properties`] keeps one copy of.
+    fn is_plain(&self) -> bool {
+        let Properties {
+            delivery_mode: _,
+            priority,
+            correlation_id,
+            reply_to,
+            expiration,
+            message_id,
+            timestamp,
+            message_type,
+            user_id,
+            app_id,
+            extra,
+        } = self;
+        priority.is_none_or(|p| p <= 9)
+            && correlation_id.is_none()
+            && reply_to.is_none()
+            && expiration.is_none()
+            && message_id.is_none()
+            && timestamp.is_none()
+            && message_type.is_none()
+            && user_id.is_none()
+            && app_id.is_none()
+            && extra.is_empty()
+    }
+}
+
+/// `properties` behind a shared pointer. Plain properties (a delivery mode and a priority
+/// of 0–9, nothing else: what nearly every message carries) come from a process-wide table,
+/// so publishing or decoding such a message allocates nothing for them.
+pub fn shared_properties(properties: Properties) -> Arc<Properties> {
+    const PRIORITIES: usize = 11; // None, 0..=9
+    static PLAIN: std::sync::OnceLock<Vec<Arc<Properties>>> = std::sync::OnceLock::new();
+    if !properties.is_plain() {
+        return Arc::new(properties);
+    }
+    let modes = [
+        None,
+        Some(DeliveryMode::Transient),
+        Some(DeliveryMode::Persistent),
+    ];
+    let plain = PLAIN.get_or_init(|| {
+        modes
+            .iter()
+            .flat_map(|&delivery_mode| {
+                std::iter::once(None)
+                    .chain((0..=9).map(Some))
+                    .map(move |priority| {
+                        Arc::new(Properties {
+                            delivery_mode,
+                            priority,
+                            ..Properties::default()
+                        })
+                    })
+            })
+            .collect()
+    });
+    let mode_index = modes
+        .iter()
+        .position(|m| *m == properties.delivery_mode)
+        .unwrap_or_default();
+    let priority_index = properties.priority.map_or(0, |p| usize::from(p) + 1);
+    plain
+        .get(mode_index * PRIORITIES + priority_index)
+        .cloned()
+        .unwrap_or_else(|| Arc::new(properties))
+}
+
 /// Content types and encodings nearly every message carries: one shared string each.
 const COMMON_TEXTS: [&str; 9] = [
     "application/json",
@@ -106,7 +177,7 @@ pub fn shared_text(text: &str) -> Arc<str> {
 }
 
 /// A message as transports see it: opaque body bytes plus metadata.
-#[derive(Clone, Default, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct RawMessage {
     /// The (serialized, maybe compressed) body.
     pub body: Bytes,
@@ -117,8 +188,36 @@ pub struct RawMessage {
     pub content_encoding: Option<Arc<str>>,
     /// Application headers (Kombu puts `compression` here).
     pub headers: FieldTable,
-    /// The basic properties.
-    pub properties: Properties,
+    /// The basic properties, shared: a message moves through several layers and is copied
+    /// for the unacked record of every delivery, and a pointer keeps both cheap. Read them
+    /// through the pointer (`message.properties.priority`); change them with
+    /// [`properties_mut`](Self::properties_mut).
+    pub properties: Arc<Properties>,
+}
+
+impl Default for RawMessage {
+    /// An empty body and no metadata; the empty properties are shared, not allocated.
+    fn default() -> Self {
+        RawMessage {
+            body: Bytes::new(),
+            content_type: None,
+            content_encoding: None,
+            headers: FieldTable::new(),
+            properties: empty_properties(),
+        }
+    }
+}
+
+/// One shared, empty [`Properties`] for every message built without any.
+fn empty_properties() -> Arc<Properties> {
+    shared_properties(Properties::default())
+}
+
+impl RawMessage {
+    /// The properties, for changing them (copied first if another message shares them).
+    pub fn properties_mut(&mut self) -> &mut Properties {
+        Arc::make_mut(&mut self.properties)
+    }
 }
 
 impl fmt::Debug for RawMessage {
@@ -204,6 +303,44 @@ pub struct Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_properties_are_shared_and_copied_on_write() {
+        let plain = |delivery_mode, priority| Properties {
+            delivery_mode,
+            priority,
+            ..Properties::default()
+        };
+        for mode in [
+            None,
+            Some(DeliveryMode::Transient),
+            Some(DeliveryMode::Persistent),
+        ] {
+            for priority in std::iter::once(None).chain((0..=9).map(Some)) {
+                let a = shared_properties(plain(mode, priority));
+                let b = shared_properties(plain(mode, priority));
+                assert!(Arc::ptr_eq(&a, &b), "{mode:?} {priority:?} is one shared value");
+                assert_eq!(*a, plain(mode, priority), "the shared value is the one asked for");
+            }
+        }
+        let high = shared_properties(plain(None, Some(10)));
+        assert_eq!(high.priority, Some(10));
+        let mut with_id = plain(Some(DeliveryMode::Persistent), Some(0));
+        with_id.message_id = Some("m".into());
+        let with_id = shared_properties(with_id);
+        assert_eq!(with_id.message_id.as_deref(), Some("m"));
+        assert_eq!(with_id.delivery_mode, Some(DeliveryMode::Persistent));
+
+        let mut first = RawMessage::default();
+        let second = RawMessage::default();
+        first.properties_mut().priority = Some(3);
+        assert_eq!(first.properties.priority, Some(3));
+        assert_eq!(
+            second.properties.priority, None,
+            "a shared value is copied before a change"
+        );
+        assert_eq!(*RawMessage::default().properties, Properties::default());
+    }
 
     #[test]
     fn common_texts_are_shared_and_others_are_copied() {

@@ -442,7 +442,7 @@ mod tests {
             body: body.into(),
             ..Default::default()
         };
-        m.properties.priority = Some(priority);
+        m.properties_mut().priority = Some(priority);
         Envelope::new(m, "", "q")
     }
 

@@ -248,23 +248,31 @@ pub async fn rust_scenarios_consumed_by_python(url: &str, broker: Broker) {
     producer
         .publish(
             &json!({"kind": "msgpack", "v": [1, 2]}),
-            PublishOptions::new().routing_key(&ser).serializer("msgpack"),
+            PublishOptions::new()
+                .routing_key(ser.as_str())
+                .serializer("msgpack"),
         )
         .await
         .expect("msgpack");
     producer
         .publish(
             &json!({"kind": "yaml", "v": "y"}),
-            PublishOptions::new().routing_key(&ser).serializer("yaml"),
+            PublishOptions::new().routing_key(ser.as_str()).serializer("yaml"),
         )
         .await
         .expect("yaml");
     producer
-        .publish_bytes(&b"\x00\x01raw"[..], PublishOptions::new().routing_key(&ser))
+        .publish_bytes(
+            &b"\x00\x01raw"[..],
+            PublishOptions::new().routing_key(ser.as_str()),
+        )
         .await
         .expect("raw");
     producer
-        .publish_text("plain text \u{2713}", PublishOptions::new().routing_key(&ser))
+        .publish_text(
+            "plain text \u{2713}",
+            PublishOptions::new().routing_key(ser.as_str()),
+        )
         .await
         .expect("text");
     for method in ["zlib", "bzip2", "lzma"] {

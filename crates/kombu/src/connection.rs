@@ -470,6 +470,31 @@ impl Connection {
         }
     }
 
+    /// Whether every entity of `declare` and `exchange` is in the declaration cache: one
+    /// look under one lock, so a publish whose declarations are all cached (nearly every
+    /// publish) makes no other check.
+    pub(crate) fn all_declared(&self, declare: &[Declarable], exchange: Option<&Exchange>) -> bool {
+        let declared = self.inner.declared.lock().unwrap_or_else(|p| p.into_inner());
+        let exchange_cached =
+            exchange.is_none_or(|e| e.can_cache_declaration() && declared.contains((false, e.name.as_str())));
+        exchange_cached
+            && declare.iter().all(|entity| match entity {
+                Declarable::Exchange(e) => {
+                    e.can_cache_declaration() && declared.contains((false, e.name.as_str()))
+                }
+                Declarable::Queue(q) => {
+                    q.can_cache_declaration()
+                        && !q.name.is_empty()
+                        && declared.contains((true, q.name.as_str()))
+                }
+            })
+    }
+
+    /// The default channel if it is open, without waiting or connecting.
+    pub(crate) fn cached_default_channel(&self) -> Option<Arc<dyn Channel>> {
+        self.open_default_channel()
+    }
+
     fn is_declared(&self, key: Option<(bool, &str)>) -> bool {
         key.is_some_and(|key| {
             self.inner

@@ -304,7 +304,13 @@ impl Consumer {
 
     /// Wait for the next message, at most `timeout`; a [`ErrorKind::Timeout`] error if none.
     pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<Message> {
-        match tokio::time::timeout(timeout, self.recv()).await {
+        // A message already waiting needs no timer (arming one reads the clock): look first.
+        let waiting = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *self).poll_next(cx))).await;
+        let next = match waiting {
+            Poll::Ready(next) => Ok(next),
+            Poll::Pending => tokio::time::timeout(timeout, self.recv()).await,
+        };
+        match next {
             Ok(Some(result)) => result,
             Ok(None) => Err(Error::new(ErrorKind::Closed, "consumer has no active queues")),
             Err(_) => Err(Error::new(ErrorKind::Timeout, "no message within the timeout")

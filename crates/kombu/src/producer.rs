@@ -20,6 +20,9 @@ use crate::serialization;
 /// Options of one publish (Kombu's `Producer.publish` keyword arguments). Every field is
 /// optional; unset fields fall back to the producer's defaults.
 ///
+/// Cloning is cheap where it is common to clone once per publish: the routing key and the
+/// `declare` list are shared, not copied.
+///
 /// ```
 /// use std::time::Duration;
 /// use kombu::{PublishOptions, Queue};
@@ -34,8 +37,8 @@ use crate::serialization;
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct PublishOptions {
-    /// Routing key (default: the producer's).
-    pub routing_key: Option<String>,
+    /// Routing key (default: the producer's). Shared, so the message carries it without a copy.
+    pub routing_key: Option<Arc<str>>,
     /// Exchange (default: the producer's).
     pub exchange: Option<Exchange>,
     /// Serializer name (default: the producer's, else `json`).
@@ -70,8 +73,9 @@ pub struct PublishOptions {
     pub app_id: Option<String>,
     /// Further properties copied verbatim (e.g. SQS `MessageGroupId`).
     pub extra_properties: FieldTable,
-    /// Entities to declare first (cached per connection).
-    pub declare: Vec<Declarable>,
+    /// Entities to declare first (cached per connection). Shared between clones of the
+    /// options.
+    pub declare: Arc<Vec<Declarable>>,
     /// Retry on recoverable errors, reconnecting per `retry_policy`.
     pub retry: bool,
     /// The retry policy (default: Kombu's `ensure` defaults).
@@ -97,9 +101,13 @@ impl PublishOptions {
         PublishOptions::default()
     }
 
+    /// Set the routing key.
+    pub fn routing_key(mut self, routing_key: impl Into<Arc<str>>) -> Self {
+        self.routing_key = Some(routing_key.into());
+        self
+    }
+
     setters! {
-        /// Set the routing key.
-        routing_key: String => routing_key,
         /// Set the exchange.
         exchange: Exchange => exchange,
         /// Set the serializer.
@@ -170,7 +178,7 @@ impl PublishOptions {
 
     /// Declare an entity before publishing.
     pub fn declare(mut self, entity: impl Into<Declarable>) -> Self {
-        self.declare.push(entity.into());
+        Arc::make_mut(&mut self.declare).push(entity.into());
         self
     }
 
@@ -418,7 +426,7 @@ impl Producer {
             content_type,
             content_encoding,
             headers,
-            properties: Properties {
+            properties: kombu_core::shared_properties(Properties {
                 delivery_mode: Some(
                     options
                         .delivery_mode
@@ -435,12 +443,15 @@ impl Producer {
                 user_id: options.user_id.clone(),
                 app_id: options.app_id.clone(),
                 extra: options.extra_properties.clone(),
-            },
+            }),
         })
     }
 
     /// Not an `async fn`, which would keep its arguments (the message, the options) twice in
-    /// the future: once as passed, once moved into the body.
+    /// the future: once as passed, once moved into the body. The future keeps only what a
+    /// publish needs after its synchronous part (the message, the target, the few options that
+    /// still matter), and the cold paths — declaring, connecting, waiting to retry — are boxed
+    /// where they run, so the future a publish builds and moves is small.
     #[allow(
         clippy::manual_async_fn,
         reason = "an async fn would store its arguments twice"
@@ -450,66 +461,105 @@ impl Producer {
         prepared: Result<RawMessage>,
         options: PublishOptions,
     ) -> impl Future<Output = Result<()>> + Send + '_ {
+        let PublishOptions {
+            exchange,
+            routing_key,
+            declare,
+            retry,
+            retry_policy,
+            mandatory,
+            confirm,
+            ..
+        } = options;
+        let attempt = Attempt {
+            exchange,
+            routing_key,
+            declare,
+            mandatory,
+            confirm,
+        };
         async move {
             let mut message = prepared?;
-            let (exchange, exchange_name) = match &options.exchange {
-                Some(e) => (e, Arc::from(e.name.as_str())),
-                None => (&self.exchange, self.exchange_name.clone()),
-            };
-            let routing_key: Arc<str> = match &options.routing_key {
-                Some(key) => Arc::from(key.as_str()),
-                None => self.routing_key.clone(),
-            };
-            let span = debug_span!("kombu.publish", exchange = %exchange.name, routing_key = %routing_key);
+            let exchange = attempt.exchange.as_ref().unwrap_or(&self.exchange);
+            let span = debug_span!("kombu.publish", exchange = %exchange.name, routing_key = %attempt.routing_key.as_deref().unwrap_or(&self.routing_key));
             async {
-            let policy = options.retry_policy.clone().unwrap_or_else(RetryPolicy::publish_default);
-            let mut waits = policy.intervals();
-            loop {
-                // Only a publish that may be retried needs to keep a copy.
-                let attempt = if options.retry {
-                    message.clone()
-                } else {
-                    std::mem::take(&mut message)
-                };
-                match self
-                    .publish_once(attempt, exchange, (&exchange_name, &routing_key), &options)
-                    .await
-                {
-                    Ok(()) => return Ok(()),
-                    Err(e) if options.retry && e.is_recoverable() => {
-                        let Some(wait) = waits.next() else { return Err(e) };
-                        tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "publish failed, retrying");
-                        tokio::time::sleep(wait).await;
-                        self.connection.ensure_connection(&policy).await?;
+                let policy = retry_policy.unwrap_or_else(RetryPolicy::publish_default);
+                let mut waits = policy.intervals();
+                loop {
+                    // Only a publish that may be retried needs to keep a copy.
+                    let this_try = if retry {
+                        message.clone()
+                    } else {
+                        std::mem::take(&mut message)
+                    };
+                    match self.publish_once(this_try, &attempt).await {
+                        Ok(()) => return Ok(()),
+                        Err(e) if retry && e.is_recoverable() => {
+                            let Some(wait) = waits.next() else { return Err(e) };
+                            tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "publish failed, retrying");
+                            Box::pin(async {
+                                tokio::time::sleep(wait).await;
+                                self.connection.ensure_connection(&policy).await
+                            })
+                            .await?;
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => return Err(e),
                 }
             }
-        }
-        .instrument(span)
-        .await
+            .instrument(span)
+            .await
         }
     }
 
-    async fn publish_once(
-        &self,
-        message: RawMessage,
-        exchange: &Exchange,
-        (exchange_name, routing_key): (&Arc<str>, &Arc<str>),
-        options: &PublishOptions,
-    ) -> Result<()> {
-        let channel = self.channel_for_publish().await?;
-        for entity in &options.declare {
-            self.connection.maybe_declare(entity, channel.as_ref()).await?;
+    /// One try: the channel, the declarations not yet cached, the publish itself.
+    async fn publish_once(&self, message: RawMessage, attempt: &Attempt) -> Result<()> {
+        let channel = match &self.channel {
+            Some(c) => c.clone(),
+            None => match self.connection.cached_default_channel() {
+                Some(c) => c,
+                None => Box::pin(self.connection.default_channel()).await?,
+            },
+        };
+        let exchange = attempt.exchange.as_ref().unwrap_or(&self.exchange);
+        let declare_exchange = self.auto_declare && !exchange.skips_declare();
+        let declared = self
+            .connection
+            .all_declared(&attempt.declare, declare_exchange.then_some(exchange));
+        if !declared {
+            Box::pin(async {
+                for entity in attempt.declare.iter() {
+                    self.connection.maybe_declare(entity, channel.as_ref()).await?;
+                }
+                if declare_exchange {
+                    self.connection
+                        .maybe_declare_exchange(exchange, channel.as_ref())
+                        .await?;
+                }
+                Ok::<_, Error>(())
+            })
+            .await?;
         }
-        if self.auto_declare && !exchange.skips_declare() {
-            self.connection
-                .maybe_declare_exchange(exchange, channel.as_ref())
-                .await?;
-        }
-        let mut publish = kombu_core::PublishOptions::new(exchange_name.clone(), routing_key.clone());
-        publish.mandatory = options.mandatory;
-        publish.confirm = options.confirm;
+        let exchange_name = match &attempt.exchange {
+            Some(e) => Arc::from(e.name.as_str()),
+            None => self.exchange_name.clone(),
+        };
+        let routing_key = attempt
+            .routing_key
+            .clone()
+            .unwrap_or_else(|| self.routing_key.clone());
+        let mut publish = kombu_core::PublishOptions::new(exchange_name, routing_key);
+        publish.mandatory = attempt.mandatory;
+        publish.confirm = attempt.confirm;
         channel.publish(message, publish).await
     }
+}
+
+/// What a publish still needs of its [`PublishOptions`] once the message is built.
+struct Attempt {
+    exchange: Option<Exchange>,
+    routing_key: Option<Arc<str>>,
+    declare: Arc<Vec<Declarable>>,
+    mandatory: bool,
+    confirm: bool,
 }

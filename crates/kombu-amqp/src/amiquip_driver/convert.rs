@@ -201,7 +201,8 @@ mod tests {
             user_id: Some("guest".into()),
             app_id: Some("a".into()),
             extra: FieldTable::new(),
-        };
+        }
+        .into();
         let props = properties_to_amqp(&message).unwrap();
         assert_eq!(message_from_amqp(b"x".to_vec(), &props), message);
     }
