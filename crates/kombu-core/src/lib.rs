@@ -35,8 +35,8 @@ pub use entity::{Binding, Exchange, ExchangeType, Queue};
 pub use envelope::{BodyEncoding, Envelope};
 pub use error::{Error, ErrorKind, Result};
 pub use message::{
-    shared_properties, shared_text, AckHandle, Acknowledger, Delivery, DeliveryInfo, DeliveryMode,
-    Properties, RawMessage,
+    plain_properties, shared_properties, shared_text, AckHandle, Acknowledger, Delivery, DeliveryInfo,
+    DeliveryMode, Properties, RawMessage,
 };
 pub use registry::TransportDescriptor;
 pub use transport::{

@@ -113,18 +113,37 @@ impl Properties {
 /// of 0–9, nothing else: what nearly every message carries) come from a process-wide table,
 /// so publishing or decoding such a message allocates nothing for them.
 pub fn shared_properties(properties: Properties) -> Arc<Properties> {
-    const PRIORITIES: usize = 11; // None, 0..=9
-    static PLAIN: std::sync::OnceLock<Vec<Arc<Properties>>> = std::sync::OnceLock::new();
     if !properties.is_plain() {
         return Arc::new(properties);
     }
-    let modes = [
+    plain_properties(properties.delivery_mode, properties.priority).unwrap_or_else(|| Arc::new(properties))
+}
+
+/// The shared plain [`Properties`] with only `delivery_mode` and `priority` set, without
+/// building one first; `None` for a priority above 9 (see [`shared_properties`]).
+pub fn plain_properties(
+    delivery_mode: Option<DeliveryMode>,
+    priority: Option<u8>,
+) -> Option<Arc<Properties>> {
+    const PRIORITIES: usize = 11; // None, 0..=9
+    const MODES: [Option<DeliveryMode>; 3] = [
         None,
         Some(DeliveryMode::Transient),
         Some(DeliveryMode::Persistent),
     ];
+    static PLAIN: std::sync::OnceLock<Vec<Arc<Properties>>> = std::sync::OnceLock::new();
+    let priority_index = match priority {
+        None => 0,
+        Some(p @ 0..=9) => usize::from(p) + 1,
+        Some(_) => return None,
+    };
+    let mode_index = match delivery_mode {
+        None => 0,
+        Some(DeliveryMode::Transient) => 1,
+        Some(DeliveryMode::Persistent) => 2,
+    };
     let plain = PLAIN.get_or_init(|| {
-        modes
+        MODES
             .iter()
             .flat_map(|&delivery_mode| {
                 std::iter::once(None)
@@ -139,15 +158,7 @@ pub fn shared_properties(properties: Properties) -> Arc<Properties> {
             })
             .collect()
     });
-    let mode_index = modes
-        .iter()
-        .position(|m| *m == properties.delivery_mode)
-        .unwrap_or_default();
-    let priority_index = properties.priority.map_or(0, |p| usize::from(p) + 1);
-    plain
-        .get(mode_index * PRIORITIES + priority_index)
-        .cloned()
-        .unwrap_or_else(|| Arc::new(properties))
+    plain.get(mode_index * PRIORITIES + priority_index).cloned()
 }
 
 /// Content types and encodings nearly every message carries: one shared string each.
@@ -168,12 +179,21 @@ const COMMON_TEXTS: [&str; 9] = [
 /// use this, so a message's metadata costs no allocation).
 pub fn shared_text(text: &str) -> Arc<str> {
     static COMMON: std::sync::OnceLock<Vec<Arc<str>>> = std::sync::OnceLock::new();
+    // A `match` compiles to a switch on the length and one comparison, not a scan.
+    let index = match text {
+        "application/json" => 0,
+        "utf-8" => 1,
+        "binary" => 2,
+        "application/data" => 3,
+        "text/plain" => 4,
+        "application/x-python-serialize" => 5,
+        "application/x-msgpack" => 6,
+        "application/x-yaml" => 7,
+        "application/x-bzip2" => 8,
+        _ => return Arc::from(text),
+    };
     let common = COMMON.get_or_init(|| COMMON_TEXTS.iter().map(|t| Arc::from(*t)).collect());
-    common
-        .iter()
-        .find(|shared| ***shared == *text)
-        .cloned()
-        .unwrap_or_else(|| Arc::from(text))
+    common.get(index).cloned().unwrap_or_else(|| Arc::from(text))
 }
 
 /// A message as transports see it: opaque body bytes plus metadata.

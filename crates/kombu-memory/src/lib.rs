@@ -364,6 +364,11 @@ impl VirtualBackend for MemoryBroker {
         std::future::ready(Ok(()))
     }
 
+    fn put_now(&self, queue: &str, envelope: Envelope) -> std::result::Result<Result<()>, Envelope> {
+        self.append(queue, envelope, false);
+        Ok(Ok(()))
+    }
+
     fn get(&self, queue: &str) -> impl Future<Output = Result<Option<Claimed>>> + Send {
         let envelope = self.queue(queue).and_then(|q| q.lock().pop(&mut None));
         std::future::ready(Ok(envelope.map(Claimed::removed)))

@@ -417,33 +417,12 @@ impl Producer {
         if content_encoding.as_deref() == Some("") {
             content_encoding = None;
         }
-        let expiration = options.expiration.map(|d| {
-            // Kombu: str(int(expiration * 1000)).
-            (d.as_millis() as u64).to_string()
-        });
         Ok(RawMessage {
             body: payload,
             content_type,
             content_encoding,
             headers,
-            properties: kombu_core::shared_properties(Properties {
-                delivery_mode: Some(
-                    options
-                        .delivery_mode
-                        .or(exchange.delivery_mode)
-                        .unwrap_or(DeliveryMode::Persistent),
-                ),
-                priority: Some(options.priority.unwrap_or(0)),
-                correlation_id: options.correlation_id.clone(),
-                reply_to: options.reply_to.clone(),
-                expiration,
-                message_id: options.message_id.clone(),
-                timestamp: options.timestamp,
-                message_type: options.message_type.clone(),
-                user_id: options.user_id.clone(),
-                app_id: options.app_id.clone(),
-                extra: options.extra_properties.clone(),
-            }),
+            properties: message_properties(options, exchange),
         })
     }
 
@@ -553,6 +532,47 @@ impl Producer {
         publish.confirm = attempt.confirm;
         channel.publish(message, publish).await
     }
+}
+
+/// The basic properties of a publish (Kombu's defaults: persistent unless the options or the
+/// exchange say otherwise, priority 0). Plain ones — nothing but those two — are shared.
+fn message_properties(options: &PublishOptions, exchange: &Exchange) -> Arc<Properties> {
+    let delivery_mode = Some(
+        options
+            .delivery_mode
+            .or(exchange.delivery_mode)
+            .unwrap_or(DeliveryMode::Persistent),
+    );
+    let priority = Some(options.priority.unwrap_or(0));
+    let plain = options.correlation_id.is_none()
+        && options.reply_to.is_none()
+        && options.expiration.is_none()
+        && options.message_id.is_none()
+        && options.timestamp.is_none()
+        && options.message_type.is_none()
+        && options.user_id.is_none()
+        && options.app_id.is_none()
+        && options.extra_properties.is_empty();
+    if let Some(shared) = plain
+        .then(|| kombu_core::plain_properties(delivery_mode, priority))
+        .flatten()
+    {
+        return shared;
+    }
+    Arc::new(Properties {
+        delivery_mode,
+        priority,
+        correlation_id: options.correlation_id.clone(),
+        reply_to: options.reply_to.clone(),
+        // Kombu: str(int(expiration * 1000)).
+        expiration: options.expiration.map(|d| (d.as_millis() as u64).to_string()),
+        message_id: options.message_id.clone(),
+        timestamp: options.timestamp,
+        message_type: options.message_type.clone(),
+        user_id: options.user_id.clone(),
+        app_id: options.app_id.clone(),
+        extra: options.extra_properties.clone(),
+    })
 }
 
 /// What a publish still needs of its [`PublishOptions`] once the message is built.

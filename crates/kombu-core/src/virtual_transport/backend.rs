@@ -83,6 +83,14 @@ pub trait VirtualBackend: Send + Sync + 'static {
     /// Append a message to a queue.
     fn put(&self, queue: &str, envelope: Envelope) -> impl Future<Output = Result<()>> + Send;
 
+    /// Append a message to a queue at once, without a future, where nothing needs to wait
+    /// (an in-process store): a publish to one queue then allocates no future. The default
+    /// gives the envelope back, and [`put`](Self::put) is used.
+    fn put_now(&self, queue: &str, envelope: Envelope) -> std::result::Result<Result<()>, Envelope> {
+        let _ = queue;
+        Err(envelope)
+    }
+
     /// Take the next message (by the backend's priority order, FIFO within a priority).
     fn get(&self, queue: &str) -> impl Future<Output = Result<Option<Claimed>>> + Send;
 

@@ -548,6 +548,17 @@ impl<B: VirtualBackend> ChannelInner<B> {
     }
 }
 
+/// A publish that is already done: zero-sized, so boxing it allocates nothing.
+struct Published;
+
+impl Future for Published {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 fn not_declared(exchange: &str) -> Error {
     Error::new(
         ErrorKind::NotFound,
@@ -1054,7 +1065,15 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
         let inner = &*self.inner;
         match inner.prepare_publish(message, options) {
             Err(e) => Box::pin(std::future::ready(Err(e))),
-            Ok(Prepared::Dropped) => Box::pin(std::future::ready(Ok(()))),
+            Ok(Prepared::Dropped) => Box::pin(Published),
+            Ok(Prepared::Routed(envelope, RouteTarget::Queues(mut queues))) if queues.len() == 1 => {
+                let queue = queues.pop().unwrap_or_else(|| Arc::from(""));
+                match inner.backend.put_now(&queue, envelope) {
+                    Ok(Ok(())) => Box::pin(Published),
+                    Ok(Err(e)) => Box::pin(std::future::ready(Err(e))),
+                    Err(envelope) => Box::pin(inner.deliver(envelope, RouteTarget::Queues(vec![queue]))),
+                }
+            }
             Ok(Prepared::Routed(envelope, target)) => Box::pin(inner.deliver(envelope, target)),
             Ok(Prepared::RouteWithStored(envelope, options)) => {
                 Box::pin(inner.publish_with_stored(envelope, options))
