@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kombu_core::registry::{ConnectFuture, TransportDescriptor};
-use kombu_core::virtual_transport::{BrokerState, Claimed, VirtualBackend, VirtualTransport};
+use kombu_core::virtual_transport::{BrokerState, Claimed, PutNow, VirtualBackend, VirtualTransport};
 use kombu_core::{
     Capabilities, ConnectOptions, Envelope, Error, ErrorKind, FieldTable, PriorityOrder, PrioritySupport,
     Queue, Result, Transport, Value,
@@ -364,9 +364,9 @@ impl VirtualBackend for MemoryBroker {
         std::future::ready(Ok(()))
     }
 
-    fn put_now(&self, queue: &str, envelope: Envelope) -> std::result::Result<Result<()>, Envelope> {
+    fn put_now(&self, queue: &str, envelope: Envelope) -> PutNow {
         self.append(queue, envelope, false);
-        Ok(Ok(()))
+        PutNow::Done(Ok(()))
     }
 
     fn get(&self, queue: &str) -> impl Future<Output = Result<Option<Claimed>>> + Send {

@@ -451,43 +451,48 @@ impl Producer {
             ..
         } = options;
         let attempt = Attempt {
-            exchange,
+            exchange: exchange.map(Box::new),
             routing_key,
             declare,
             mandatory,
             confirm,
         };
+        let retry_policy = retry.then(|| retry_policy.unwrap_or_else(RetryPolicy::publish_default));
         async move {
-            let mut message = prepared?;
-            let exchange = attempt.exchange.as_ref().unwrap_or(&self.exchange);
+            let message = prepared?;
+            let exchange = attempt.exchange.as_deref().unwrap_or(&self.exchange);
             let span = debug_span!("kombu.publish", exchange = %exchange.name, routing_key = %attempt.routing_key.as_deref().unwrap_or(&self.routing_key));
-            async {
-                let policy = retry_policy.unwrap_or_else(RetryPolicy::publish_default);
-                let mut waits = policy.intervals();
-                loop {
-                    // Only a publish that may be retried needs to keep a copy.
-                    let this_try = if retry {
-                        message.clone()
-                    } else {
-                        std::mem::take(&mut message)
-                    };
-                    match self.publish_once(this_try, &attempt).await {
-                        Ok(()) => return Ok(()),
-                        Err(e) if retry && e.is_recoverable() => {
-                            let Some(wait) = waits.next() else { return Err(e) };
-                            tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "publish failed, retrying");
-                            Box::pin(async {
-                                tokio::time::sleep(wait).await;
-                                self.connection.ensure_connection(&policy).await
-                            })
-                            .await?;
-                        }
-                        Err(e) => return Err(e),
-                    }
+            match retry_policy {
+                None => self.publish_once(message, &attempt).instrument(span).await,
+                // Boxed: retrying keeps a copy of the message, a policy and a wait.
+                Some(policy) => {
+                    Box::pin(self.publish_with_retry(message, &attempt, policy))
+                        .instrument(span)
+                        .await
                 }
             }
-            .instrument(span)
-            .await
+        }
+    }
+
+    /// Publish, retrying recoverable failures as `policy` says (reconnecting in between).
+    async fn publish_with_retry(
+        &self,
+        message: RawMessage,
+        attempt: &Attempt,
+        policy: RetryPolicy,
+    ) -> Result<()> {
+        let mut waits = policy.intervals();
+        loop {
+            match self.publish_once(message.clone(), attempt).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_recoverable() => {
+                    let Some(wait) = waits.next() else { return Err(e) };
+                    tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "publish failed, retrying");
+                    tokio::time::sleep(wait).await;
+                    self.connection.ensure_connection(&policy).await?;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -500,7 +505,7 @@ impl Producer {
                 None => Box::pin(self.connection.default_channel()).await?,
             },
         };
-        let exchange = attempt.exchange.as_ref().unwrap_or(&self.exchange);
+        let exchange = attempt.exchange.as_deref().unwrap_or(&self.exchange);
         let declare_exchange = self.auto_declare && !exchange.skips_declare();
         let declared = self
             .connection
@@ -577,7 +582,8 @@ fn message_properties(options: &PublishOptions, exchange: &Exchange) -> Arc<Prop
 
 /// What a publish still needs of its [`PublishOptions`] once the message is built.
 struct Attempt {
-    exchange: Option<Exchange>,
+    /// Boxed: rarely given, and an exchange is most of the struct.
+    exchange: Option<Box<Exchange>>,
     routing_key: Option<Arc<str>>,
     declare: Arc<Vec<Declarable>>,
     mandatory: bool,

@@ -12,6 +12,15 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::value::FieldTable;
 
+/// What [`VirtualBackend::put_now`] did with a message.
+#[derive(Debug)]
+pub enum PutNow {
+    /// Stored at once (or failed at once).
+    Done(Result<()>),
+    /// This backend stores only by awaiting [`VirtualBackend::put`]: the envelope, given back.
+    NeedsAwait(Envelope),
+}
+
 /// A message taken from a queue, with what the backend needs to settle it later.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -85,10 +94,10 @@ pub trait VirtualBackend: Send + Sync + 'static {
 
     /// Append a message to a queue at once, without a future, where nothing needs to wait
     /// (an in-process store): a publish to one queue then allocates no future. The default
-    /// gives the envelope back, and [`put`](Self::put) is used.
-    fn put_now(&self, queue: &str, envelope: Envelope) -> std::result::Result<Result<()>, Envelope> {
+    /// gives the envelope back ([`PutNow::NeedsAwait`]), and [`put`](Self::put) is used.
+    fn put_now(&self, queue: &str, envelope: Envelope) -> PutNow {
         let _ = queue;
-        Err(envelope)
+        PutNow::NeedsAwait(envelope)
     }
 
     /// Take the next message (by the backend's priority order, FIFO within a priority).

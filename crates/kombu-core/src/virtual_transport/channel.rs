@@ -14,7 +14,7 @@ use futures_core::Stream;
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, warn};
 
-use super::backend::{Claimed, StoredBinding, VirtualBackend};
+use super::backend::{Claimed, PutNow, StoredBinding, VirtualBackend};
 use super::state::{BrokerState, Routed};
 use crate::capabilities::Capabilities;
 use crate::entity::{Exchange, ExchangeType, Queue};
@@ -1069,9 +1069,11 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
             Ok(Prepared::Routed(envelope, RouteTarget::Queues(mut queues))) if queues.len() == 1 => {
                 let queue = queues.pop().unwrap_or_else(|| Arc::from(""));
                 match inner.backend.put_now(&queue, envelope) {
-                    Ok(Ok(())) => Box::pin(Published),
-                    Ok(Err(e)) => Box::pin(std::future::ready(Err(e))),
-                    Err(envelope) => Box::pin(inner.deliver(envelope, RouteTarget::Queues(vec![queue]))),
+                    PutNow::Done(Ok(())) => Box::pin(Published),
+                    PutNow::Done(Err(e)) => Box::pin(std::future::ready(Err(e))),
+                    PutNow::NeedsAwait(envelope) => {
+                        Box::pin(inner.deliver(envelope, RouteTarget::Queues(vec![queue])))
+                    }
                 }
             }
             Ok(Prepared::Routed(envelope, target)) => Box::pin(inner.deliver(envelope, target)),

@@ -19,6 +19,6 @@ mod backend;
 mod channel;
 mod state;
 
-pub use backend::{Claimed, StoredBinding, StoredRoutes, VirtualBackend};
+pub use backend::{Claimed, PutNow, StoredBinding, StoredRoutes, VirtualBackend};
 pub use channel::{VirtualChannel, VirtualTransport};
 pub use state::BrokerState;
