@@ -10,11 +10,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_core::Stream;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::backend::{Claimed, PutNow, StoredBinding, VirtualBackend};
+use super::handoff::{handoff, HandoffSender};
 use super::state::{BrokerState, Routed};
 use crate::capabilities::Capabilities;
 use crate::entity::{Exchange, ExchangeType, Queue};
@@ -53,8 +53,9 @@ type UnackedMap = HashMap<u64, Unacked, std::hash::BuildHasherDefault<TagHasher>
 const DISPATCH_BATCH: usize = 64;
 /// The first idle sleep of a dispatcher (see [`idle_backoff`]).
 const FIRST_IDLE_POLL: Duration = Duration::from_millis(10);
-/// Buffered deliveries per consumer (in-flight unacked messages are bounded by prefetch, not
-/// by this).
+/// Deliveries handed to a consumer and not yet taken by its stream (the stream's own batch,
+/// once taken, may hold as many again; in-flight unacked messages are bounded by prefetch,
+/// not by this).
 const CONSUMER_BUFFER: usize = 256;
 
 /// A [`Transport`] made of a [`VirtualBackend`] and a routing [`BrokerState`].
@@ -151,7 +152,7 @@ struct ConsumerEntry {
     tag: Arc<str>,
     queue: Arc<str>,
     no_ack: bool,
-    sender: mpsc::Sender<Result<Delivery>>,
+    sender: HandoffSender,
 }
 
 struct ChannelInner<B: VirtualBackend> {
@@ -614,6 +615,7 @@ async fn dispatch_loop<B: VirtualBackend>(weak: Weak<ChannelInner<B>>, wakeup: A
     let mut version = u64::MAX;
     let mut turn = 0usize;
     let mut batch: Vec<Claimed> = Vec::with_capacity(DISPATCH_BATCH);
+    let mut handed: Vec<Result<Delivery>> = Vec::with_capacity(DISPATCH_BATCH);
     let mut idle_polls = 0u32;
     loop {
         let Some(inner) = weak.upgrade() else { return };
@@ -644,7 +646,7 @@ async fn dispatch_loop<B: VirtualBackend>(weak: Weak<ChannelInner<B>>, wakeup: A
             if consumer.sender.is_closed() {
                 continue;
             }
-            let mut budget = consumer.sender.capacity().min(DISPATCH_BATCH);
+            let mut budget = consumer.sender.room().min(DISPATCH_BATCH);
             if !consumer.no_ack {
                 budget = budget.min(inner.prefetch_room());
             }
@@ -659,24 +661,22 @@ async fn dispatch_loop<B: VirtualBackend>(weak: Weak<ChannelInner<B>>, wakeup: A
                 let (delivery, receipt) =
                     inner.make_delivery(&consumer.queue, claimed, Some(&consumer.tag), consumer.no_ack);
                 inner.settle_no_ack(&consumer.queue, receipt).await;
-                if let Err(err) = consumer.sender.try_send(Ok(delivery)) {
-                    // The consumer went away (or its buffer filled): nothing is lost.
-                    let delivery = match err {
-                        mpsc::error::TrySendError::Full(d) | mpsc::error::TrySendError::Closed(d) => d,
+                handed.push(Ok(delivery));
+            }
+            if !consumer.sender.send_all(&mut handed) {
+                // The consumer went away: nothing is lost.
+                for d in handed.drain(..).flatten() {
+                    let claimed = match d.ack.as_ref() {
+                        Some(h) => inner.lock_unacked().remove(&h.tag).map(|u| u.claimed),
+                        None => None,
                     };
-                    if let Ok(d) = delivery {
-                        let claimed = match d.ack.as_ref() {
-                            Some(h) => inner.lock_unacked().remove(&h.tag).map(|u| u.claimed),
-                            None => None,
-                        };
-                        let claimed = claimed.unwrap_or_else(|| Claimed::removed(envelope_of(&d)));
-                        if let Err(e) = inner
-                            .backend
-                            .requeue(&consumer.queue, claimed.envelope, claimed.receipt.as_deref())
-                            .await
-                        {
-                            warn!(error = %e, "failed to requeue an undeliverable message");
-                        }
+                    let claimed = claimed.unwrap_or_else(|| Claimed::removed(envelope_of(&d)));
+                    if let Err(e) = inner
+                        .backend
+                        .requeue(&consumer.queue, claimed.envelope, claimed.receipt.as_deref())
+                        .await
+                    {
+                        warn!(error = %e, "failed to requeue an undeliverable message");
                     }
                 }
             }
@@ -688,7 +688,7 @@ async fn dispatch_loop<B: VirtualBackend>(weak: Weak<ChannelInner<B>>, wakeup: A
                     broker_trouble = true;
                 } else {
                     warn!(error = %e, queue = %consumer.queue, "consumer poll failed");
-                    let _ = consumer.sender.try_send(Err(e));
+                    let _ = consumer.sender.send_all(&mut vec![Err(e)]);
                 }
             }
         }
@@ -708,7 +708,7 @@ async fn dispatch_loop<B: VirtualBackend>(weak: Weak<ChannelInner<B>>, wakeup: A
         if !broker_trouble {
             for c in snapshot
                 .iter()
-                .filter(|c| !c.sender.is_closed() && c.sender.capacity() > 0)
+                .filter(|c| !c.sender.is_closed() && c.sender.room() > 0)
             {
                 if (c.no_ack || room > 0) && !waiting_on.contains(&c.queue) {
                     waiting_on.push(c.queue.clone());
@@ -846,29 +846,6 @@ impl<B: VirtualBackend> Drop for ChannelInner<B> {
                 "channel dropped outside a tokio runtime with unacked messages; they were not restored"
             ),
         }
-    }
-}
-
-/// The stream handed to a consumer; wakes the dispatcher when it frees buffer room.
-struct ConsumerStream<B: VirtualBackend> {
-    receiver: mpsc::Receiver<Result<Delivery>>,
-    channel: Weak<ChannelInner<B>>,
-}
-
-impl<B: VirtualBackend> Stream for ConsumerStream<B> {
-    type Item = Result<Delivery>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let poll = self.receiver.poll_recv(cx);
-        if let Poll::Ready(Some(_)) = &poll {
-            // The buffer was full and now has room: let the dispatcher fill it again.
-            if self.receiver.capacity() == 1 {
-                if let Some(inner) = self.channel.upgrade() {
-                    inner.wakeup.notify_one();
-                }
-            }
-        }
-        poll
     }
 }
 
@@ -1103,7 +1080,7 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
         } else {
             options.consumer_tag.clone()
         };
-        let (sender, receiver) = mpsc::channel(CONSUMER_BUFFER);
+        let (sender, receiver) = handoff(CONSUMER_BUFFER, inner.wakeup.clone());
         {
             let mut consumers = inner.lock_consumers();
             if consumers.iter().any(|c| *c.tag == *tag) {
@@ -1124,10 +1101,7 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
         inner.wakeup.notify_one();
         Ok(ConsumerHandle {
             consumer_tag: tag,
-            deliveries: Box::pin(ConsumerStream {
-                receiver,
-                channel: Arc::downgrade(inner),
-            }),
+            deliveries: Box::pin(receiver),
         })
     }
 

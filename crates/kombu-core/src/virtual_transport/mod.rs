@@ -17,6 +17,7 @@
 
 mod backend;
 mod channel;
+mod handoff;
 mod state;
 
 pub use backend::{Claimed, PutNow, StoredBinding, StoredRoutes, VirtualBackend};
