@@ -271,6 +271,37 @@ impl GroupResult {
         ))
     }
 
+    /// The total ratios round by round (`None` for a single round). A round's entries ran back
+    /// to back, so each pair saw the same machine; their median resists a slow spell that hit
+    /// one entry's rounds more than another's, which the ratio of medians does not.
+    fn paired(&self) -> Option<String> {
+        let totals = |role: Role| {
+            self.round_totals
+                .iter()
+                .find(|(r, _)| *r == role)
+                .map(|(_, t)| t.as_slice())
+        };
+        let rounds = self.round_totals.first().map_or(0, |(_, t)| t.len());
+        if rounds < 2 {
+            return None;
+        }
+        let mut parts = Vec::new();
+        if let (Some(rs), Some(py)) = (totals(Role::KombuRs), totals(Role::Python)) {
+            parts.push(format!("kombu-rs ÷ Python Kombu {}", paired_series(rs, py)));
+        }
+        if let (Some(raw), Some(rs), Some(name)) =
+            (totals(Role::Baseline), totals(Role::KombuRs), self.group.baseline)
+        {
+            parts.push(format!("raw {name} ÷ kombu-rs {}", paired_series(raw, rs)));
+        }
+        (!parts.is_empty()).then(|| {
+            format!(
+                "total ratios round by round (a round's entries ran back to back): {}",
+                parts.join("; ")
+            )
+        })
+    }
+
     /// Ratio lines: kombu-rs ÷ Python Kombu, and raw baseline ÷ kombu-rs.
     fn ratios(&self) -> Vec<String> {
         let mut lines = Vec::new();
@@ -285,6 +316,21 @@ impl GroupResult {
             ));
         }
         lines
+    }
+}
+
+/// `1.10× / 1.30× / 1.20× (median 1.20×)`: `a ÷ b` round by round.
+fn paired_series(a: &[f64], b: &[f64]) -> String {
+    let per_round: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .filter(|(_, b)| **b > 0.0)
+        .map(|(a, b)| a / b)
+        .collect();
+    let listed: Vec<String> = per_round.iter().map(|r| format!("{r:.2}×")).collect();
+    match median(per_round) {
+        Some(m) => format!("{} (median {m:.2}×)", listed.join(" / ")),
+        None => "n/a".into(),
     }
 }
 
@@ -576,7 +622,7 @@ fn terminal_table(result: &GroupResult) -> String {
     for line in crate::util::text_table(&rows) {
         let _ = writeln!(out, "{line}");
     }
-    for line in result.ratios() {
+    for line in result.ratios().into_iter().chain(result.paired()) {
         let _ = writeln!(out, "{line}");
     }
     out
@@ -663,7 +709,9 @@ fn markdown(options: &Options, machine: &Machine, date: &str, results: &[GroupRe
          `{PYTHON_BENCH} --url <url>`. \
          Every entry of a group runs once per round, the entries interleaved (kombu-rs, raw, \
          Python, then again), so a slow spell of the machine falls on all of them; every number \
-         in the tables is the median over the rounds, and the ratios are taken between medians.\n\n\
+         in the tables is the median over the rounds, and the ratios are taken between medians. \
+         Each group also lists its total ratios round by round, with their median: the entries \
+         of a round ran back to back, so each such pair saw the same state of the machine.\n\n\
          ## Run\n\n\
          - Date: {date}\n\
          - Command: `cargo xtask bench --messages {messages} --latency-samples {latency_samples} --size {size} --rounds {rounds}`\n\n\
@@ -709,7 +757,7 @@ fn markdown(options: &Options, machine: &Machine, date: &str, results: &[GroupRe
                 let _ = writeln!(md, "- {line}");
             }
         }
-        if let Some(line) = result.spread() {
+        for line in result.spread().into_iter().chain(result.paired()) {
             let _ = writeln!(md, "- {line}");
         }
     }
@@ -901,6 +949,15 @@ mod tests {
             "kombu-rs ÷ Python Kombu: publish 20.00×, consume+ack 8.00×, total 12.00×"
         );
         assert!(ratios[1].starts_with("raw mpsc ÷ kombu-rs: publish 4.00×, consume+ack 8.00×, total 6.00×"));
+        assert_eq!(
+            memory_result().paired().as_deref(),
+            Some(
+                "total ratios round by round (a round's entries ran back to back): \
+                 kombu-rs ÷ Python Kombu 12.00× / 11.11× / 12.50× (median 12.00×); \
+                 raw mpsc ÷ kombu-rs 6.00× / 6.33× / 6.00× (median 6.00×)"
+            )
+        );
+        assert_eq!(paired_series(&[2.0, 3.0], &[1.0, 0.0]), "2.00× (median 2.00×)");
     }
 
     #[test]
