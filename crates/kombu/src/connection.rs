@@ -61,6 +61,18 @@ impl From<Arc<Exchange>> for Declarable {
     }
 }
 
+/// The declaration-cache key of an exchange (`None`: its declaration is never cached).
+fn exchange_key(exchange: &Exchange) -> Option<(bool, &str)> {
+    exchange
+        .can_cache_declaration()
+        .then_some((false, exchange.name.as_str()))
+}
+
+/// The declaration-cache key of a queue (`None`: never cached, e.g. a server-named queue).
+fn queue_key(queue: &Queue) -> Option<(bool, &str)> {
+    (queue.can_cache_declaration() && !queue.name.is_empty()).then_some((true, queue.name.as_str()))
+}
+
 /// Names declared on this connection (Kombu's `declared_entities`).
 #[derive(Default)]
 struct Declared {
@@ -410,6 +422,14 @@ impl Connection {
         if let Some(c) = self.open_default_channel() {
             return Ok(c);
         }
+        // Boxed: connecting is the cold path, and its state would otherwise be most of the
+        // future of every caller (a publish awaits this each time).
+        Box::pin(self.create_default_channel()).await
+    }
+
+    /// The slow path of [`default_channel`](Self::default_channel): connect if needed, then
+    /// open the channel.
+    async fn create_default_channel(&self) -> Result<Arc<dyn Channel>> {
         let mut state = self.inner.state.lock().await;
         let transport = self
             .ensure_locked(&mut state, &self.inner.options.connect_policy)
@@ -475,24 +495,12 @@ impl Connection {
     /// publish) makes no other check.
     pub(crate) fn all_declared(&self, declare: &[Declarable], exchange: Option<&Exchange>) -> bool {
         let declared = self.inner.declared.lock().unwrap_or_else(|p| p.into_inner());
-        let exchange_cached =
-            exchange.is_none_or(|e| e.can_cache_declaration() && declared.contains((false, e.name.as_str())));
-        exchange_cached
+        let cached = |key: Option<(bool, &str)>| key.is_some_and(|key| declared.contains(key));
+        exchange.is_none_or(|e| cached(exchange_key(e)))
             && declare.iter().all(|entity| match entity {
-                Declarable::Exchange(e) => {
-                    e.can_cache_declaration() && declared.contains((false, e.name.as_str()))
-                }
-                Declarable::Queue(q) => {
-                    q.can_cache_declaration()
-                        && !q.name.is_empty()
-                        && declared.contains((true, q.name.as_str()))
-                }
+                Declarable::Exchange(e) => cached(exchange_key(e)),
+                Declarable::Queue(q) => cached(queue_key(q)),
             })
-    }
-
-    /// The default channel if it is open, without waiting or connecting.
-    pub(crate) fn cached_default_channel(&self) -> Option<Arc<dyn Channel>> {
-        self.open_default_channel()
     }
 
     fn is_declared(&self, key: Option<(bool, &str)>) -> bool {
@@ -517,9 +525,7 @@ impl Connection {
 
     /// [`maybe_declare`](Self::maybe_declare) for an exchange, without wrapping it.
     pub async fn maybe_declare_exchange(&self, exchange: &Exchange, channel: &dyn Channel) -> Result<bool> {
-        let key = exchange
-            .can_cache_declaration()
-            .then_some((false, exchange.name.as_str()));
+        let key = exchange_key(exchange);
         if self.is_declared(key) {
             return Ok(false);
         }
@@ -530,8 +536,7 @@ impl Connection {
 
     /// [`maybe_declare`](Self::maybe_declare) for a queue, without wrapping it.
     pub async fn maybe_declare_queue(&self, queue: &Queue, channel: &dyn Channel) -> Result<bool> {
-        let key =
-            (queue.can_cache_declaration() && !queue.name.is_empty()).then_some((true, queue.name.as_str()));
+        let key = queue_key(queue);
         if self.is_declared(key) {
             return Ok(false);
         }

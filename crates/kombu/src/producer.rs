@@ -498,13 +498,7 @@ impl Producer {
 
     /// One try: the channel, the declarations not yet cached, the publish itself.
     async fn publish_once(&self, message: RawMessage, attempt: &Attempt) -> Result<()> {
-        let channel = match &self.channel {
-            Some(c) => c.clone(),
-            None => match self.connection.cached_default_channel() {
-                Some(c) => c,
-                None => Box::pin(self.connection.default_channel()).await?,
-            },
-        };
+        let channel = self.channel_for_publish().await?;
         let exchange = attempt.exchange.as_deref().unwrap_or(&self.exchange);
         let declare_exchange = self.auto_declare && !exchange.skips_declare();
         let declared = self
