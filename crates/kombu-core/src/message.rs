@@ -77,9 +77,7 @@ impl Properties {
         let ms: f64 = self.expiration.as_deref()?.trim().parse().ok()?;
         (ms.is_finite() && ms >= 0.0).then(|| std::time::Duration::from_secs_f64(ms / 1000.0))
     }
-}
 
-impl Properties {
     /// Whether only `delivery_mode` and a priority of at most 9 are set: what nearly every
     /// message carries, and what [`shared_properties`] keeps one copy of.
     fn is_plain(&self) -> bool {
@@ -223,14 +221,9 @@ impl Default for RawMessage {
             content_type: None,
             content_encoding: None,
             headers: FieldTable::new(),
-            properties: empty_properties(),
+            properties: shared_properties(Properties::default()),
         }
     }
-}
-
-/// One shared, empty [`Properties`] for every message built without any.
-fn empty_properties() -> Arc<Properties> {
-    shared_properties(Properties::default())
 }
 
 impl RawMessage {

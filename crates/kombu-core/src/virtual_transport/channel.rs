@@ -1043,13 +1043,12 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
         match inner.prepare_publish(message, options) {
             Err(e) => Box::pin(std::future::ready(Err(e))),
             Ok(Prepared::Dropped) => Box::pin(Published),
-            Ok(Prepared::Routed(envelope, RouteTarget::Queues(mut queues))) if queues.len() == 1 => {
-                let queue = queues.pop().unwrap_or_else(|| Arc::from(""));
-                match inner.backend.put_now(&queue, envelope) {
+            Ok(Prepared::Routed(envelope, RouteTarget::Queues(queues))) if queues.len() == 1 => {
+                match inner.backend.put_now(&queues[0], envelope) {
                     PutNow::Done(Ok(())) => Box::pin(Published),
                     PutNow::Done(Err(e)) => Box::pin(std::future::ready(Err(e))),
                     PutNow::NeedsAwait(envelope) => {
-                        Box::pin(inner.deliver(envelope, RouteTarget::Queues(vec![queue])))
+                        Box::pin(inner.deliver(envelope, RouteTarget::Queues(queues)))
                     }
                 }
             }

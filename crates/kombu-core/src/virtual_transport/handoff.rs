@@ -60,8 +60,6 @@ struct State {
     starved: bool,
     /// The sender was dropped: once `items` is empty the stream ends.
     sender_gone: bool,
-    /// The stream was dropped: nothing more is accepted.
-    closed: bool,
 }
 
 impl Shared {
@@ -106,7 +104,8 @@ impl HandoffSender {
         }
         let waker = {
             let mut state = self.shared.lock();
-            if state.closed {
+            // Set before the stream takes the lock to drop what waits, so seen here after it.
+            if self.is_closed() {
                 return false;
             }
             state.items.extend(batch.drain(..));
@@ -177,11 +176,7 @@ impl Drop for HandoffReceiver {
         self.shared.closed.store(true, Ordering::Release);
         // Dropped outside the lock; the channel still records them as unacked, so closing it
         // restores them.
-        let waiting = {
-            let mut state = self.shared.lock();
-            state.closed = true;
-            std::mem::take(&mut state.items)
-        };
+        let waiting = std::mem::take(&mut self.shared.lock().items);
         drop(waiting);
     }
 }
