@@ -880,6 +880,7 @@ impl Channel for AmqpChannel {
 
     async fn qos(&self, options: QosOptions) -> Result<()> {
         self.ensure_open()?;
+        options.refuse_byte_limit("amqp")?;
         *self.qos.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(options);
         let open = self.consumer_channel().await?;
         apply_qos(&open.channel, options).await

@@ -308,13 +308,28 @@ pub struct ConsumeOptions {
 pub struct QosOptions {
     /// Unacked deliveries allowed in flight on the channel; 0 = unlimited.
     pub prefetch_count: u16,
-    /// Unacked bytes allowed in flight; 0 = unlimited (ignored by most transports, as Kombu).
+    /// Unacked bytes allowed in flight; 0 = unlimited. No transport honours a byte limit
+    /// (RabbitMQ does not implement it): anything but 0 is an `Unsupported` error rather
+    /// than silently ignored, as Kombu does.
     pub prefetch_size: u32,
     /// Apply to the whole connection (AMQP `global`).
     pub global: bool,
 }
 
 impl QosOptions {
+    /// `Unsupported` when a byte limit (`prefetch_size`) is asked for: no transport honours
+    /// one, and it is refused rather than ignored. Every transport's `qos` calls this.
+    pub fn refuse_byte_limit(&self, transport: &str) -> Result<()> {
+        if self.prefetch_size == 0 {
+            return Ok(());
+        }
+        Err(
+            crate::error::Error::unsupported("prefetch_size (a byte limit; only prefetch_count is honoured)")
+                .with_context("transport", transport)
+                .with_context("prefetch_size", self.prefetch_size),
+        )
+    }
+
     /// A prefetch count.
     pub fn prefetch(count: u16) -> Self {
         QosOptions {

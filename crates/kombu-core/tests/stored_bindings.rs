@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use kombu_core::transport::{GetOptions, PublishOptions};
 use kombu_core::virtual_transport::{
-    BrokerState, Claimed, StoredBinding, StoredRoutes, VirtualBackend, VirtualTransport,
+    BrokerState, Claimed, StoredBinding, StoredBindings, StoredRoutes, VirtualBackend, VirtualTransport,
 };
 use kombu_core::{Capabilities, Envelope, Exchange, FieldTable, Queue, RawMessage, Result, Transport};
 
@@ -78,8 +78,24 @@ impl VirtualBackend for Backend {
     async fn delete_queue(&self, _: &str) -> Result<()> {
         Ok(())
     }
-    fn persists_bindings(&self) -> bool {
-        true
+    fn stored_bindings(&self) -> Option<&impl StoredBindings> {
+        Some(self)
+    }
+}
+
+impl StoredBindings for Backend {
+    async fn declare_exchange(&self, _: &Exchange) -> Result<()> {
+        Ok(())
+    }
+    async fn delete_exchange(&self, exchange: &str) -> Result<()> {
+        self.0.bindings.lock().unwrap().remove(exchange);
+        Ok(())
+    }
+    async fn remove_binding(&self, exchange: &str, binding: &StoredBinding) -> Result<()> {
+        if let Some(list) = self.0.bindings.lock().unwrap().get_mut(exchange) {
+            list.retain(|b| b != binding);
+        }
+        Ok(())
     }
     async fn store_binding(&self, exchange: &Exchange, binding: &StoredBinding) -> Result<()> {
         self.0

@@ -393,12 +393,7 @@ impl VirtualBackend for MemoryBroker {
         std::future::ready(Ok(()))
     }
 
-    fn requeue(
-        &self,
-        queue: &str,
-        envelope: Envelope,
-        _receipt: Option<&str>,
-    ) -> impl Future<Output = Result<()>> + Send {
+    fn restore(&self, queue: &str, envelope: Envelope) -> impl Future<Output = Result<()>> + Send {
         self.append(queue, envelope, true);
         std::future::ready(Ok(()))
     }

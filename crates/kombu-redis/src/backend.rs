@@ -7,7 +7,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kombu_core::envelope::{to_python_json, BodyEncoding};
 use kombu_core::router::CompiledBinding;
-use kombu_core::virtual_transport::{Claimed, StoredBinding, StoredRoutes, VirtualBackend};
+use kombu_core::virtual_transport::{
+    BroadcastBuffer, BrokerRouting, Claimed, NativeFanout, Receipts, Settle, StoredBinding, StoredBindings,
+    StoredRoutes, VirtualBackend,
+};
 use kombu_core::{
     Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, FieldTable, Queue, Result, Value,
 };
@@ -16,7 +19,6 @@ use redis::AsyncConnectionConfig;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use crate::acks::{self, AckQueue};
 use crate::fanout::Fanout;
 use crate::keys::Keys;
 use crate::scripts;
@@ -41,11 +43,7 @@ struct Inner {
     expiring: Mutex<HashMap<String, u64>>,
     /// Queues declared on this connection (a passive declare of an empty one succeeds).
     declared: Mutex<HashSet<String>>,
-    /// Delivery tags this connection claimed and has not settled: their deadlines are renewed.
-    in_flight: Mutex<HashSet<String>>,
     last_restore: Mutex<Option<Instant>>,
-    /// Acks waiting to be written in a batch.
-    acks: AckQueue,
     fanout: Arc<Fanout>,
     arrived: Arc<Notify>,
     closed: AtomicBool,
@@ -84,10 +82,8 @@ impl RedisBackend {
         }
         let arrived = Arc::new(Notify::new());
         let keys = Keys::new(settings.keys.clone());
-        let acks = AckQueue::spawn(commands.clone(), keys.unacked.clone(), keys.unacked_index.clone());
         let inner = Arc::new(Inner {
             keys,
-            acks,
             fanout: Fanout::new(client.clone(), arrived.clone()),
             settings,
             client,
@@ -96,20 +92,28 @@ impl RedisBackend {
             watching: Mutex::new(HashSet::new()),
             expiring: Mutex::new(HashMap::new()),
             declared: Mutex::new(HashSet::new()),
-            in_flight: Mutex::new(HashSet::new()),
             last_restore: Mutex::new(None),
             arrived,
             closed: AtomicBool::new(false),
         });
-        if inner.settings.ack_emulation {
-            tokio::spawn(renew_loop(Arc::downgrade(&inner)));
-        }
         Ok(RedisBackend { inner })
     }
 
     pub(crate) fn body_encoding(&self) -> BodyEncoding {
         self.inner.settings.body_encoding
     }
+}
+
+/// What a connection with `settings` supports: the transport's static capabilities, less
+/// what ack emulation gives when it is off (`ack_emulation=false`: a message is removed when
+/// taken, so it is neither crash-safe nor renewed).
+fn connection_capabilities(settings: &Settings) -> Capabilities {
+    let mut caps = crate::CAPABILITIES;
+    if !settings.ack_emulation {
+        caps.crash_safe_acks = false;
+        caps.extend_visibility = false;
+    }
+    caps
 }
 
 /// The client for `settings`: with the TLS certificates they name, if any.
@@ -502,30 +506,20 @@ impl Inner {
         due
     }
 
-    /// Push the index score of every delivery still held here to now, so live consumers'
-    /// messages are never restored under them.
-    async fn renew(&self) -> Result<usize> {
-        let tags: Vec<String> = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect();
-        if tags.is_empty() {
-            return Ok(0);
-        }
+    /// Push the index score of these deliveries to now, so live consumers' messages are
+    /// never restored under them.
+    async fn renew(&self, tags: &[&str]) -> Result<()> {
         let now = now_secs();
         let mut cmd = redis::cmd("ZADD");
         cmd.arg(&self.keys.unacked_index).arg("XX");
-        for t in &tags {
-            cmd.arg(now).arg(t);
+        for t in tags {
+            cmd.arg(now).arg(*t);
         }
         let _: i64 = cmd
             .query_async(&mut self.conn())
             .await
             .map_err(|e| redis_error(e, "cannot renew deliveries"))?;
-        Ok(tags.len())
+        Ok(())
     }
 }
 
@@ -585,33 +579,13 @@ async fn watch(weak: Weak<Inner>, key: String, timeout: Duration) {
         .remove(&key);
 }
 
-/// Every quarter of the visibility timeout (1 s to 60 s), renew this connection's deliveries.
-async fn renew_loop(weak: Weak<Inner>) {
-    let every = match weak.upgrade() {
-        Some(inner) => {
-            (inner.settings.visibility_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
-        }
-        None => return,
-    };
-    loop {
-        tokio::time::sleep(every).await;
-        let Some(inner) = weak.upgrade() else { return };
-        if inner.closed.load(Ordering::Acquire) {
-            return;
-        }
-        if let Err(e) = inner.renew().await {
-            warn!(error = %e, "could not renew in-flight deliveries");
-        }
-    }
-}
-
 impl VirtualBackend for RedisBackend {
     fn name(&self) -> &'static str {
         "redis"
     }
 
     fn capabilities(&self) -> Capabilities {
-        crate::CAPABILITIES
+        connection_capabilities(&self.inner.settings)
     }
 
     async fn declare_queue(&self, queue: &Queue, arguments: &FieldTable) -> Result<()> {
@@ -669,13 +643,7 @@ impl VirtualBackend for RedisBackend {
         if max == 0 {
             return Ok(());
         }
-        let mut fanned = Vec::new();
-        inner.fanout.take(queue, max, &mut fanned);
-        let taken = fanned.len();
-        out.extend(fanned.into_iter().map(Claimed::removed));
-        if taken >= max {
-            return Ok(());
-        }
+        let taken = 0;
         if inner.maybe_restore_due() {
             if let Err(e) = inner.restore_visible().await {
                 debug!(error = %e, "restore of expired deliveries failed");
@@ -714,15 +682,7 @@ impl VirtualBackend for RedisBackend {
             match Envelope::from_json(payload) {
                 Ok(envelope) => {
                     if inner.settings.ack_emulation {
-                        inner
-                            .in_flight
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(tag.clone());
-                        out.push(Claimed {
-                            envelope,
-                            receipt: Some(tag),
-                        });
+                        out.push(Claimed::held(envelope, tag));
                     } else {
                         out.push(Claimed::removed(envelope));
                     }
@@ -759,56 +719,10 @@ impl VirtualBackend for RedisBackend {
         Ok(())
     }
 
-    /// Returns once queued (see [`crate::acks`]); closing the connection waits for the write.
-    async fn ack(&self, _queue: &str, receipt: Option<&str>) -> Result<()> {
-        let Some(tag) = receipt else { return Ok(()) };
-        let inner = &self.inner;
-        if !inner.acks.push(tag) {
-            // The writer task is gone (the runtime is shutting down): write this one now.
-            let () = acks::settle(&inner.keys.unacked, &inner.keys.unacked_index, tag)
-                .query_async(&mut inner.conn())
-                .await
-                .map_err(|e| redis_error(e, "ack failed").with_context("delivery_tag", tag))?;
-        }
-        inner
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(tag);
-        Ok(())
-    }
-
-    async fn requeue(&self, queue: &str, envelope: Envelope, receipt: Option<&str>) -> Result<()> {
-        let inner = &self.inner;
-        let Some(tag) = receipt else {
-            if inner.fanout.is_fanout_queue(queue) {
-                inner.fanout.push_front(queue, envelope);
-                return Ok(());
-            }
-            return inner.push(queue, &envelope, true).await;
-        };
-        // Back to the queue it came from (Kombu re-routes through the exchange, which copies
-        // the message into every other bound queue again), consumed next.
-        let payload = envelope.to_json();
-        let mut invocation = scripts::RESTORE.prepare_invoke();
-        invocation
-            .key(&inner.keys.unacked)
-            .key(&inner.keys.unacked_index)
-            .key(inner.keys.key_for_priority(queue, envelope.priority()))
-            .arg(tag)
-            .arg("")
-            .arg(payload);
-        let _: i64 = invocation
-            .invoke_async(&mut inner.conn())
-            .await
-            .map_err(|e| redis_error(e, "requeue failed").with_context("queue", queue))?;
-        inner
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(tag);
-        inner.arrived.notify_waiters();
-        Ok(())
+    /// A message taken without ack emulation (or a broadcast one: those the channel puts
+    /// back in the broadcast buffer itself): back at the head of its list.
+    async fn restore(&self, queue: &str, envelope: Envelope) -> Result<()> {
+        self.inner.push(queue, &envelope, true).await
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {
@@ -826,9 +740,7 @@ impl VirtualBackend for RedisBackend {
             .query_async(&mut inner.conn())
             .await
             .map_err(|e| redis_error(e, "purge failed").with_context("queue", queue))?;
-        let mut dropped = Vec::new();
-        inner.fanout.take(queue, usize::MAX, &mut dropped);
-        Ok(sizes.iter().sum::<u64>() + dropped.len() as u64)
+        Ok(sizes.iter().sum::<u64>())
     }
 
     async fn size(&self, queue: &str) -> Result<u64> {
@@ -841,7 +753,7 @@ impl VirtualBackend for RedisBackend {
             .query_async(&mut inner.conn())
             .await
             .map_err(|e| redis_error(e, "size failed").with_context("queue", queue))?;
-        Ok(sizes.iter().sum::<u64>() + inner.fanout.buffered(queue) as u64)
+        Ok(sizes.iter().sum::<u64>())
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<()> {
@@ -866,24 +778,121 @@ impl VirtualBackend for RedisBackend {
         Ok(())
     }
 
-    fn native_fanout(&self) -> bool {
-        true
+    fn wakeup(&self) -> Option<Arc<Notify>> {
+        Some(self.inner.arrived.clone())
     }
 
-    async fn put_fanout(&self, exchange: &str, envelope: Envelope, routing_key: &str) -> Result<()> {
+    fn polling_interval(&self) -> Duration {
+        self.inner.settings.polling_interval
+    }
+
+    async fn wait_for_messages(&self, queues: &[Arc<str>], timeout: Duration) -> Result<()> {
         let inner = &self.inner;
-        let topic = inner.keys.fanout_topic(exchange, routing_key);
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg(&topic)
-            .arg(envelope.to_json())
-            .query_async(&mut inner.conn())
-            .await
-            .map_err(|e| redis_error(e, "fanout publish failed").with_context("exchange", exchange))?;
+        for q in queues {
+            if inner.fanout.is_fanout_queue(q) {
+                continue;
+            }
+            for key in inner.keys.queue_keys(q) {
+                let newly_watched = inner
+                    .watching
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key.clone());
+                if newly_watched {
+                    tokio::spawn(watch(Arc::downgrade(inner), key, inner.settings.polling_interval));
+                }
+            }
+        }
+        // The watchers notify `arrived`, which the dispatcher also waits on.
+        tokio::time::sleep(timeout).await;
         Ok(())
     }
 
-    fn persists_bindings(&self) -> bool {
-        true
+    async fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner.closed.store(true, Ordering::Release);
+        inner.fanout.close();
+        inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        Ok(())
+    }
+
+    fn receipts(&self) -> Option<&impl Receipts> {
+        self.inner.settings.ack_emulation.then_some(self)
+    }
+
+    fn stored_bindings(&self) -> Option<&impl StoredBindings> {
+        Some(self)
+    }
+
+    fn broker_routing(&self) -> Option<&impl BrokerRouting> {
+        Some(self)
+    }
+
+    fn native_fanout(&self) -> Option<&impl NativeFanout> {
+        Some(self)
+    }
+}
+
+/// Kombu's ack emulation: a claimed message waits in the unacked hash until acked; its index
+/// score (the claim time) is renewed while a consumer holds it, and Kombu's
+/// `restore_visible` gives back the ones older than the visibility timeout.
+impl Receipts for RedisBackend {
+    /// Kombu's ack for a group: one `MULTI ZREM … HDEL … EXEC`.
+    async fn ack_batch(&self, batch: &[Settle]) -> Result<()> {
+        let inner = &self.inner;
+        let tags: Vec<&str> = batch.iter().map(|s| s.receipt.as_str()).collect();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .zrem(&inner.keys.unacked_index, &tags)
+            .ignore()
+            .hdel(&inner.keys.unacked, &tags)
+            .ignore();
+        let () = pipe
+            .query_async(&mut inner.conn())
+            .await
+            .map_err(|e| redis_error(e, "ack failed").with_context("count", tags.len()))?;
+        Ok(())
+    }
+
+    async fn requeue(&self, queue: &str, envelope: Envelope, receipt: &str) -> Result<()> {
+        let inner = &self.inner;
+        // Back to the queue it came from (Kombu re-routes through the exchange, which copies
+        // the message into every other bound queue again), consumed next.
+        let payload = envelope.to_json();
+        let mut invocation = scripts::RESTORE.prepare_invoke();
+        invocation
+            .key(&inner.keys.unacked)
+            .key(&inner.keys.unacked_index)
+            .key(inner.keys.key_for_priority(queue, envelope.priority()))
+            .arg(receipt)
+            .arg("")
+            .arg(payload);
+        let _: i64 = invocation
+            .invoke_async(&mut inner.conn())
+            .await
+            .map_err(|e| redis_error(e, "requeue failed").with_context("queue", queue))?;
+        inner.arrived.notify_waiters();
+        Ok(())
+    }
+
+    async fn renew(&self, receipts: &[&str]) -> Result<()> {
+        self.inner.renew(receipts).await
+    }
+
+    /// Every quarter of the visibility timeout, 1 s to 60 s.
+    fn renewal_interval(&self) -> Option<Duration> {
+        Some(
+            (self.inner.settings.visibility_timeout / 4)
+                .clamp(Duration::from_secs(1), Duration::from_secs(60)),
+        )
+    }
+}
+
+/// Kombu's `_kombu.binding.<exchange>` sets (no exchange types: a publisher routes an
+/// exchange it did not declare as direct).
+impl StoredBindings for RedisBackend {
+    async fn declare_exchange(&self, _exchange: &Exchange) -> Result<()> {
+        Ok(())
     }
 
     async fn delete_exchange(&self, exchange: &str) -> Result<()> {
@@ -974,10 +983,33 @@ impl VirtualBackend for RedisBackend {
         }))
     }
 
-    fn routes_on_broker(&self) -> bool {
-        true
+    async fn remove_binding(&self, exchange: &str, binding: &StoredBinding) -> Result<()> {
+        let inner = &self.inner;
+        let members = [
+            inner
+                .keys
+                .member(ExchangeType::Direct, &binding.routing_key, &binding.queue),
+            inner
+                .keys
+                .member(ExchangeType::Topic, &binding.routing_key, &binding.queue),
+        ];
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .srem(inner.keys.binding_set(exchange), &members)
+            .ignore()
+            .srem(inner.keys.binding_permanent_set(exchange), &members)
+            .ignore();
+        let () = pipe
+            .query_async(&mut inner.conn())
+            .await
+            .map_err(|e| redis_error(e, "unbind failed"))?;
+        let pattern = inner.keys.fanout_pattern(exchange, &binding.routing_key);
+        inner.fanout.unsubscribe(&binding.queue, &pattern).await;
+        Ok(())
     }
+}
 
+impl BrokerRouting for RedisBackend {
     async fn put_routed(
         &self,
         exchange: &str,
@@ -1035,75 +1067,23 @@ impl VirtualBackend for RedisBackend {
         }
         Ok(Some(queues.len()))
     }
+}
 
-    async fn remove_binding(&self, exchange: &str, binding: &StoredBinding) -> Result<()> {
+/// Fanout exchanges over PUB/SUB, as Kombu does it.
+impl NativeFanout for RedisBackend {
+    async fn put_fanout(&self, exchange: &str, envelope: Envelope, routing_key: &str) -> Result<()> {
         let inner = &self.inner;
-        let members = [
-            inner
-                .keys
-                .member(ExchangeType::Direct, &binding.routing_key, &binding.queue),
-            inner
-                .keys
-                .member(ExchangeType::Topic, &binding.routing_key, &binding.queue),
-        ];
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .srem(inner.keys.binding_set(exchange), &members)
-            .ignore()
-            .srem(inner.keys.binding_permanent_set(exchange), &members)
-            .ignore();
-        let () = pipe
+        let topic = inner.keys.fanout_topic(exchange, routing_key);
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&topic)
+            .arg(envelope.to_json())
             .query_async(&mut inner.conn())
             .await
-            .map_err(|e| redis_error(e, "unbind failed"))?;
-        let pattern = inner.keys.fanout_pattern(exchange, &binding.routing_key);
-        inner.fanout.unsubscribe(&binding.queue, &pattern).await;
+            .map_err(|e| redis_error(e, "fanout publish failed").with_context("exchange", exchange))?;
         Ok(())
     }
 
-    fn wakeup(&self) -> Option<Arc<Notify>> {
-        Some(self.inner.arrived.clone())
-    }
-
-    fn polling_interval(&self) -> Duration {
-        self.inner.settings.polling_interval
-    }
-
-    async fn wait_for_messages(&self, queues: &[Arc<str>], timeout: Duration) -> Result<()> {
-        let inner = &self.inner;
-        for q in queues {
-            if inner.fanout.is_fanout_queue(q) {
-                continue;
-            }
-            for key in inner.keys.queue_keys(q) {
-                let newly_watched = inner
-                    .watching
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key.clone());
-                if newly_watched {
-                    tokio::spawn(watch(Arc::downgrade(inner), key, inner.settings.polling_interval));
-                }
-            }
-        }
-        // The watchers notify `arrived`, which the dispatcher also waits on.
-        tokio::time::sleep(timeout).await;
-        Ok(())
-    }
-
-    async fn close(&self) -> Result<()> {
-        let inner = &self.inner;
-        if tokio::time::timeout(inner.settings.socket_timeout, inner.acks.flush())
-            .await
-            .is_err()
-        {
-            warn!(
-                "closing with acks not yet written (Redis unreachable); they are retried in the background"
-            );
-        }
-        inner.closed.store(true, Ordering::Release);
-        inner.fanout.close();
-        inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        Ok(())
+    fn broadcast_buffer(&self) -> &BroadcastBuffer {
+        self.inner.fanout.buffer()
     }
 }

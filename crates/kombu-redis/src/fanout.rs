@@ -1,12 +1,13 @@
 //! Fanout over PUB/SUB, as Kombu does it: a queue bound to a fanout exchange subscribes to
-//! the exchange's channel pattern; what arrives is buffered here for that queue's consumers.
-//! Like in Kombu, fanout messages are not stored: nobody subscribed, nobody receives them.
+//! the exchange's channel pattern; what arrives waits in the core's [`BroadcastBuffer`] (keyed
+//! by pattern) for that queue's consumers. Like in Kombu, fanout messages are not stored:
+//! nobody subscribed, nobody receives them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use kombu_core::virtual_transport::BroadcastBuffer;
 use kombu_core::Envelope;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
@@ -14,36 +15,31 @@ use tracing::{debug, warn};
 /// The subscriptions of one connection and the messages they brought.
 pub(crate) struct Fanout {
     client: redis::Client,
-    /// Pattern → queues subscribed with it.
-    patterns: Mutex<BTreeMap<String, BTreeSet<String>>>,
-    buffers: Mutex<HashMap<String, VecDeque<Envelope>>>,
-    /// Woken when a message arrives (the dispatcher's wake-up signal).
-    arrived: Arc<Notify>,
+    /// Pattern → subscribed queues, and the messages waiting for each queue.
+    buffer: BroadcastBuffer,
     sink: tokio::sync::Mutex<Option<redis::aio::PubSubSink>>,
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Fanout {
+    /// `arrived` is notified when a message arrives (the dispatcher's wake-up signal).
     pub(crate) fn new(client: redis::Client, arrived: Arc<Notify>) -> Arc<Fanout> {
         Arc::new(Fanout {
             client,
-            patterns: Mutex::new(BTreeMap::new()),
-            buffers: Mutex::new(HashMap::new()),
-            arrived,
+            buffer: BroadcastBuffer::new(arrived),
             sink: tokio::sync::Mutex::new(None),
             reader: Mutex::new(None),
         })
     }
 
+    /// Where broadcast messages wait for their queues.
+    pub(crate) fn buffer(&self) -> &BroadcastBuffer {
+        &self.buffer
+    }
+
     /// Subscribe `queue` to `pattern`; returns once the server confirmed the subscription.
     pub(crate) async fn subscribe(self: &Arc<Self>, queue: &str, pattern: &str) -> redis::RedisResult<()> {
-        let is_new = {
-            let mut patterns = self.patterns.lock().unwrap_or_else(|p| p.into_inner());
-            let queues = patterns.entry(pattern.to_owned()).or_default();
-            let is_new = queues.is_empty();
-            queues.insert(queue.to_owned());
-            is_new
-        };
+        let is_new = self.buffer.subscribe(queue, pattern);
         let mut sink = self.sink.lock().await;
         if sink.is_none() {
             // First subscription (or the reader is reconnecting): connect and subscribe all.
@@ -60,82 +56,28 @@ impl Fanout {
 
     /// Stop delivering `pattern` to `queue`.
     pub(crate) async fn unsubscribe(&self, queue: &str, pattern: &str) {
-        let now_unused = {
-            let mut patterns = self.patterns.lock().unwrap_or_else(|p| p.into_inner());
-            match patterns.get_mut(pattern) {
-                Some(queues) => {
-                    queues.remove(queue);
-                    let unused = queues.is_empty();
-                    if unused {
-                        patterns.remove(pattern);
-                    }
-                    unused
-                }
-                None => false,
-            }
-        };
-        if now_unused {
-            if let Some(s) = self.sink.lock().await.as_mut() {
-                if let Err(e) = s.punsubscribe(pattern).await {
-                    debug!(error = %e, pattern, "punsubscribe failed");
-                }
-            }
+        if self.buffer.unsubscribe(queue, pattern) {
+            self.punsubscribe(pattern).await;
         }
     }
 
     /// Forget every subscription of `queue` and its buffered messages.
     pub(crate) async fn remove_queue(&self, queue: &str) {
-        let patterns: Vec<String> = self
-            .patterns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(_, queues)| queues.contains(queue))
-            .map(|(p, _)| p.clone())
-            .collect();
-        for p in patterns {
-            self.unsubscribe(queue, &p).await;
-        }
-        self.buffers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(queue);
-    }
-
-    /// Take up to `max` buffered messages of `queue`.
-    pub(crate) fn take(&self, queue: &str, max: usize, out: &mut Vec<Envelope>) {
-        let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(buffer) = buffers.get_mut(queue) {
-            let n = max.min(buffer.len());
-            out.extend(buffer.drain(..n));
+        for pattern in self.buffer.remove_queue(queue) {
+            self.punsubscribe(&pattern).await;
         }
     }
 
-    /// Put a message back at the front of `queue`'s buffer (a rejected fanout delivery).
-    pub(crate) fn push_front(&self, queue: &str, envelope: Envelope) {
-        self.buffers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(queue.to_owned())
-            .or_default()
-            .push_front(envelope);
-        self.arrived.notify_waiters();
-    }
-
-    pub(crate) fn buffered(&self, queue: &str) -> usize {
-        self.buffers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(queue)
-            .map_or(0, VecDeque::len)
+    async fn punsubscribe(&self, pattern: &str) {
+        if let Some(s) = self.sink.lock().await.as_mut() {
+            if let Err(e) = s.punsubscribe(pattern).await {
+                debug!(error = %e, pattern, "punsubscribe failed");
+            }
+        }
     }
 
     pub(crate) fn is_fanout_queue(&self, queue: &str) -> bool {
-        self.patterns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .any(|queues| queues.contains(queue))
+        self.buffer.is_subscribed(queue)
     }
 
     pub(crate) fn close(&self) {
@@ -160,28 +102,12 @@ impl Fanout {
     }
 
     fn deliver(&self, pattern: &str, payload: &[u8]) {
-        let queues: Vec<String> = match self
-            .patterns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(pattern)
-        {
-            Some(queues) => queues.iter().cloned().collect(),
-            None => return,
-        };
-        let envelope = match Envelope::from_json(payload) {
-            Ok(e) => e,
-            Err(e) => {
-                warn!(error = %e, pattern, "dropping a fanout message that is not a Kombu envelope");
-                return;
+        match Envelope::from_json(payload) {
+            Ok(envelope) => {
+                self.buffer.deliver(pattern, &envelope);
             }
-        };
-        let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-        for q in queues {
-            buffers.entry(q).or_default().push_back(envelope.clone());
+            Err(e) => warn!(error = %e, pattern, "dropping a fanout message that is not a Kombu envelope"),
         }
-        drop(buffers);
-        self.arrived.notify_waiters();
     }
 }
 
@@ -223,13 +149,7 @@ async fn subscribe_all(
 ) -> redis::RedisResult<(redis::aio::PubSubSink, redis::aio::PubSubStream)> {
     let pubsub = fanout.client.get_async_pubsub().await?;
     let (mut sink, stream) = pubsub.split();
-    let patterns: Vec<String> = fanout
-        .patterns
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .keys()
-        .cloned()
-        .collect();
+    let patterns = fanout.buffer.keys();
     for p in &patterns {
         sink.psubscribe(p).await?;
     }

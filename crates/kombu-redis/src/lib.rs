@@ -81,7 +81,6 @@
 //!   subscriptions are renewed.
 #![forbid(unsafe_code)]
 
-mod acks;
 mod backend;
 mod fanout;
 mod keys;

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use kombu_core::virtual_transport::{BrokerState, Claimed, StoredBinding, StoredRoutes, VirtualBackend};
+use kombu_core::virtual_transport::{
+    BrokerState, Claimed, Receipts, Settle, StoredBinding, StoredBindings, StoredRoutes, VirtualBackend,
+};
 use kombu_core::{Capabilities, Envelope, Error, ErrorKind, Exchange, FieldTable, Queue, Result, Value};
 use tokio::sync::Notify;
 
@@ -20,6 +22,8 @@ pub(crate) struct SqliteBackend {
     worker: Worker,
     arrivals: Arc<Notify>,
     polling_interval: Duration,
+    /// How often the claims this connection's consumers hold are renewed.
+    renew_every: Duration,
 }
 
 /// What connections of one process to the same file share: routing declared on one serves
@@ -78,6 +82,8 @@ impl SqliteBackend {
     /// with.
     pub(crate) async fn open(settings: Settings) -> Result<(SqliteBackend, Arc<BrokerState>)> {
         let polling_interval = settings.polling_interval;
+        let renew_every =
+            (settings.visibility_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
         let shared = shared_for(&settings.location);
         let worker = Worker::start(settings, shared.arrivals.clone()).await?;
         Ok((
@@ -85,6 +91,7 @@ impl SqliteBackend {
                 worker,
                 arrivals: shared.arrivals,
                 polling_interval,
+                renew_every,
             },
             shared.state,
         ))
@@ -155,31 +162,6 @@ impl VirtualBackend for SqliteBackend {
         Ok(())
     }
 
-    async fn ack(&self, _queue: &str, receipt: Option<&str>) -> Result<()> {
-        match receipt {
-            Some(text) => self.worker.ack_later(Receipt::decode(text)?.id),
-            None => Ok(()),
-        }
-    }
-
-    async fn requeue(&self, queue: &str, envelope: Envelope, receipt: Option<&str>) -> Result<()> {
-        let Some(text) = receipt else {
-            return self.put(queue, envelope).await;
-        };
-        let receipt = Receipt::decode(text)?;
-        let restored = self.worker.call(move |store| store.requeue(receipt)).await?;
-        if restored {
-            self.arrivals.notify_waiters();
-        } else {
-            tracing::debug!(
-                queue,
-                message_id = receipt.id,
-                "requeue skipped: the claim had expired and the message was already released"
-            );
-        }
-        Ok(())
-    }
-
     async fn purge(&self, queue: &str) -> Result<u64> {
         let name = queue.to_owned();
         self.worker.call(move |store| store.purge(&name)).await
@@ -195,10 +177,74 @@ impl VirtualBackend for SqliteBackend {
         self.worker.call(move |store| store.delete_queue(&name)).await
     }
 
-    fn persists_bindings(&self) -> bool {
-        true
+    fn wakeup(&self) -> Option<Arc<Notify>> {
+        Some(self.arrivals.clone())
     }
 
+    fn polling_interval(&self) -> Duration {
+        self.polling_interval
+    }
+
+    /// Gives back whatever this connection still holds (its channels have restored their
+    /// unacked messages, and the queued acks are written, already).
+    async fn close(&self) -> Result<()> {
+        self.worker.call(|store| store.release_claims().map(drop)).await
+    }
+
+    fn receipts(&self) -> Option<&impl Receipts> {
+        Some(self)
+    }
+
+    fn stored_bindings(&self) -> Option<&impl StoredBindings> {
+        Some(self)
+    }
+}
+
+impl Receipts for SqliteBackend {
+    async fn ack_batch(&self, batch: &[Settle]) -> Result<()> {
+        let ids = batch
+            .iter()
+            .map(|s| Receipt::decode(&s.receipt).map(|r| r.id))
+            .collect::<Result<Vec<i64>>>()?;
+        self.worker
+            .call(move |store| {
+                crate::worker::write_acks(store, &ids);
+                Ok(())
+            })
+            .await
+    }
+
+    async fn requeue(&self, queue: &str, _envelope: Envelope, receipt: &str) -> Result<()> {
+        let receipt = Receipt::decode(receipt)?;
+        let restored = self.worker.call(move |store| store.requeue(receipt)).await?;
+        if restored {
+            self.arrivals.notify_waiters();
+        } else {
+            tracing::debug!(
+                queue,
+                message_id = receipt.id,
+                "requeue skipped: the claim had expired and the message was already released"
+            );
+        }
+        Ok(())
+    }
+
+    async fn renew(&self, receipts: &[&str]) -> Result<()> {
+        let ids = receipts
+            .iter()
+            .map(|r| Receipt::decode(r).map(|r| r.id))
+            .collect::<Result<Vec<i64>>>()?;
+        self.worker
+            .call(move |store| store.renew_claims(&ids).map(drop))
+            .await
+    }
+
+    fn renewal_interval(&self) -> Option<Duration> {
+        Some(self.renew_every)
+    }
+}
+
+impl StoredBindings for SqliteBackend {
     async fn declare_exchange(&self, exchange: &Exchange) -> Result<()> {
         let (name, kind) = (exchange.name.clone(), exchange.kind);
         self.worker
@@ -228,19 +274,5 @@ impl VirtualBackend for SqliteBackend {
         self.worker
             .call(move |store| store.remove_binding(&name, &binding))
             .await
-    }
-
-    fn wakeup(&self) -> Option<Arc<Notify>> {
-        Some(self.arrivals.clone())
-    }
-
-    fn polling_interval(&self) -> Duration {
-        self.polling_interval
-    }
-
-    /// Waits for the acks still queued, then gives back whatever this connection holds (its
-    /// channels have restored their unacked messages already).
-    async fn close(&self) -> Result<()> {
-        self.worker.call(|store| store.release_claims().map(drop)).await
     }
 }

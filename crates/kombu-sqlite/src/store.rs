@@ -114,7 +114,7 @@ impl Sql {
                 "UPDATE {m} SET visible = 1, timestamp = NULL WHERE id = ?1 AND version = ?2 AND visible = 0"
             ),
             requeue_claim: format!("DELETE FROM {c} WHERE message_id = ?1"),
-            renew: format!("UPDATE {c} SET deadline_ms = ?1 WHERE owner = ?2"),
+            renew: format!("UPDATE {c} SET deadline_ms = ?1 WHERE message_id = ?2 AND owner = ?3"),
             release_messages: format!(
                 "UPDATE {m} SET visible = 1, timestamp = NULL \
                  WHERE id IN (SELECT message_id FROM {c} WHERE owner = ?1)"
@@ -497,14 +497,23 @@ impl Store {
         Ok(changed > 0)
     }
 
-    /// Push the deadline of every claim of this connection forward: a live consumer keeps
-    /// its messages however long it works on them.
-    pub(crate) fn renew_claims(&mut self) -> Result<usize> {
+    /// Push the deadlines of these claims of this connection forward (the core renews what
+    /// its consumers still hold): a live consumer keeps its messages however long it works
+    /// on them.
+    pub(crate) fn renew_claims(&mut self, ids: &[i64]) -> Result<usize> {
         let deadline = now_ms().saturating_add(millis(self.visibility_timeout));
-        self.conn
-            .prepare_cached(&self.sql.renew)
-            .and_then(|mut s| s.execute(params![deadline, self.owner]))
-            .map_err(sql_error)
+        let tx = write_transaction(&mut self.conn)?;
+        let mut renewed = 0;
+        {
+            let mut renew = tx.prepare_cached(&self.sql.renew).map_err(sql_error)?;
+            for id in ids {
+                renewed += renew
+                    .execute(params![deadline, id, self.owner])
+                    .map_err(sql_error)?;
+            }
+        }
+        tx.commit().map_err(sql_error)?;
+        Ok(renewed)
     }
 
     /// Give back every message this connection still holds (the connection is ending).

@@ -2,15 +2,12 @@
 //! dedicated thread fed by a command channel (sqlx-sqlite's design) and no tokio worker ever
 //! waits on SQLite.
 //!
-//! Two things happen on that thread besides running commands:
-//!
-//! * **group commit** — puts (and acks) queued while the thread was busy are written in one
-//!   transaction, so many concurrent producers cost one commit, not one each;
-//! * **claim renewal** — every quarter of the visibility timeout the deadlines of the messages
-//!   this connection holds are pushed forward, so only a consumer that died (and stopped
-//!   renewing) has its messages handed to someone else.
+//! Besides running commands, the thread does **group commit**: puts queued while it was busy
+//! are written in one transaction, so many concurrent producers cost one commit, not one
+//! each. (Acks come in groups already, from the core's settlement queue, and the core renews
+//! the claims its consumers hold.)
 
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -35,11 +32,6 @@ enum Command {
         payload: String,
         reply: oneshot::Sender<Result<()>>,
     },
-    /// Acks are not answered (as AMQP's `basic.ack` is not): the consumer goes on while they
-    /// are committed in groups. `close` waits for them.
-    Ack {
-        id: i64,
-    },
     Run(Job),
 }
 
@@ -63,17 +55,13 @@ impl Worker {
         let (ready, opened) = oneshot::channel();
         thread::Builder::new()
             .name("kombu-sqlite".into())
-            .spawn(move || {
-                let renew_every = (settings.visibility_timeout / 4)
-                    .clamp(Duration::from_millis(100), Duration::from_secs(60));
-                match Store::open(&settings) {
-                    Ok(store) => {
-                        let _ = ready.send(Ok(()));
-                        run(store, &inbox, &arrivals, renew_every);
-                    }
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
-                    }
+            .spawn(move || match Store::open(&settings) {
+                Ok(store) => {
+                    let _ = ready.send(Ok(()));
+                    run(store, &inbox, &arrivals);
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
                 }
             })
             .map_err(|e| {
@@ -100,13 +88,6 @@ impl Worker {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Delete an acknowledged message, without waiting: acks queued together are committed in
-    /// one transaction. A failure is logged; the message then comes back after the visibility
-    /// timeout (at least once, never lost). Any later [`call`](Self::call) runs after it.
-    pub(crate) fn ack_later(&self, id: i64) -> Result<()> {
-        self.commands.send(Command::Ack { id }).map_err(|_| stopped())
-    }
-
     /// Run `f` on the connection thread.
     pub(crate) async fn call<T, F>(&self, f: F) -> Result<T>
     where
@@ -123,26 +104,16 @@ impl Worker {
 }
 
 /// The thread's loop: until every handle is gone.
-fn run(mut store: Store, inbox: &mpsc::Receiver<Command>, arrivals: &Notify, renew_every: Duration) {
-    let mut next_renewal = Instant::now() + renew_every;
+fn run(mut store: Store, inbox: &mpsc::Receiver<Command>, arrivals: &Notify) {
     let mut held_back: Option<Command> = None;
     loop {
         let command = match held_back.take().or_else(|| brief_wait(inbox)) {
             Some(command) => command,
-            None => match inbox.recv_timeout(next_renewal.saturating_duration_since(Instant::now())) {
+            None => match inbox.recv() {
                 Ok(command) => command,
-                Err(RecvTimeoutError::Timeout) => {
-                    renew(&mut store);
-                    next_renewal = Instant::now() + renew_every;
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(mpsc::RecvError) => return,
             },
         };
-        if Instant::now() >= next_renewal {
-            renew(&mut store);
-            next_renewal = Instant::now() + renew_every;
-        }
         match command {
             Command::Run(job) => job(&mut store),
             Command::Put {
@@ -168,20 +139,6 @@ fn run(mut store: Store, inbox: &mpsc::Receiver<Command>, arrivals: &Notify, ren
                 write_puts(&mut store, group);
                 arrivals.notify_waiters();
             }
-            Command::Ack { id } => {
-                let mut group = vec![id];
-                while group.len() < GROUP_LIMIT {
-                    match inbox.try_recv() {
-                        Ok(Command::Ack { id }) => group.push(id),
-                        Ok(other) => {
-                            held_back = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                write_acks(&mut store, group);
-            }
         }
     }
 }
@@ -198,12 +155,6 @@ fn brief_wait(inbox: &mpsc::Receiver<Command>) -> Option<Command> {
             Err(mpsc::TryRecvError::Empty) if Instant::now() >= until => return None,
             Err(mpsc::TryRecvError::Empty) => thread::yield_now(),
         }
-    }
-}
-
-fn renew(store: &mut Store) {
-    if let Err(e) = store.renew_claims() {
-        tracing::warn!(error = %e, "could not renew message claims; retrying shortly");
     }
 }
 
@@ -225,11 +176,13 @@ fn write_puts(store: &mut Store, group: Vec<(String, String, oneshot::Sender<Res
     }
 }
 
-/// Acks as puts: one transaction, or one each if the group fails.
-fn write_acks(store: &mut Store, ids: Vec<i64>) {
-    if let Err(e) = store.ack_many(&ids) {
+/// Delete acknowledged messages: one transaction, or one each if the group fails, so one
+/// bad row cannot keep the others. A message that could not be deleted is delivered again
+/// after the visibility timeout (at least once, never lost).
+pub(crate) fn write_acks(store: &mut Store, ids: &[i64]) {
+    if let Err(e) = store.ack_many(ids) {
         for id in ids {
-            if let Err(e) = store.ack_many(&[id]) {
+            if let Err(e) = store.ack_many(std::slice::from_ref(id)) {
                 tracing::warn!(
                     message_id = id,
                     error = %e,

@@ -298,6 +298,7 @@ impl Channel for AmiquipChannel {
 
     async fn qos(&self, options: QosOptions) -> Result<()> {
         self.ensure_open()?;
+        options.refuse_byte_limit("amqp-amiquip")?;
         self.link.call(move |w| w.qos(options)).await
     }
 

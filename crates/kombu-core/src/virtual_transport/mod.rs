@@ -16,10 +16,21 @@
 //!   (marked `redelivered`) when the channel closes or is dropped, or on `recover`.
 
 mod backend;
+mod broadcast;
 mod channel;
+mod dispatch;
 mod handoff;
+mod publish;
+mod settlement;
 mod state;
+mod transport;
+mod unacked;
 
-pub use backend::{Claimed, PutNow, StoredBinding, StoredRoutes, VirtualBackend};
-pub use channel::{VirtualChannel, VirtualTransport};
+pub use backend::{
+    BrokerRouting, Claimed, ClaimingWait, NativeFanout, PutNow, Receipts, Settle, StoredBinding,
+    StoredBindings, StoredRoutes, Unsupported, VirtualBackend,
+};
+pub use broadcast::BroadcastBuffer;
+pub use channel::VirtualChannel;
 pub use state::BrokerState;
+pub use transport::VirtualTransport;
