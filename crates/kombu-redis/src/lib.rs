@@ -72,10 +72,12 @@
 //!   `SMEMBERS` and its `LPUSH`es in one pipeline (queues bound only by other processes then
 //!   get theirs in a second round trip); one that knows nothing of the exchange runs a Lua
 //!   script that matches the set and pushes to every matching queue.
-//! * **Acks do not wait for the server**: like AMQP's `basic.ack` they are queued, and a
-//!   background task writes all acks queued meanwhile in one transaction (retrying while the
-//!   server is away). Closing the connection waits for them; until written a message is still
-//!   recorded as in flight, so a crash means a redelivery, never a loss.
+//! * **Acks do not wait for the server**: like AMQP's `basic.ack` they are queued, and the
+//!   core's settlement task writes all acks queued meanwhile in one `MULTI ZREM … HDEL … EXEC`
+//!   (retrying while the server is away). Closing the connection waits for them; until
+//!   written a message is still recorded as in flight, so a crash means a redelivery, never a
+//!   loss. The deliveries a consumer holds are renewed (their index score pushed to now) by
+//!   the core's renewal task, so a live consumer's long task is never restored under it.
 //! * A passive declare of an empty queue declared on this connection succeeds.
 //! * The consumer survives a Redis restart: commands reconnect by themselves, fanout
 //!   subscriptions are renewed.

@@ -1,9 +1,12 @@
 //! Kombu's "virtual" transport machinery, done well.
 //!
 //! Brokers that are not AMQP (memory, SQLite, Redis, MongoDB, SQS, ZooKeeper) only need to
-//! implement the narrow [`VirtualBackend`] trait — put, get, ack, requeue, purge, size, delete,
-//! plus optional binding persistence and native fanout. [`VirtualTransport`] and
-//! [`VirtualChannel`] turn such a backend into a full [`Channel`](crate::Channel):
+//! implement the narrow [`VirtualBackend`] trait — declare, exists, put, get, purge, size,
+//! delete — and opt into the abilities their broker has: [`Receipts`] (messages held until
+//! settled: batched acks and renewal run here, in the core), [`StoredBindings`],
+//! [`BrokerRouting`], [`NativeFanout`] (with a [`BroadcastBuffer`]) and [`ClaimingWait`].
+//! [`VirtualTransport`] and [`VirtualChannel`] turn such a backend into a full
+//! [`Channel`](crate::Channel):
 //!
 //! * exchanges are emulated by the [router](crate::router) over a [`BrokerState`] (direct,
 //!   topic, fanout and headers);
