@@ -564,7 +564,7 @@ impl Acknowledger for ChannelAcker {
 #[async_trait]
 impl Channel for AmqpChannel {
     fn capabilities(&self) -> Capabilities {
-        crate::CAPABILITIES
+        crate::settings::connection_capabilities(crate::CAPABILITIES, self.session.settings.confirm_publish)
     }
 
     async fn declare_exchange(&self, exchange: &Exchange, options: DeclareOptions) -> Result<()> {

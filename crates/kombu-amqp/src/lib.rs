@@ -215,7 +215,7 @@ impl Transport for AmqpTransport {
     }
 
     fn capabilities(&self) -> Capabilities {
-        CAPABILITIES
+        settings::connection_capabilities(CAPABILITIES, self.session.settings.confirm_publish)
     }
 
     async fn create_channel(&self) -> Result<Arc<dyn Channel>> {

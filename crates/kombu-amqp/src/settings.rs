@@ -9,7 +9,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::tls::{self, TlsSettings};
-use kombu_core::{ConnectOptions, Error, ErrorKind, Result};
+use kombu_core::{Capabilities, ConnectOptions, Error, ErrorKind, Result};
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 
 /// Options accepted for compatibility with py-amqp that have no effect on a lapin connection.
@@ -78,6 +78,15 @@ impl fmt::Debug for Settings {
             .field("tls", &self.tls)
             .finish()
     }
+}
+
+/// What a connection with these confirm settings supports: `base` (the driver's static
+/// capabilities) without publisher confirms when `confirm_publish` is off (a publish then
+/// succeeds before the broker stored it, unless it asks for a confirm itself).
+pub(crate) fn connection_capabilities(base: Capabilities, confirm_publish: bool) -> Capabilities {
+    let mut caps = base;
+    caps.publisher_confirms &= confirm_publish;
+    caps
 }
 
 impl Settings {
@@ -277,6 +286,24 @@ fn parse_bool(key: &str, raw: &str) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capabilities_follow_confirm_publish() {
+        let on = connection_capabilities(crate::CAPABILITIES, true);
+        assert!(on.publisher_confirms);
+        let off = connection_capabilities(crate::CAPABILITIES, false);
+        assert!(
+            !off.publisher_confirms,
+            "without confirms the connection does not confirm"
+        );
+        assert_eq!(
+            Capabilities {
+                publisher_confirms: true,
+                ..off
+            },
+            on
+        );
+    }
 
     fn settings(url: &str) -> Result<Settings> {
         let url = url.parse().map_err(|e: Error| e)?;

@@ -1087,3 +1087,31 @@ impl NativeFanout for RedisBackend {
         self.inner.fanout.buffer()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kombu_core::{BrokerUrl, ConnectOptions};
+
+    use super::*;
+
+    fn caps(url: &str) -> Capabilities {
+        let options = ConnectOptions::new(BrokerUrl::parse(url).unwrap());
+        connection_capabilities(&Settings::from_options(&options).unwrap())
+    }
+
+    #[test]
+    fn capabilities_follow_ack_emulation() {
+        let emulated = caps("redis://localhost/0");
+        assert!(emulated.crash_safe_acks && emulated.extend_visibility);
+        let plain = caps("redis://localhost/0?ack_emulation=false");
+        assert!(
+            !plain.crash_safe_acks,
+            "without ack emulation a taken message is gone"
+        );
+        assert!(!plain.extend_visibility);
+        assert!(
+            plain.restore_unacked_on_close,
+            "a clean close still gives messages back"
+        );
+    }
+}

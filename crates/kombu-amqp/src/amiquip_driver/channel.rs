@@ -76,7 +76,7 @@ pub(super) fn exchange_type(kind: ExchangeType) -> amiquip::ExchangeType {
 #[async_trait]
 impl Channel for AmiquipChannel {
     fn capabilities(&self) -> Capabilities {
-        super::AMIQUIP_CAPABILITIES
+        crate::settings::connection_capabilities(super::AMIQUIP_CAPABILITIES, self.confirm_publish)
     }
 
     async fn declare_exchange(&self, exchange: &Exchange, options: DeclareOptions) -> Result<()> {

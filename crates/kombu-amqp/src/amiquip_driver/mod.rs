@@ -186,7 +186,7 @@ impl Transport for AmiquipTransport {
     }
 
     fn capabilities(&self) -> Capabilities {
-        AMIQUIP_CAPABILITIES
+        crate::settings::connection_capabilities(AMIQUIP_CAPABILITIES, self.confirm_publish)
     }
 
     async fn create_channel(&self) -> Result<Arc<dyn Channel>> {
