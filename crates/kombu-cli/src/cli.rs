@@ -445,7 +445,7 @@ pub(crate) struct StatsArgs {
 /// `kombu transports`.
 #[derive(Debug, Args)]
 pub(crate) struct TransportsArgs {
-    /// Print a JSON array (name, schemes, cargo_feature, description, capabilities).
+    /// Print a JSON array (name, schemes, kombu_feature, description, capabilities).
     #[arg(long)]
     pub(crate) json: bool,
 }

@@ -104,14 +104,14 @@ fn transports_lists_every_compiled_transport_with_capabilities() {
         .unwrap_or_default();
     assert_eq!(names, ["amqp", "amqp-amiquip", "memory", "redis", "sqlite"]);
     let amqp = &list[0];
-    assert_eq!(amqp["cargo_feature"], "amqp");
+    assert_eq!(amqp["kombu_feature"], "amqp");
     assert_eq!(amqp["capabilities"]["exchange: headers"], "yes");
     let amiquip = &list[1];
     assert_eq!(amiquip["schemes"], json!(["amqp+amiquip", "pyamqp+amiquip"]));
-    assert_eq!(amiquip["cargo_feature"], "amqp-amiquip");
+    assert_eq!(amiquip["kombu_feature"], "amqp-amiquip");
     let memory = &list[2];
     assert_eq!(memory["schemes"], json!(["memory"]));
-    assert_eq!(memory["cargo_feature"], "memory");
+    assert_eq!(memory["kombu_feature"], "memory");
     assert_eq!(memory["capabilities"]["exchange: topic"], "yes");
     assert_eq!(memory["capabilities"]["priorities"], "0..=9 (higher first)");
     assert_eq!(

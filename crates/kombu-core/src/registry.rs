@@ -4,7 +4,9 @@
 //! with `inventory`:
 //!
 //! ```ignore
-//! pub static DESCRIPTOR: TransportDescriptor = TransportDescriptor { /* … */ };
+//! pub static DESCRIPTOR: TransportDescriptor = TransportDescriptor::new("toy", connect)
+//!     .schemes(&["toy"])
+//!     .capabilities(CAPABILITIES);
 //! kombu_core::inventory::submit! { kombu_core::registry::Registration(&DESCRIPTOR) }
 //! ```
 //!
@@ -30,20 +32,93 @@ use crate::url::BrokerUrl;
 pub type ConnectFuture = Pin<Box<dyn Future<Output = Result<Arc<dyn Transport>>> + Send>>;
 
 /// Describes one transport: its schemes, capabilities and how to connect.
+///
+/// Built in a `static` with [`TransportDescriptor::new`] and the `const` builder methods; the
+/// struct is `#[non_exhaustive]`, so fields added later (with defaults in `new`) break no
+/// descriptor written outside this crate. The fields are public for reading.
+///
+/// ```
+/// # use kombu_core::registry::{ConnectFuture, TransportDescriptor};
+/// # use kombu_core::{Capabilities, ConnectOptions, Error};
+/// # fn connect(_: ConnectOptions) -> ConnectFuture {
+/// #     Box::pin(async { Err(Error::unsupported("a doc example")) })
+/// # }
+/// static TOY: TransportDescriptor = TransportDescriptor::new("toy", connect)
+///     .schemes(&["toy"])
+///     .description("an example transport")
+///     .capabilities(Capabilities::NONE);
+/// assert_eq!(TOY.name, "toy");
+/// assert_eq!(TOY.kombu_feature, None); // not a transport of the `kombu` crate
+/// ```
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct TransportDescriptor {
-    /// Short name (`"memory"`).
+    /// Short, unique name (`"memory"`, `"amqp-amiquip"`): registering a second descriptor of
+    /// the same name does nothing.
     pub name: &'static str,
-    /// URL schemes it serves (`["memory"]`, `["redis", "rediss"]`).
+    /// Every URL scheme it serves, lower case, Kombu's aliases and `transport+url` spellings
+    /// included (`["redis", "rediss", "redis+socket", "socket", "redis+unix"]`). Lookup
+    /// matches these exactly: a scheme not listed here never reaches this transport.
     pub schemes: &'static [&'static str],
-    /// The `kombu` facade feature that compiles it in.
-    pub cargo_feature: &'static str,
+    /// The feature of the `kombu` facade crate that compiles this transport in, for the
+    /// transports kombu-rs ships (`Some("redis")`); `None` for any other crate, whose users
+    /// enable it by depending on that crate.
+    pub kombu_feature: Option<&'static str>,
     /// One-line description.
     pub description: &'static str,
     /// What it supports.
     pub capabilities: Capabilities,
     /// Connect to a broker.
     pub connect: fn(ConnectOptions) -> ConnectFuture,
+}
+
+impl TransportDescriptor {
+    /// A descriptor named `name` that connects with `connect`; it serves no scheme until
+    /// [`schemes`](Self::schemes) names them, has no `kombu` feature, an empty description and
+    /// [`Capabilities::NONE`].
+    pub const fn new(name: &'static str, connect: fn(ConnectOptions) -> ConnectFuture) -> Self {
+        TransportDescriptor {
+            name,
+            schemes: &[],
+            kombu_feature: None,
+            description: "",
+            capabilities: Capabilities::NONE,
+            connect,
+        }
+    }
+
+    /// The URL schemes it serves (see [the field](#structfield.schemes)).
+    #[must_use]
+    pub const fn schemes(mut self, schemes: &'static [&'static str]) -> Self {
+        self.schemes = schemes;
+        self
+    }
+
+    /// The `kombu` feature that compiles it in: for kombu-rs's own transports only.
+    #[must_use]
+    pub const fn kombu_feature(mut self, feature: &'static str) -> Self {
+        self.kombu_feature = Some(feature);
+        self
+    }
+
+    /// Its one-line description.
+    #[must_use]
+    pub const fn description(mut self, description: &'static str) -> Self {
+        self.description = description;
+        self
+    }
+
+    /// What it supports.
+    #[must_use]
+    pub const fn capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities = capabilities;
+        self
+    }
+
+    /// Whether it serves `scheme` (case-insensitive).
+    pub fn serves(&self, scheme: &str) -> bool {
+        self.schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme))
+    }
 }
 
 /// What a transport crate submits to `inventory`: a reference to its descriptor, so the
@@ -131,11 +206,7 @@ pub fn schemes() -> Vec<&'static str> {
 pub fn lookup(scheme: &str) -> Result<&'static TransportDescriptor> {
     let scheme = scheme.to_ascii_lowercase();
     let all = transports();
-    let find = |s: &str| {
-        all.iter()
-            .copied()
-            .find(|d| d.schemes.iter().any(|x| x.eq_ignore_ascii_case(s)))
-    };
+    let find = |s: &str| all.iter().copied().find(|d| d.serves(s));
     if let Some(d) = find(&scheme) {
         return Ok(d);
     }

@@ -124,14 +124,11 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 };
 
 /// The registry entry of the Redis transport.
-pub static DESCRIPTOR: TransportDescriptor = TransportDescriptor {
-    name: "redis",
-    schemes: SCHEMES,
-    cargo_feature: "redis",
-    description: "Redis lists, Python Kombu's layout; crash-safe acks, fanout over PUB/SUB",
-    capabilities: CAPABILITIES,
-    connect,
-};
+pub static DESCRIPTOR: TransportDescriptor = TransportDescriptor::new("redis", connect)
+    .schemes(SCHEMES)
+    .kombu_feature("redis")
+    .description("Redis lists, Python Kombu's layout; crash-safe acks, fanout over PUB/SUB")
+    .capabilities(CAPABILITIES);
 
 kombu_core::inventory::submit! { kombu_core::registry::Registration(&DESCRIPTOR) }
 
