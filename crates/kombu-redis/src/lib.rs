@@ -94,8 +94,9 @@ use kombu_core::registry::{ConnectFuture, TransportDescriptor};
 use kombu_core::virtual_transport::{BrokerState, VirtualTransport};
 use kombu_core::{Capabilities, ConnectOptions, PriorityOrder, PrioritySupport, Transport};
 
-/// The URL schemes this transport serves.
-pub const SCHEMES: &[&str] = &["redis", "rediss", "redis+socket", "socket"];
+/// The URL schemes this transport serves: TCP (`redis`, `rediss` with TLS) and a Unix socket
+/// (Kombu's `redis+socket` and `socket`, and `redis+unix`).
+pub const SCHEMES: &[&str] = &["redis", "rediss", "redis+socket", "socket", "redis+unix"];
 
 /// Largest message body accepted: Redis strings hold 512 MB, and the envelope carries the body
 /// base64-encoded.
