@@ -160,4 +160,4 @@ struct TableEntry {
 }
 
 #[cfg(test)]
-mod transport_table_tests;
+mod consistency_tests;

@@ -1,4 +1,5 @@
-//! The transport table of `lib.rs` against everything else that names transports.
+//! Tests that the files naming transports (and the MSRV) agree: the transport table of
+//! `lib.rs` against the descriptors, Cargo.toml, README.md and the xtask; one `rust-version`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -264,5 +265,35 @@ fn transport_table_agrees() {
         backends.iter().map(String::as_str).collect::<BTreeSet<_>>(),
         names,
         "xtask/src/backends.rs BACKENDS vs the transports"
+    );
+}
+
+/// One MSRV: the workspace's `rust-version`, inherited by every package and stated in README.
+#[test]
+fn one_msrv_for_every_crate_and_the_readme() {
+    let root = workspace_file("Cargo.toml");
+    let msrv = toml_section(&root, "[workspace.package]")
+        .into_iter()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .map(|v| v.trim_matches('"').to_owned())
+        .unwrap_or_else(|| panic!("the workspace has no rust-version"));
+    let crates = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut manifests: Vec<String> = std::fs::read_dir(&crates)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", crates.display()))
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.path().join("Cargo.toml").is_file())
+        .map(|entry| format!("crates/{}/Cargo.toml", entry.file_name().to_string_lossy()))
+        .collect();
+    manifests.push("xtask/Cargo.toml".into());
+    for manifest in manifests {
+        let text = workspace_file(&manifest);
+        assert!(
+            toml_section(&text, "[package]").contains(&"rust-version.workspace = true"),
+            "{manifest} must inherit the workspace's rust-version"
+        );
+    }
+    assert!(
+        workspace_file("README.md").contains(&format!("stable ≥ {msrv}")),
+        "README must state the MSRV {msrv}"
     );
 }
