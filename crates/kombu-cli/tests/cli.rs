@@ -287,26 +287,6 @@ fn bench_reports_the_fields_xtask_reads() {
         (report["producers"].as_u64(), report["consumers"].as_u64()),
         (Some(3), Some(2))
     );
-
-    let run = kombu(&[
-        "bench",
-        "--baseline",
-        "mpsc",
-        "--messages",
-        "200",
-        "--latency-samples",
-        "20",
-        "--json",
-    ]);
-    run.success();
-    let report = run.json();
-    check_report(&report, 200);
-    assert_eq!(report["name"], "raw tokio mpsc");
-    assert_eq!(report["transport"], "mpsc");
-    assert_eq!(report["url"], Value::Null);
-
-    let run = kombu(&["bench", "--baseline", "mpsc", "--producers", "2"]);
-    run.error_line(1, "--baseline mpsc measures one producer and one consumer");
 }
 
 #[test]
