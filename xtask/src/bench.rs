@@ -6,8 +6,9 @@
 //!
 //! * kombu-rs: `kombu --url <url> bench`, the `bench` command of the `kombu`
 //!   CLI (crate `kombu-cli`, built in release mode);
-//! * the raw baseline (optional): `kombu bench --baseline <name>`, the same
-//!   message flow without Kombu, i.e. the ceiling;
+//! * the raw baseline (optional): `kombu-bench <name> --url <url>`, the same
+//!   message flow over a bare driver without Kombu, i.e. the ceiling (the
+//!   bench-only package `kombu-bench`, built in release mode);
 //! * Python Kombu: `tests/python/bench_kombu.py --url <python url>`.
 //!
 //! Adding a transport (redis, amqp, ...) means adding one [`BenchGroup`];
@@ -34,9 +35,9 @@ pub(crate) const USAGE: &str = "\
 cargo xtask bench [--messages N] [--latency-samples M] [--size BYTES] [--rounds R]
 
 Ensures the Python venv .venv (Kombu from tests/python/requirements.txt), builds
-the kombu CLI in release mode, runs kombu-rs (`kombu bench`), the raw baseline
-and Python Kombu on the same workload for every transport group, prints the
-results and writes docs/BENCHMARKS.md.
+the kombu CLI and kombu-bench in release mode, runs kombu-rs (`kombu bench`),
+the raw baseline (`kombu-bench`) and Python Kombu on the same workload for every
+transport group, prints the results and writes docs/BENCHMARKS.md.
 
 Options:
   --messages N          messages published then consumed (default 100000;
@@ -111,7 +112,7 @@ struct BenchGroup {
     title: &'static str,
     /// How to get the broker; its URL is what kombu-rs gets.
     provision: Provision,
-    /// `kombu bench --baseline <name>`, if the transport has a raw counterpart.
+    /// `kombu-bench <name>`, if the transport has a raw counterpart.
     baseline: Option<&'static str>,
     /// The Python Kombu URL for a kombu-rs URL (they differ for e.g. SQLAlchemy).
     python_url: fn(&str) -> String,
@@ -359,23 +360,28 @@ pub(crate) fn run(args: Args) -> Result<bool> {
 
     let venv = venv::ensure_bench_venv(&root, "bench")?;
 
-    println!("bench: building the kombu CLI (release)…");
+    println!("bench: building the kombu CLI and the raw baselines (release)…");
     let mut build = cargo(&root);
-    build.args(["build", "--release", "-p", "kombu-cli"]);
+    build.args(["build", "--release", "-p", "kombu-cli", "-p", "kombu-bench"]);
     let status = run_streaming(&mut build)?;
     if !status.success() {
         return fail(format!("`{}` failed ({})", describe(&build), status_text(status)));
     }
-    let bench_bin = util::target_dir(&root)
-        .join("release")
-        .join(format!("kombu{}", std::env::consts::EXE_SUFFIX));
-    if !bench_bin.is_file() {
-        return fail(format!("{} is missing after the build", bench_bin.display()));
+    let release = util::target_dir(&root).join("release");
+    let binary = |name: &str| release.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let bins = Binaries {
+        kombu: binary("kombu"),
+        baseline: binary("kombu-bench"),
+    };
+    for bin in [&bins.kombu, &bins.baseline] {
+        if !bin.is_file() {
+            return fail(format!("{} is missing after the build", bin.display()));
+        }
     }
 
     let mut results = Vec::new();
     for group in GROUPS {
-        results.push(run_group(&root, group, &options, &bench_bin, &venv)?);
+        results.push(run_group(&root, group, &options, &bins, &venv)?);
     }
 
     println!();
@@ -395,12 +401,20 @@ pub(crate) fn run(args: Args) -> Result<bool> {
     Ok(true)
 }
 
+/// The release binaries the entries run.
+struct Binaries {
+    /// The `kombu` CLI (`kombu bench`).
+    kombu: PathBuf,
+    /// The raw baselines (`kombu-bench <name>`).
+    baseline: PathBuf,
+}
+
 /// Provisions a group's broker and runs its entries.
 fn run_group(
     root: &Path,
     group: &'static BenchGroup,
     options: &Options,
-    bench_bin: &Path,
+    bins: &Binaries,
     venv: &Venv,
 ) -> Result<GroupResult> {
     let provisioned = group
@@ -411,19 +425,13 @@ fn run_group(
     let entry = |role: Role| -> Command {
         let mut command = match role {
             Role::KombuRs => {
-                let mut kombu = Command::new(bench_bin);
+                let mut kombu = Command::new(&bins.kombu);
                 kombu.args(["--url", &url, "bench"]);
                 kombu
             }
             Role::Baseline => {
-                let mut raw = Command::new(bench_bin);
-                raw.args([
-                    "--url",
-                    &url,
-                    "bench",
-                    "--baseline",
-                    group.baseline.unwrap_or_default(),
-                ]);
+                let mut raw = Command::new(&bins.baseline);
+                raw.args([group.baseline.unwrap_or_default(), "--url", &url]);
                 raw
             }
             Role::Python => {
@@ -704,8 +712,10 @@ fn markdown(options: &Options, machine: &Machine, date: &str, results: &[GroupRe
          bodies, {default_rounds} rounds; the flags of this run are \
          under [Run](#run). \
          It creates the Python venv `.venv` with the pinned `tests/python/requirements.txt` if needed, \
-         builds the `kombu` CLI (`cargo build --release -p kombu-cli`), and for every transport runs \
-         `kombu --url <url> bench`, the raw baseline `kombu bench --baseline <name>` and \
+         builds the `kombu` CLI and the raw baselines (`cargo build --release -p kombu-cli -p \
+         kombu-bench`), and for every transport runs `kombu --url <url> bench`, the raw baseline \
+         `kombu-bench <name> --url <url>` (a bare driver, from the bench-only `kombu-bench` \
+         package) and \
          `{PYTHON_BENCH} --url <url>`. \
          Every entry of a group runs once per round, the entries interleaved (kombu-rs, raw, \
          Python, then again), so a slow spell of the machine falls on all of them; every number \

@@ -163,14 +163,11 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 };
 
 /// The registry entry of the AMQP transport.
-pub static DESCRIPTOR: TransportDescriptor = TransportDescriptor {
-    name: "amqp",
-    schemes: SCHEMES,
-    cargo_feature: "amqp",
-    description: "RabbitMQ over AMQP 0-9-1 (lapin); confirms, recovery with re-declared topology",
-    capabilities: CAPABILITIES,
-    connect,
-};
+pub static DESCRIPTOR: TransportDescriptor = TransportDescriptor::new("amqp", connect)
+    .schemes(SCHEMES)
+    .kombu_feature("amqp")
+    .description("RabbitMQ over AMQP 0-9-1 (lapin); confirms, recovery with re-declared topology")
+    .capabilities(CAPABILITIES);
 
 kombu_core::inventory::submit! { kombu_core::registry::Registration(&DESCRIPTOR) }
 

@@ -118,7 +118,9 @@ many tokio tasks, each with its own connection. The queue is deleted afterwards.
 Examples:
   kombu --url memory:// bench
   kombu --url sqlite:///tmp/bench.db bench --messages 5000 --json
-  kombu bench --baseline mpsc            # the same work over a bare tokio channel")]
+
+`cargo xtask bench` runs this next to Python Kombu and to raw-driver baselines (the bench-only
+kombu-bench package) and writes docs/BENCHMARKS.md.")]
     Bench(BenchArgs),
 }
 
@@ -445,30 +447,14 @@ pub(crate) struct StatsArgs {
 /// `kombu transports`.
 #[derive(Debug, Args)]
 pub(crate) struct TransportsArgs {
-    /// Print a JSON array (name, schemes, cargo_feature, description, capabilities).
+    /// Print a JSON array (name, schemes, kombu_feature, description, capabilities).
     #[arg(long)]
     pub(crate) json: bool,
-}
-
-/// Raw baselines `kombu bench` can measure instead of a transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Baseline {
-    /// An unbounded `tokio::sync::mpsc` channel: serialize, send, receive, decode.
-    Mpsc,
-    /// A bare redis-rs client on the --url Redis server: serialize, LPUSH, BRPOP, decode.
-    Redis,
-    /// A bare lapin client on the --url RabbitMQ: serialize, basic.publish to a direct
-    /// exchange (awaiting each confirm unless the URL says `confirm_publish=false`),
-    /// basic.consume with --prefetch, decode, basic.ack.
-    Lapin,
 }
 
 /// `kombu bench`.
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
-    /// Measure a raw channel doing the same work instead of the --url transport.
-    #[arg(long, value_enum)]
-    pub(crate) baseline: Option<Baseline>,
     /// Messages published, then consumed.
     #[arg(long, value_name = "N", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..))]

@@ -68,14 +68,11 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 };
 
 /// The registry entry of the memory transport.
-pub static DESCRIPTOR: TransportDescriptor = TransportDescriptor {
-    name: "memory",
-    schemes: SCHEMES,
-    cargo_feature: "memory",
-    description: "in-process broker: all exchange types, priorities, TTL; nothing persisted",
-    capabilities: CAPABILITIES,
-    connect,
-};
+pub static DESCRIPTOR: TransportDescriptor = TransportDescriptor::new("memory", connect)
+    .schemes(SCHEMES)
+    .kombu_feature("memory")
+    .description("in-process broker: all exchange types, priorities, TTL; nothing persisted")
+    .capabilities(CAPABILITIES);
 
 kombu_core::inventory::submit! { kombu_core::registry::Registration(&DESCRIPTOR) }
 

@@ -95,8 +95,9 @@ use kombu_core::registry::{ConnectFuture, TransportDescriptor};
 use kombu_core::virtual_transport::{BrokerState, VirtualTransport};
 use kombu_core::{Capabilities, ConnectOptions, PriorityOrder, PrioritySupport, Transport};
 
-/// The URL schemes this transport serves.
-pub const SCHEMES: &[&str] = &["redis", "rediss", "redis+socket", "socket"];
+/// The URL schemes this transport serves: TCP (`redis`, `rediss` with TLS) and a Unix socket
+/// (Kombu's `redis+socket` and `socket`, and `redis+unix`).
+pub const SCHEMES: &[&str] = &["redis", "rediss", "redis+socket", "socket", "redis+unix"];
 
 /// Largest message body accepted: Redis strings hold 512 MB, and the envelope carries the body
 /// base64-encoded.
@@ -125,14 +126,11 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 };
 
 /// The registry entry of the Redis transport.
-pub static DESCRIPTOR: TransportDescriptor = TransportDescriptor {
-    name: "redis",
-    schemes: SCHEMES,
-    cargo_feature: "redis",
-    description: "Redis lists, Python Kombu's layout; crash-safe acks, fanout over PUB/SUB",
-    capabilities: CAPABILITIES,
-    connect,
-};
+pub static DESCRIPTOR: TransportDescriptor = TransportDescriptor::new("redis", connect)
+    .schemes(SCHEMES)
+    .kombu_feature("redis")
+    .description("Redis lists, Python Kombu's layout; crash-safe acks, fanout over PUB/SUB")
+    .capabilities(CAPABILITIES);
 
 kombu_core::inventory::submit! { kombu_core::registry::Registration(&DESCRIPTOR) }
 

@@ -119,14 +119,11 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 };
 
 /// The registry entry of the SQLite transport.
-pub static DESCRIPTOR: TransportDescriptor = TransportDescriptor {
-    name: "sqlite",
-    schemes: SCHEMES,
-    cargo_feature: "sqlite",
-    description: "embedded, durable, multi-process; Python Kombu's sqla+sqlite tables",
-    capabilities: CAPABILITIES,
-    connect,
-};
+pub static DESCRIPTOR: TransportDescriptor = TransportDescriptor::new("sqlite", connect)
+    .schemes(SCHEMES)
+    .kombu_feature("sqlite")
+    .description("embedded, durable, multi-process; Python Kombu's sqla+sqlite tables")
+    .capabilities(CAPABILITIES);
 
 kombu_core::inventory::submit! { kombu_core::registry::Registration(&DESCRIPTOR) }
 

@@ -108,15 +108,12 @@ fn connect(_options: ConnectOptions) -> ConnectFuture {
     })
 }
 
-/// What a transport crate exports (and submits with `inventory`).
-static TOY: TransportDescriptor = TransportDescriptor {
-    name: "toy",
-    schemes: &["toy"],
-    cargo_feature: "toy (third party)",
-    description: "an example third-party transport",
-    capabilities: CAPABILITIES,
-    connect,
-};
+/// What a transport crate exports (and submits with `inventory`). A third-party transport has
+/// no `kombu_feature`: its users enable it by depending on its crate.
+static TOY: TransportDescriptor = TransportDescriptor::new("toy", connect)
+    .schemes(&["toy"])
+    .description("an example third-party transport")
+    .capabilities(CAPABILITIES);
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {

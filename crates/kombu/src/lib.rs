@@ -68,30 +68,79 @@ pub mod transport {
     pub use kombu_core::{envelope, router, Delivery, Envelope, RawMessage};
 }
 
-#[cfg(feature = "amqp")]
-pub use kombu_amqp;
-/// The transport crates compiled into this build, under their features.
-#[cfg(feature = "memory")]
-pub use kombu_memory;
-#[cfg(feature = "redis")]
-pub use kombu_redis;
-
-/// Register every transport compiled into this build (idempotent).
+/// The transports of kombu-rs: for each transport crate, the facade feature that references
+/// it and, for each descriptor it exports, the feature that compiles that descriptor in and the
+/// schemes the descriptor declares.
 ///
-/// Transports also register themselves through `inventory`, but the linker may drop those
-/// registrations (and `staticlib` builds do not run them), so [`Connection::new`] calls this
-/// too. Like sqlx's `install_default_drivers`.
-pub fn install_default_transports() {
-    #[cfg(feature = "memory")]
-    kombu_memory::register();
-    #[cfg(feature = "sqlite")]
-    kombu_sqlite::register();
-    #[cfg(feature = "redis")]
-    kombu_redis::register();
-    #[cfg(feature = "amqp")]
-    kombu_amqp::register();
-    #[cfg(feature = "amqp-amiquip")]
-    kombu_amqp::register_amiquip();
+/// This table is the only place in the facade that names a transport: it generates the
+/// re-exports of the crates, [`install_default_transports`] and the hints that name the
+/// feature of a scheme this build lacks. The schemes are repeated here because a crate whose
+/// feature is off is not compiled; the `transport_table_agrees` test checks them against the
+/// descriptors, and the table against `Cargo.toml`, `README.md` and the xtask's test matrix.
+macro_rules! transport_table {
+    ($(
+        $krate:ident if $crate_feature:literal {
+            $( $feature:literal => $descriptor:ident [$($scheme:literal),* $(,)?] ),* $(,)?
+        }
+    )*) => {
+        $(
+            #[cfg(feature = $crate_feature)]
+            #[doc = concat!("The `", stringify!($krate), "` transport crate (feature `", $crate_feature, "`).")]
+            pub use $krate;
+        )*
+
+        /// Register every transport compiled into this build (idempotent).
+        ///
+        /// Transports also register themselves through `inventory`, but the linker may drop
+        /// those registrations (and `staticlib` builds do not run them), so
+        /// [`Connection::new`] calls this too. Like sqlx's `install_default_drivers`.
+        pub fn install_default_transports() {
+            $($(
+                #[cfg(feature = $feature)]
+                kombu_core::registry::register(&$krate::$descriptor);
+            )*)*
+            kombu_core::registry::add_feature_hints(FEATURE_HINTS);
+        }
+
+        /// Every transport of the table, compiled in or not, by the schemes it serves.
+        const FEATURE_HINTS: &[kombu_core::registry::FeatureHint] = &[
+            $($( kombu_core::registry::FeatureHint::new($feature, &[$($scheme),*]), )*)*
+        ];
+
+        /// The table, for the tests: (crate, crate feature, descriptor feature, descriptor if
+        /// compiled in).
+        #[cfg(test)]
+        fn transport_table() -> Vec<TableEntry> {
+            vec![$($(
+                TableEntry {
+                    krate: stringify!($krate),
+                    crate_feature: $crate_feature,
+                    feature: $feature,
+                    schemes: &[$($scheme),*],
+                    #[cfg(feature = $feature)]
+                    descriptor: Some(&$krate::$descriptor),
+                    #[cfg(not(feature = $feature))]
+                    descriptor: None,
+                },
+            )*)*]
+        }
+    };
+}
+
+transport_table! {
+    kombu_memory if "memory" {
+        "memory" => DESCRIPTOR ["memory"],
+    }
+    kombu_sqlite if "sqlite" {
+        "sqlite" => DESCRIPTOR ["sqlite", "sqla+sqlite", "sqlalchemy+sqlite"],
+    }
+    kombu_redis if "redis" {
+        "redis" => DESCRIPTOR ["redis", "rediss", "redis+socket", "socket", "redis+unix"],
+    }
+    kombu_amqp if "amqp" {
+        "amqp" => DESCRIPTOR ["amqp", "amqps", "pyamqp", "librabbitmq"],
+        "amqp-amiquip" => AMIQUIP_DESCRIPTOR ["amqp+amiquip", "pyamqp+amiquip"],
+    }
 }
 
 /// The transports registered in this build.
@@ -101,29 +150,14 @@ pub fn transports() -> Vec<&'static kombu_core::TransportDescriptor> {
 }
 
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn registered_transports_match_enabled_features() {
-        let names: Vec<&str> = super::transports().iter().map(|d| d.name).collect();
-        let mut expected: Vec<&str> = Vec::new();
-        if cfg!(feature = "memory") {
-            expected.push("memory");
-        }
-        if cfg!(feature = "sqlite") {
-            expected.push("sqlite");
-        }
-        if cfg!(feature = "redis") {
-            expected.push("redis");
-        }
-        if cfg!(feature = "amqp") {
-            expected.push("amqp");
-        }
-        if cfg!(feature = "amqp-amiquip") {
-            expected.push("amqp-amiquip");
-        }
-        expected.sort_unstable();
-        let mut names = names;
-        names.sort_unstable();
-        assert_eq!(names, expected);
-    }
+#[derive(Debug)]
+struct TableEntry {
+    krate: &'static str,
+    crate_feature: &'static str,
+    feature: &'static str,
+    schemes: &'static [&'static str],
+    descriptor: Option<&'static kombu_core::TransportDescriptor>,
 }
+
+#[cfg(test)]
+mod consistency_tests;

@@ -93,14 +93,11 @@ pub const AMIQUIP_SCHEMES: &[&str] = &["amqp+amiquip", "pyamqp+amiquip"];
 pub const AMIQUIP_CAPABILITIES: Capabilities = crate::CAPABILITIES;
 
 /// The registry entry of the amiquip driver.
-pub static AMIQUIP_DESCRIPTOR: TransportDescriptor = TransportDescriptor {
-    name: "amqp-amiquip",
-    schemes: AMIQUIP_SCHEMES,
-    cargo_feature: "amqp-amiquip",
-    description: "RabbitMQ over AMQP 0-9-1 (amiquip, blocking, on its own threads); confirms",
-    capabilities: AMIQUIP_CAPABILITIES,
-    connect,
-};
+pub static AMIQUIP_DESCRIPTOR: TransportDescriptor = TransportDescriptor::new("amqp-amiquip", connect)
+    .schemes(AMIQUIP_SCHEMES)
+    .kombu_feature("amqp-amiquip")
+    .description("RabbitMQ over AMQP 0-9-1 (amiquip, blocking, on its own threads); confirms")
+    .capabilities(AMIQUIP_CAPABILITIES);
 
 kombu_core::inventory::submit! { kombu_core::registry::Registration(&AMIQUIP_DESCRIPTOR) }
 

@@ -25,7 +25,7 @@ pub(crate) fn run(args: &TransportsArgs) -> CliResult {
                 json!({
                     "name": t.name,
                     "schemes": t.schemes,
-                    "cargo_feature": t.cargo_feature,
+                    "kombu_feature": t.kombu_feature,
                     "description": t.description,
                     "capabilities": capabilities,
                 })
@@ -41,7 +41,7 @@ pub(crate) fn run(args: &TransportsArgs) -> CliResult {
             vec![
                 t.name.to_owned(),
                 schemes.join(" "),
-                t.cargo_feature.to_owned(),
+                t.kombu_feature.unwrap_or("-").to_owned(),
                 t.description.to_owned(),
             ]
         }));
