@@ -1340,7 +1340,9 @@ async fn get_on_empty_queue_returns_none(ctx: Ctx) -> TestResult {
         "get on an empty queue returned a message"
     );
     publish_to(&conn, &q.name, serde_json::json!(CONTROL)).await?;
-    let d = get_delivery(&ctx, channel.as_ref(), &q.name).await?;
+    let d = get_delivery(&ctx, channel.as_ref(), &q.name)
+        .await
+        .map_err(|Failure(e)| Failure(format!("the positive control was lost: {e}")))?;
     check_eq!(
         json_of(&d),
         serde_json::json!(CONTROL),

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use kombu::transport::registry::TransportDescriptor;
 use kombu::{Capabilities, Connection, ConnectionOptions};
 
+/// How long behaviours wait for what should arrive, by default.
+const DEFAULT_PATIENCE: Duration = Duration::from_secs(10);
+
 /// A failed check, with a readable explanation.
 #[derive(Debug)]
 pub struct Failure(pub String);
@@ -57,6 +60,7 @@ pub struct Ctx {
     id: String,
     recovery_options: Arc<Vec<(String, String)>>,
     child_exe: Option<PathBuf>,
+    patience: Duration,
 }
 
 impl Ctx {
@@ -68,6 +72,7 @@ impl Ctx {
             id: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
             recovery_options: Arc::new(Vec::new()),
             child_exe: None,
+            patience: DEFAULT_PATIENCE,
         }
     }
 
@@ -119,9 +124,9 @@ impl Ctx {
     }
 
     /// How long to wait for something that should arrive, or for a condition that should
-    /// come to hold.
+    /// come to hold (10 s unless [`Suite::patience`] says otherwise).
     pub fn patience(&self) -> Duration {
-        Duration::from_secs(10)
+        self.patience
     }
 }
 
@@ -270,6 +275,7 @@ pub struct Suite {
     default_url: String,
     exclusions: Vec<(&'static str, &'static str)>,
     recovery_options: Vec<(String, String)>,
+    patience: Duration,
 }
 
 impl Suite {
@@ -280,7 +286,15 @@ impl Suite {
             default_url: default_url.into(),
             exclusions: Vec::new(),
             recovery_options: Vec::new(),
+            patience: DEFAULT_PATIENCE,
         }
+    }
+
+    /// How long behaviours wait for a message that should arrive, or a condition that should
+    /// come to hold, before failing (default 10 s).
+    pub fn patience(mut self, patience: Duration) -> Self {
+        self.patience = patience;
+        self
     }
 
     /// Leave behaviour `name` out, for `reason` (printed and reported).
@@ -423,6 +437,7 @@ impl Suite {
                     let mut ctx = Ctx::new(url, caps);
                     ctx.recovery_options = recovery_options.clone();
                     ctx.child_exe = child_exe.clone();
+                    ctx.patience = self.patience;
                     run_one(&runtime, b, ctx)
                 }
             };
