@@ -63,6 +63,16 @@ pub(crate) static BACKENDS: &[Backend] = &[
         test_name: "conformance",
         provision: Provision::InProcess { url: "memory://" },
     },
+    // A third-party transport (its own package, unknown to the facade): the proof that a
+    // crate outside the workspace's features registers itself and runs the suite.
+    Backend {
+        name: "toy",
+        crate_name: "kombu-toy-transport",
+        test_name: "conformance",
+        provision: Provision::InProcess {
+            url: "toy:///conformance",
+        },
+    },
     Backend {
         name: "sqlite",
         crate_name: "kombu-sqlite",

@@ -94,13 +94,16 @@ struct Report {
     failed: u64,
     #[serde(default)]
     skipped: Vec<SkippedTest>,
+    /// Behaviours the transport crate excluded, with its reasons.
+    #[serde(default)]
+    excluded: Vec<SkippedTest>,
     #[serde(default)]
     failures: Vec<FailedTest>,
     #[serde(default)]
     duration_ms: f64,
 }
 
-/// A behaviour the transport does not support.
+/// A behaviour the transport does not support, or excluded: with the reason.
 #[derive(Debug, Deserialize)]
 struct SkippedTest {
     name: String,
@@ -143,8 +146,11 @@ struct Counts {
     passed: u64,
     failed: u64,
     skipped: u64,
+    /// Behaviours the transport crate excluded (not counted in `skipped`).
+    excluded: u64,
     time: Duration,
     skip_reasons: Vec<Note>,
+    exclusions: Vec<Note>,
     failures: Vec<Note>,
 }
 
@@ -331,9 +337,15 @@ fn counts_from_report(report: Report, backend: &str) -> Counts {
         passed: report.passed,
         failed: report.failed.max(report.failures.len() as u64),
         skipped: report.skipped.len() as u64,
+        excluded: report.excluded.len() as u64,
         time: Duration::from_secs_f64((report.duration_ms / 1000.0).clamp(0.0, 1e9)),
         skip_reasons: report
             .skipped
+            .into_iter()
+            .map(|s| Note::new(s.name, s.reason))
+            .collect(),
+        exclusions: report
+            .excluded
             .into_iter()
             .map(|s| Note::new(s.name, s.reason))
             .collect(),
@@ -389,10 +401,10 @@ fn banner(text: &str) {
     println!("\n==> test-matrix: {text}");
 }
 
-/// The summary: table, skipped behaviours, failures, totals line.
+/// The summary: table, skipped and excluded behaviours, failures, totals line.
 fn summary(rows: &[Row]) -> String {
-    let header = ["backend", "passed", "failed", "skipped", "time"];
-    let mut table: Vec<[String; 5]> = vec![header.map(str::to_owned)];
+    let header = ["backend", "passed", "failed", "skipped", "excluded", "time"];
+    let mut table: Vec<[String; 6]> = vec![header.map(str::to_owned)];
     for row in rows {
         match &row.result {
             Some(c) => table.push([
@@ -400,9 +412,17 @@ fn summary(rows: &[Row]) -> String {
                 c.passed.to_string(),
                 c.failed.to_string(),
                 c.skipped.to_string(),
+                c.excluded.to_string(),
                 format_duration(c.time),
             ]),
-            None => table.push([row.name.clone(), "-".into(), "-".into(), "-".into(), "-".into()]),
+            None => table.push([
+                row.name.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]),
         }
     }
     let mut out = String::from("test-matrix summary\n");
@@ -437,14 +457,15 @@ fn summary(rows: &[Row]) -> String {
         }
     };
     section("skipped behaviours", &|c| &c.skip_reasons);
+    section("behaviours excluded by the transport", &|c| &c.exclusions);
     section("failures", &|c| &c.failures);
 
     let ran = rows.iter().filter_map(|row| row.result.as_ref());
-    let (passed, failed, skipped) = ran.fold((0, 0, 0), |(p, f, s), c| {
-        (p + c.passed, f + c.failed, s + c.skipped)
+    let (passed, failed, skipped, excluded) = ran.fold((0, 0, 0, 0), |(p, f, s, e), c| {
+        (p + c.passed, f + c.failed, s + c.skipped, e + c.excluded)
     });
     out.push_str(&format!(
-        "\nmatrix: {passed} passed, {failed} failed, {skipped} skipped"
+        "\nmatrix: {passed} passed, {failed} failed, {skipped} skipped, {excluded} excluded"
     ));
     out
 }
@@ -517,10 +538,14 @@ mod tests {
     fn reads_reports() -> Result<()> {
         let text = r#"{"backend": "memory", "passed": 40, "failed": 1,
             "skipped": [{"name": "headers_exchange", "reason": "transport does not support headers exchanges"}],
+            "excluded": [{"name": "fifo_order_per_queue", "reason": "shards reorder"}],
             "failures": [{"name": "x", "error": "boom"}], "duration_ms": 1234}"#;
         let report: Report = serde_json::from_str(text).map_err(|e| util::Error::new(e.to_string()))?;
         let counts = counts_from_report(report, "memory");
         assert_eq!((counts.passed, counts.failed, counts.skipped), (40, 1, 1));
+        assert_eq!(counts.excluded, 1);
+        assert_eq!(counts.exclusions[0].name, "fifo_order_per_queue");
+        assert_eq!(counts.exclusions[0].text, "shards reorder");
         assert_eq!(counts.time, Duration::from_millis(1234));
         let wrong: Report = serde_json::from_str(r#"{"backend": "redis", "passed": 1, "failed": 0}"#)
             .map_err(|e| util::Error::new(e.to_string()))?;
@@ -546,8 +571,10 @@ mod tests {
                     passed: 40,
                     failed: 1,
                     skipped: 1,
+                    excluded: 1,
                     time: Duration::from_millis(1234),
                     skip_reasons: vec![Note::new("headers_exchange", "no headers exchanges")],
+                    exclusions: vec![Note::new("fifo_order_per_queue", "shards reorder")],
                     failures: vec![Note::new("x", "line one\nline two")],
                 }),
             },
@@ -558,20 +585,24 @@ mod tests {
         ];
         let text = summary(&rows);
         assert!(
-            text.contains("memory    |     40 |      1 |       1 |  1.2s"),
+            text.contains("memory    |     40 |      1 |       1 |        1 |  1.2s"),
             "{text}"
         );
         assert!(
-            text.contains("redis     |      - |      - |       - |     -   (left out by request)"),
+            text.contains("redis     |      - |      - |       - |        - |     -   (left out by request)"),
             "{text}"
         );
         assert!(text.contains("skipped behaviours:\n  memory:\n    - headers_exchange: no headers exchanges"));
+        assert!(
+            text.contains("behaviours excluded by the transport:\n  memory:\n    - fifo_order_per_queue: shards reorder"),
+            "{text}"
+        );
         assert!(
             text.contains("failures:\n  memory:\n    - x: line one\n        line two"),
             "{text}"
         );
         assert!(
-            text.ends_with("\nmatrix: 140 passed, 1 failed, 3 skipped"),
+            text.ends_with("\nmatrix: 140 passed, 1 failed, 3 skipped, 1 excluded"),
             "{text}"
         );
     }

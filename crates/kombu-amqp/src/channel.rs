@@ -485,8 +485,9 @@ fn to_delivery(
 ///
 /// It keeps the tags delivered and not yet settled: RabbitMQ answers an ack of an unknown
 /// tag (a second ack, or one after `recover` requeued everything) by closing the channel
-/// with 406, taking every consumer on it down. Such an ack is refused here, with a
-/// `MessageState` error, and never sent.
+/// with 406, taking every consumer on it down. Such an ack is refused here, with the
+/// `PreconditionFailed` error the broker's 406 would be (as on every transport), and never
+/// sent.
 struct ChannelAcker {
     channel: lapin::Channel,
     unsettled: Mutex<HashSet<u64>>,
@@ -517,7 +518,7 @@ impl ChannelAcker {
             Ok(())
         } else {
             Err(Error::new(
-                ErrorKind::MessageState,
+                ErrorKind::PreconditionFailed,
                 "unknown delivery tag: the message was already settled, or requeued by recover",
             )
             .with_context("delivery_tag", tag))
@@ -533,8 +534,9 @@ impl ChannelAcker {
         if self.channel.status().connected() {
             from_lapin(Op::Ack, e)
         } else {
+            // Its tags died with it: an unknown delivery tag, as on every transport.
             Error::new(
-                ErrorKind::MessageState,
+                ErrorKind::PreconditionFailed,
                 "the channel that delivered this message has closed; the broker delivers it again",
             )
             .with_source(e)

@@ -159,6 +159,9 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     publisher_confirms: true,
     max_message_size: Some(MAX_MESSAGE_SIZE),
     cross_process: true,
+    fifo_order: true,
+    exactly_once_delivery: true,
+    exact_counts: true,
     ..Capabilities::NONE
 };
 

@@ -85,6 +85,16 @@ pub struct Capabilities {
     pub max_message_size: Option<u64>,
     /// Messages of one process can be consumed by another process.
     pub cross_process: bool,
+    /// Messages of equal priority on one queue are delivered in the order they were published
+    /// (from one publisher on one channel). Not so on an SQS standard queue, for example.
+    pub fifo_order: bool,
+    /// Under normal operation (no crash, no lost connection, no requeue) every message routed
+    /// to a queue is delivered once: never duplicated, as an at-least-once broker (an SQS
+    /// standard queue) may do.
+    pub exactly_once_delivery: bool,
+    /// The message counts a queue reports (a declaration's `message_count`, the number
+    /// purged) are exact once a publish has returned, not estimates.
+    pub exact_counts: bool,
 }
 
 impl Capabilities {
@@ -111,6 +121,9 @@ impl Capabilities {
         extend_visibility: false,
         max_message_size: None,
         cross_process: false,
+        fifo_order: false,
+        exactly_once_delivery: false,
+        exact_counts: false,
     };
 
     /// Whether exchanges of `kind` can be declared.
@@ -165,6 +178,9 @@ impl Capabilities {
                     .map_or_else(|| "unlimited".to_owned(), |n| format!("{n} bytes")),
             ),
             ("cross-process", yes_no(self.cross_process)),
+            ("FIFO order", yes_no(self.fifo_order)),
+            ("exactly-once delivery", yes_no(self.exactly_once_delivery)),
+            ("exact counts", yes_no(self.exact_counts)),
         ]
     }
 }

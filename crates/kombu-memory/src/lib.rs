@@ -64,6 +64,9 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     shared_routing: true,
     restore_unacked_on_close: true,
     recover: true,
+    fifo_order: true,
+    exactly_once_delivery: true,
+    exact_counts: true,
     ..Capabilities::NONE
 };
 

@@ -115,6 +115,9 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     extend_visibility: true,
     max_message_size: Some(MAX_MESSAGE_SIZE),
     cross_process: true,
+    fifo_order: true,
+    exactly_once_delivery: true,
+    exact_counts: true,
     ..Capabilities::NONE
 };
 

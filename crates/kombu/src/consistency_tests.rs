@@ -85,18 +85,22 @@ fn first_code(cell: &str) -> Option<&str> {
     cell.split('`').nth(1)
 }
 
-/// The backend names of `BACKENDS` in `xtask/src/backends.rs`.
-fn xtask_backends(source: &str) -> Vec<String> {
+/// The `(name, crate_name)` of each backend in `BACKENDS` in `xtask/src/backends.rs`.
+fn xtask_backends(source: &str) -> Vec<(String, String)> {
     let start = source
         .find("static BACKENDS")
         .unwrap_or_else(|| panic!("xtask/src/backends.rs has no BACKENDS"));
     let list = &source[start..];
     let list = &list[..list.find("\n];").unwrap_or(list.len())];
-    list.lines()
-        .filter_map(|l| l.trim().strip_prefix("name: \""))
-        .filter_map(|rest| rest.split('"').next())
-        .map(str::to_owned)
-        .collect()
+    let field = |line: &str, key: &str| {
+        line.trim()
+            .strip_prefix(key)
+            .and_then(|rest| rest.split('"').next())
+            .map(str::to_owned)
+    };
+    let names = list.lines().filter_map(|l| field(l, "name: \""));
+    let crates = list.lines().filter_map(|l| field(l, "crate_name: \""));
+    names.zip(crates).collect()
 }
 
 #[test]
@@ -260,12 +264,23 @@ fn transport_table_agrees() {
     );
 
     // xtask: the test matrix runs every transport.
+    // Other rows are third-party examples (the toy transport): crates the facade does not use.
     let backends = xtask_backends(&workspace_file("xtask/src/backends.rs"));
+    let facade_manifest = workspace_file("crates/kombu/Cargo.toml");
+    let (ours, third_party): (Vec<_>, Vec<_>) = backends
+        .iter()
+        .partition(|(name, _)| names.contains(name.as_str()));
     assert_eq!(
-        backends.iter().map(String::as_str).collect::<BTreeSet<_>>(),
+        ours.iter().map(|(name, _)| name.as_str()).collect::<BTreeSet<_>>(),
         names,
         "xtask/src/backends.rs BACKENDS vs the transports"
     );
+    for (name, crate_name) in third_party {
+        assert!(
+            !facade_manifest.contains(&format!("{crate_name} =")),
+            "backend {name}: {crate_name} is a dependency of the facade but not in its transport table"
+        );
+    }
 }
 
 /// One MSRV: the workspace's `rust-version`, inherited by every package and stated in README.

@@ -3,7 +3,8 @@
 //! Deliveries and their acks share the consume channel, as AMQP requires. Each delivery
 //! that needs settling leaves its amiquip `Delivery` (body and properties moved out) in
 //! [`Tracking`], keyed by delivery tag: an ack or reject takes it out and settles it, so a
-//! second settle, or one after `recover`, finds nothing and is a `MessageState` error that
+//! second settle, or one after `recover`, finds nothing and is a `PreconditionFailed` error
+//! (an unknown delivery tag, as on every transport) that
 //! is never sent — RabbitMQ would answer an unknown tag by closing the channel with 406,
 //! taking every consumer on it down.
 
@@ -151,9 +152,10 @@ impl Acknowledger for WorkerAcker {
     }
 }
 
+/// A delivery of a channel that has closed: its tag died with it, an unknown delivery tag.
 fn channel_gone() -> Error {
     Error::new(
-        ErrorKind::MessageState,
+        ErrorKind::PreconditionFailed,
         "the channel that delivered this message has closed; the broker delivers it again",
     )
 }
@@ -369,7 +371,7 @@ impl<'c> Worker<'c> {
         };
         let Some(delivery) = self.tracking.unsettled.remove(&tag) else {
             return Err(Error::new(
-                ErrorKind::MessageState,
+                ErrorKind::PreconditionFailed,
                 "unknown delivery tag: the message was already settled, or requeued by recover",
             )
             .with_context("delivery_tag", tag));

@@ -39,7 +39,7 @@
 //! A worker per channel (rather than one thread for everything) is forced by amiquip's
 //! API: a `Consumer` borrows its `Channel`, so consumers can only live in a stack frame
 //! that owns the channel. Acks go to the worker that delivered the message and are checked
-//! there against the outstanding tags (a second ack is a `MessageState` error, never sent).
+//! there against the outstanding tags (a second ack is a `PreconditionFailed` error, never sent).
 //!
 //! ## Capabilities, compared with the lapin driver
 //!
@@ -53,7 +53,7 @@
 //! | mandatory message returned → `NotFound` | ✅ | ✅ (with confirms) |
 //! | refused declaration (404/406) → typed error, channel reopened | ✅ | ✅ |
 //! | consumers on their own channel | ✅ | ✅ |
-//! | ack tag tracking (double ack → `MessageState`) | ✅ | ✅ |
+//! | ack tag tracking (unknown tag → `PreconditionFailed`) | ✅ | ✅ |
 //! | unacked restored on close, crash-safe acks | ✅ broker-side | ✅ broker-side |
 //! | `recover(requeue = true)` | ✅ | ✅ |
 //! | **lost connection** | reconnects, re-declares the topology, resumes consumers | the same, with the same recovery options and failover order; the reconnection starts when a channel is next needed (a consumer's channel needs one at once) |

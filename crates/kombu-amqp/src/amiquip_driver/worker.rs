@@ -25,8 +25,8 @@
 //! each is kept as a [`Resume`] (queue, options, kombu-rs tag and the sender its stream reads
 //! from) and consumed again at the start of the next epoch, whose channel request is what
 //! recovers the connection (see `connection`). The application's stream never notices
-//! beyond a pause and redeliveries; acks of the old epoch's deliveries are `MessageState`
-//! errors (the broker redelivers those messages). A job that arrives while the consume
+//! beyond a pause and redeliveries; acks of the old epoch's deliveries are
+//! `PreconditionFailed` errors (the broker redelivers those messages). A job that arrives while the consume
 //! channel is of an older generation is held back ([`Core::pending`]) and run first in the
 //! new epoch, so it is served on the recovered connection instead of failing on the dead one.
 //!
