@@ -271,7 +271,9 @@ fn transport_table_agrees() {
         .iter()
         .partition(|(name, _)| names.contains(name.as_str()));
     assert_eq!(
-        ours.iter().map(|(name, _)| name.as_str()).collect::<BTreeSet<_>>(),
+        ours.iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<BTreeSet<_>>(),
         names,
         "xtask/src/backends.rs BACKENDS vs the transports"
     );
