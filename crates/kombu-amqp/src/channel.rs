@@ -22,8 +22,8 @@ use futures_util::StreamExt as _;
 use kombu_core::{
     AckHandle, Acknowledger, Capabilities, Channel, ConsumeOptions, ConsumerHandle, DeclareOptions,
     DeleteExchangeOptions, DeleteQueueOptions, Delivery, DeliveryInfo, Error, ErrorKind, Exchange,
-    ExchangeBinding, GetOptions, PublishOptions, QosOptions, Queue, QueueBinding, QueueDeclareOk, RawMessage,
-    Result,
+    ExchangeBinding, GetOptions, QosOptions, Queue, QueueBinding, QueueDeclareOk, RawMessage,
+    RawPublishOptions, Result,
 };
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
@@ -468,14 +468,14 @@ fn to_delivery(
         }
     });
     Delivery {
-        info: DeliveryInfo {
-            exchange: Arc::from(delivery.exchange.as_str()),
-            routing_key: Arc::from(delivery.routing_key.as_str()),
-            redelivered: delivery.redelivered,
-            consumer_tag,
-            delivery_tag: crate::convert::delivery_tag_text(tag),
+        info: DeliveryInfo::new(
+            delivery.exchange.as_str(),
+            delivery.routing_key.as_str(),
+            crate::convert::delivery_tag_text(tag),
             queue,
-        },
+        )
+        .with_redelivered(delivery.redelivered)
+        .with_consumer_tag(consumer_tag),
         ack,
         message: message_from_amqp(delivery.data, &delivery.properties),
     }
@@ -749,12 +749,12 @@ impl Channel for AmqpChannel {
         Ok(u64::from(count))
     }
 
-    async fn publish(&self, message: RawMessage, options: PublishOptions) -> Result<()> {
+    async fn publish(&self, message: RawMessage, options: RawPublishOptions) -> Result<()> {
         self.ensure_open()?;
         check_body_size(message.body.len())?;
         let properties = properties_to_amqp(&message)?;
-        let exchange = short(&options.exchange, "exchange name")?;
-        let routing_key = short(&options.routing_key, "routing key")?;
+        let exchange = short(options.exchange(), "exchange name")?;
+        let routing_key = short(options.routing_key(), "routing key")?;
         let confirm = options.confirm || self.session.settings.confirm_publish;
         let publish_options = BasicPublishOptions {
             mandatory: options.mandatory,
@@ -789,8 +789,8 @@ impl Channel for AmqpChannel {
                         returned.reply_text
                     ),
                 )
-                .with_context("exchange", &options.exchange)
-                .with_context("routing_key", &options.routing_key))
+                .with_context("exchange", options.exchange())
+                .with_context("routing_key", options.routing_key()))
             }
             Ok(Confirmation::Nack(None)) => Err(Error::new(
                 ErrorKind::Channel,

@@ -11,7 +11,7 @@
 //! ```no_run
 //! # async fn example(channel: &dyn kombu_core::Channel) -> kombu_core::Result<()> {
 //! use kombu_amqp::delayed::{self, QueueType};
-//! use kombu_core::{Exchange, PublishOptions, Queue, RawMessage};
+//! use kombu_core::{Exchange, RawPublishOptions, Queue, RawMessage};
 //! use std::time::Duration;
 //!
 //! delayed::declare_exchanges_and_queues(channel, QueueType::Quorum).await?;
@@ -20,7 +20,7 @@
 //! // What Celery does for `apply_async(countdown=90)`:
 //! let key = delayed::routing_key(Duration::from_secs(90), "tasks")?;
 //! let message = RawMessage { body: "[[], {}, {}]".into(), ..Default::default() };
-//! channel.publish(message, PublishOptions::new(delayed::ENTRY_EXCHANGE, key)).await?;
+//! channel.publish(message, RawPublishOptions::new(delayed::ENTRY_EXCHANGE, key)).await?;
 //! # Ok(()) }
 //! ```
 

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::RabbitNode;
-use kombu_core::{ConnectOptions, DeclareOptions, ErrorKind, PublishOptions, Queue, RawMessage};
+use kombu_core::{ConnectOptions, DeclareOptions, ErrorKind, Queue, RawMessage, RawPublishOptions};
 
 fn message(body: &'static str) -> RawMessage {
     RawMessage {
@@ -16,10 +16,8 @@ fn message(body: &'static str) -> RawMessage {
     }
 }
 
-fn mandatory(routing_key: &str) -> PublishOptions {
-    let mut options = PublishOptions::new("", routing_key);
-    options.mandatory = true;
-    options
+fn mandatory(routing_key: &str) -> RawPublishOptions {
+    RawPublishOptions::new("", routing_key).mandatory(true)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::RabbitNode;
-use kombu_core::{ConnectOptions, DeclareOptions, ErrorKind, GetOptions, PublishOptions, Queue, RawMessage};
+use kombu_core::{
+    ConnectOptions, DeclareOptions, ErrorKind, GetOptions, Queue, RawMessage, RawPublishOptions,
+};
 
 /// Connect, publish one message (confirmed) and get it back.
 async fn round_trip(url: &str) -> kombu_core::Result<Vec<u8>> {
@@ -21,7 +23,9 @@ async fn round_trip(url: &str) -> kombu_core::Result<Vec<u8>> {
         body: "over tls".into(),
         ..Default::default()
     };
-    channel.publish(message, PublishOptions::new("", "tls")).await?;
+    channel
+        .publish(message, RawPublishOptions::new("", "tls"))
+        .await?;
     let mut get = GetOptions::default();
     get.no_ack = true;
     let delivery = channel.get("tls", get).await?;

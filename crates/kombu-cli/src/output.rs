@@ -94,12 +94,12 @@ pub(crate) fn properties_json(p: &Properties) -> Json {
 /// Kombu's `delivery_info`, plus the queue and consumer tag.
 pub(crate) fn delivery_info_json(info: &DeliveryInfo) -> Json {
     json!({
-        "exchange": &*info.exchange,
-        "routing_key": &*info.routing_key,
-        "redelivered": info.redelivered,
-        "delivery_tag": &*info.delivery_tag,
-        "consumer_tag": info.consumer_tag.as_deref(),
-        "queue": &*info.queue,
+        "exchange": info.exchange(),
+        "routing_key": info.routing_key(),
+        "redelivered": info.redelivered(),
+        "delivery_tag": info.delivery_tag(),
+        "consumer_tag": info.consumer_tag(),
+        "queue": info.queue(),
     })
 }
 
@@ -151,10 +151,10 @@ fn readable_body(message: &Message, payload: &[u8]) -> String {
 /// One message as readable text (ends with a blank line). `index` counts from 1.
 pub(crate) fn message_text(index: u64, message: &Message, payload: &[u8]) -> String {
     let info = message.delivery_info();
-    let exchange = if info.exchange.is_empty() {
+    let exchange = if info.exchange().is_empty() {
         "\"\" (default exchange)".to_owned()
     } else {
-        info.exchange.to_string()
+        info.exchange().to_owned()
     };
     let content = match (message.content_type(), message.content_encoding()) {
         (Some(t), Some(e)) => format!("{t} ({e})"),
@@ -173,14 +173,14 @@ pub(crate) fn message_text(index: u64, message: &Message, payload: &[u8]) -> Str
         _ => "-".to_owned(),
     };
     let mut out = String::new();
-    let _ = writeln!(out, "--- message {index} from queue {:?}", info.queue);
+    let _ = writeln!(out, "--- message {index} from queue {:?}", info.queue());
     let _ = writeln!(out, "exchange:     {exchange}");
-    let _ = writeln!(out, "routing key:  {}", info.routing_key);
+    let _ = writeln!(out, "routing key:  {}", info.routing_key());
     let _ = writeln!(
         out,
         "delivery:     tag {}, redelivered: {}",
-        info.delivery_tag,
-        if info.redelivered { "yes" } else { "no" }
+        info.delivery_tag(),
+        if info.redelivered() { "yes" } else { "no" }
     );
     let _ = writeln!(out, "content:      {content}");
     let _ = writeln!(out, "headers:      {headers}");

@@ -60,8 +60,6 @@ pub struct Capabilities {
     pub queue_expiry: bool,
     /// `x-max-length` (oldest messages dropped on overflow).
     pub max_length: bool,
-    /// Delayed delivery.
-    pub delayed_delivery: bool,
     /// Dead-letter exchanges.
     pub dead_lettering: bool,
     /// Bindings are stored on the broker, visible to other connections and processes.
@@ -73,13 +71,13 @@ pub struct Capabilities {
     pub crash_safe_acks: bool,
     /// Unacked messages are made available again when the channel closes cleanly.
     pub restore_unacked_on_close: bool,
-    /// Messages survive a broker restart.
-    pub durable_messages: bool,
     /// `recover(requeue = true)`.
     pub recover: bool,
     /// Publisher confirms.
     pub publisher_confirms: bool,
-    /// The deadline of an in-flight message can be extended (visibility heartbeat).
+    /// A message held by a live consumer is never handed to another one, however long it is
+    /// held: where messages have a visibility deadline, it is renewed while the consumer lives
+    /// (a visibility heartbeat).
     pub extend_visibility: bool,
     /// Largest message body the transport accepts, in bytes (`None`: no fixed limit).
     pub max_message_size: Option<u64>,
@@ -109,13 +107,11 @@ impl Capabilities {
         message_ttl: false,
         queue_expiry: false,
         max_length: false,
-        delayed_delivery: false,
         dead_lettering: false,
         persistent_bindings: false,
         shared_routing: false,
         crash_safe_acks: false,
         restore_unacked_on_close: false,
-        durable_messages: false,
         recover: false,
         publisher_confirms: false,
         extend_visibility: false,
@@ -162,13 +158,11 @@ impl Capabilities {
             ("message TTL", yes_no(self.message_ttl)),
             ("queue expiry", yes_no(self.queue_expiry)),
             ("max length", yes_no(self.max_length)),
-            ("delayed delivery", yes_no(self.delayed_delivery)),
             ("dead lettering", yes_no(self.dead_lettering)),
             ("persistent bindings", yes_no(self.persistent_bindings)),
             ("routing shared across connections", yes_no(self.shared_routing)),
             ("crash-safe acks", yes_no(self.crash_safe_acks)),
             ("unacked restored on close", yes_no(self.restore_unacked_on_close)),
-            ("durable messages", yes_no(self.durable_messages)),
             ("recover", yes_no(self.recover)),
             ("publisher confirms", yes_no(self.publisher_confirms)),
             ("extend visibility", yes_no(self.extend_visibility)),

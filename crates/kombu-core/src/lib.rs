@@ -41,8 +41,8 @@ pub use message::{
 pub use registry::TransportDescriptor;
 pub use transport::{
     Channel, ConnectOptions, ConsumeOptions, ConsumerHandle, DeclareOptions, DeleteExchangeOptions,
-    DeleteQueueOptions, DeliveryStream, ExchangeBinding, GetOptions, PublishOptions, QosOptions,
-    QueueBinding, QueueDeclareOk, Transport, TransportOptions,
+    DeleteQueueOptions, DeliveryStream, ExchangeBinding, GetOptions, QosOptions, QueueBinding,
+    QueueDeclareOk, RawPublishOptions, Transport, TransportOptions,
 };
 pub use url::{BrokerUrl, Secret};
 pub use value::{FieldTable, Value};

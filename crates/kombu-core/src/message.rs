@@ -246,23 +246,83 @@ impl fmt::Debug for RawMessage {
 }
 
 /// Where a delivered message came from and how to refer to it.
+///
+/// The names are shared (not copied) with the stored message, the consumer and the queue, so
+/// making a delivery copies no names; read them with the accessors.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryInfo {
-    /// The exchange it was published to (`""` for the default exchange); shared with the
-    /// stored message, so making a delivery copies no names.
-    pub exchange: Arc<str>,
-    /// The routing key it was published with (shared likewise).
-    pub routing_key: Arc<str>,
+    pub(crate) exchange: Arc<str>,
+    pub(crate) routing_key: Arc<str>,
+    pub(crate) redelivered: bool,
+    pub(crate) consumer_tag: Option<Arc<str>>,
+    pub(crate) delivery_tag: Arc<str>,
+    pub(crate) queue: Arc<str>,
+}
+
+impl DeliveryInfo {
+    /// A delivery of a message published to `exchange` with `routing_key`, taken from
+    /// `queue`, that the broker calls `delivery_tag`; not redelivered, for no consumer (a
+    /// `get`) until the `with_*` methods say otherwise.
+    pub fn new(
+        exchange: impl Into<Arc<str>>,
+        routing_key: impl Into<Arc<str>>,
+        delivery_tag: impl Into<Arc<str>>,
+        queue: impl Into<Arc<str>>,
+    ) -> Self {
+        DeliveryInfo {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            redelivered: false,
+            consumer_tag: None,
+            delivery_tag: delivery_tag.into(),
+            queue: queue.into(),
+        }
+    }
+
+    /// Marked as delivered before.
+    #[must_use]
+    pub fn with_redelivered(mut self, redelivered: bool) -> Self {
+        self.redelivered = redelivered;
+        self
+    }
+
+    /// Delivered to the consumer `tag` (shared by every delivery of that consumer).
+    #[must_use]
+    pub fn with_consumer_tag(mut self, tag: Option<Arc<str>>) -> Self {
+        self.consumer_tag = tag;
+        self
+    }
+
+    /// The exchange it was published to (`""` for the default exchange).
+    pub fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
+    /// The routing key it was published with.
+    pub fn routing_key(&self) -> &str {
+        &self.routing_key
+    }
+
     /// Whether it was delivered before and requeued (or restored after a crash).
-    pub redelivered: bool,
-    /// The tag of the consumer it was delivered to (none for `get`); shared by every delivery
-    /// of that consumer.
-    pub consumer_tag: Option<Arc<str>>,
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// The tag of the consumer it was delivered to (`None` for `get`).
+    pub fn consumer_tag(&self) -> Option<&str> {
+        self.consumer_tag.as_deref()
+    }
+
     /// The delivery tag as the broker names it: a uuid4 on virtual transports (minted at
     /// publish, as Kombu does), the channel's counter on AMQP.
-    pub delivery_tag: Arc<str>,
-    /// The queue it was taken from (shared by every delivery from that queue).
-    pub queue: Arc<str>,
+    pub fn delivery_tag(&self) -> &str {
+        &self.delivery_tag
+    }
+
+    /// The queue it was taken from.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
 }
 
 /// Settles deliveries: implemented by each channel.

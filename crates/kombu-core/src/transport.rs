@@ -126,6 +126,54 @@ impl ConnectOptions {
     }
 }
 
+/// Builder-style setters for the option structs, which are `#[non_exhaustive]` (so they can
+/// grow) and therefore cannot be built with struct literals outside this crate:
+/// `ConsumeOptions::default().no_ack(true)`.
+macro_rules! setters {
+    ($ty:ident { $($field:ident: $t:ty => $doc:literal),* $(,)? }) => {
+        impl $ty {
+            $(
+                #[doc = $doc]
+                #[must_use]
+                pub fn $field(mut self, value: $t) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+// `DeclareOptions::passive()` builds a passive declaration.
+setters!(DeclareOptions {
+    nowait: bool => "Do not wait for the broker's reply.",
+});
+setters!(DeleteQueueOptions {
+    if_unused: bool => "Only delete a queue without consumers.",
+    if_empty: bool => "Only delete a queue without messages.",
+});
+setters!(DeleteExchangeOptions {
+    if_unused: bool => "Only delete an exchange without bindings.",
+});
+setters!(RawPublishOptions {
+    mandatory: bool => "Ask for the message back (an error) if no queue receives it.",
+    confirm: bool => "Wait for a publisher confirm (where supported).",
+});
+setters!(GetOptions {
+    no_ack: bool => "Settle immediately: the message is not tracked as unacked.",
+});
+setters!(ConsumeOptions {
+    consumer_tag: String => "The consumer tag (generated when empty).",
+    no_ack: bool => "Deliveries need no acknowledgement.",
+    exclusive: bool => "Be the queue's only consumer (`Unsupported` on the virtual transports).",
+    arguments: FieldTable => "Consumer arguments.",
+});
+setters!(QosOptions {
+    prefetch_count: u16 => "Unacked deliveries allowed in flight (0: unlimited).",
+    prefetch_size: u32 => "A byte limit: anything but 0 is `Unsupported`.",
+    global: bool => "Apply to the whole connection (AMQP `global`).",
+});
+
 /// A live connection to a broker.
 #[async_trait]
 pub trait Transport: Send + Sync + fmt::Debug + 'static {
@@ -257,26 +305,42 @@ pub struct DeleteExchangeOptions {
 /// Where and how a message is published.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
-pub struct PublishOptions {
+pub struct RawPublishOptions {
     /// The exchange (`""`: the default exchange, routing by queue name). Shared, not copied:
     /// it travels into the stored envelope and every delivery.
-    pub exchange: Arc<str>,
+    pub(crate) exchange: Arc<str>,
     /// The routing key (shared likewise).
-    pub routing_key: Arc<str>,
+    pub(crate) routing_key: Arc<str>,
     /// Ask the broker to return the message if no queue receives it (AMQP).
     pub mandatory: bool,
     /// Wait for a publisher confirm (where supported).
     pub confirm: bool,
 }
 
-impl PublishOptions {
+impl RawPublishOptions {
     /// Publish to `exchange` with `routing_key`.
     pub fn new(exchange: impl Into<Arc<str>>, routing_key: impl Into<Arc<str>>) -> Self {
-        PublishOptions {
+        RawPublishOptions {
             exchange: exchange.into(),
             routing_key: routing_key.into(),
             ..Default::default()
         }
+    }
+
+    /// The exchange (`""`: the default exchange).
+    pub fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
+    /// The routing key.
+    pub fn routing_key(&self) -> &str {
+        &self.routing_key
+    }
+
+    /// The exchange and routing key, shared (not copied), for a transport that keeps them
+    /// with the message.
+    pub fn shared_names(&self) -> (Arc<str>, Arc<str>) {
+        (self.exchange.clone(), self.routing_key.clone())
     }
 }
 
@@ -400,7 +464,7 @@ pub trait Channel: Send + Sync + fmt::Debug + 'static {
     async fn delete_queue(&self, queue: &str, options: DeleteQueueOptions) -> Result<u64>;
 
     /// Publish one message.
-    async fn publish(&self, message: RawMessage, options: PublishOptions) -> Result<()>;
+    async fn publish(&self, message: RawMessage, options: RawPublishOptions) -> Result<()>;
 
     /// Take one message, if any is ready.
     async fn get(&self, queue: &str, options: GetOptions) -> Result<Option<Delivery>>;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_core::Stream;
-use kombu_core::transport::{ConsumeOptions, PublishOptions, QosOptions};
+use kombu_core::transport::{ConsumeOptions, QosOptions, RawPublishOptions};
 use kombu_core::virtual_transport::{
     BrokerState, Claimed, ClaimingWait, Receipts, Settle, VirtualBackend, VirtualTransport,
 };
@@ -128,13 +128,13 @@ impl Receipts for Backend {
     async fn ack_batch(&self, batch: &[Settle]) -> Result<()> {
         let mut claimed = self.broker.claimed.lock().unwrap();
         for s in batch {
-            claimed.remove(&s.receipt);
+            claimed.remove(s.receipt());
         }
         self.broker
             .ack_groups
             .lock()
             .unwrap()
-            .push(batch.iter().map(|s| s.receipt.clone()).collect());
+            .push(batch.iter().map(|s| s.receipt().to_owned()).collect());
         Ok(())
     }
     async fn requeue(&self, queue: &str, envelope: Envelope, receipt: &str) -> Result<()> {
@@ -228,7 +228,7 @@ async fn eventually(limit: Duration, what: &str, mut condition: impl FnMut() -> 
 
 async fn publish(channel: &Arc<dyn kombu_core::Channel>, queue: &str, body: &'static str) {
     channel
-        .publish(message(body), PublishOptions::new("", queue))
+        .publish(message(body), RawPublishOptions::new("", queue))
         .await
         .unwrap();
 }
@@ -336,37 +336,74 @@ async fn held_messages_are_renewed_until_settled() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closing_gives_back_unacked_and_received_ahead_in_order() {
-    let (broker, transport) = transport(true);
+/// A consumer whose receive (waiting with room for 64) claims `a`, `b`, `c` after prefetch
+/// dropped to 1: `a` is delivered, `b` and `c` wait in the channel's stash.
+async fn one_delivered_two_stashed(
+    broker: &Broker,
+    transport: &VirtualTransport<Backend>,
+) -> (Arc<dyn kombu_core::Channel>, kombu_core::ConsumerHandle, Delivery) {
     let channel = transport.create_channel().await.unwrap();
     channel
         .declare_queue(&Queue::new("q"), Default::default())
         .await
         .unwrap();
-    channel.qos(QosOptions::prefetch(1)).await.unwrap();
-    for body in ["a", "b", "c"] {
-        publish(&channel, "q", body).await;
-    }
     let mut consumer = channel.consume("q", ConsumeOptions::default()).await.unwrap();
+    eventually(Duration::from_secs(2), "a receive waits", || {
+        *broker.receives.lock().unwrap() > 0
+    })
+    .await;
+    channel.qos(QosOptions::prefetch(1)).await.unwrap();
+    // All three become ready at once, so the waiting receive claims them together.
+    {
+        let mut ready = broker.ready.lock().unwrap();
+        let q = ready.entry("q".into()).or_default();
+        for body in ["a", "b", "c"] {
+            q.push_back(Envelope::new(message(body), "", "q"));
+        }
+    }
+    broker.arrived.notify_waiters();
     let first = next(&mut consumer.deliveries).await;
     assert_eq!(&first.message.body[..], b"a");
+    assert_eq!(broker.claimed_len(), 3, "all three were claimed by one receive");
+    (channel, consumer, first)
+}
+
+fn ready_bodies(broker: &Broker) -> Vec<Vec<u8>> {
+    broker.ready.lock().unwrap()["q"]
+        .iter()
+        .map(|e| e.message.body.to_vec())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_gives_back_unacked_and_received_ahead_in_order() {
+    let (broker, transport) = transport(true);
+    let (channel, _consumer, _first) = one_delivered_two_stashed(&broker, &transport).await;
     channel.close().await.unwrap();
-    // Positive control above (one was delivered); now every claim is back, in order.
     eventually(Duration::from_secs(2), "every claim is given back", || {
         broker.claimed_len() == 0
     })
     .await;
-    let ready: Vec<Vec<u8>> = broker.ready.lock().unwrap()["q"]
-        .iter()
-        .map(|e| e.message.body.to_vec())
-        .collect();
-    assert_eq!(ready, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
-    assert!(
-        broker.ready.lock().unwrap()["q"]
-            .iter()
-            .next()
-            .unwrap()
-            .redelivered
+    assert_eq!(
+        ready_bodies(&broker),
+        [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
     );
+    assert!(broker.ready.lock().unwrap()["q"].iter().all(|e| e.redelivered));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_gives_back_what_was_received_ahead() {
+    let (broker, transport) = transport(true);
+    let (channel, consumer, first) = one_delivered_two_stashed(&broker, &transport).await;
+    channel.cancel(&consumer.consumer_tag).await.unwrap();
+    // The delivered one stays the consumer's to settle; the two received ahead go back.
+    eventually(Duration::from_secs(2), "the stashed two are given back", || {
+        broker.claimed_len() == 1
+    })
+    .await;
+    assert_eq!(ready_bodies(&broker), [b"b".to_vec(), b"c".to_vec()]);
+    let handle = first.ack.unwrap();
+    handle.acknowledger.ack(handle.tag).await.unwrap();
+    transport.close().await.unwrap();
+    assert_eq!(broker.claimed_len(), 0);
 }

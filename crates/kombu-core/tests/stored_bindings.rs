@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use kombu_core::transport::{GetOptions, PublishOptions};
+use kombu_core::transport::{GetOptions, RawPublishOptions};
 use kombu_core::virtual_transport::{
     BrokerState, Claimed, StoredBinding, StoredBindings, StoredRoutes, VirtualBackend, VirtualTransport,
 };
@@ -139,10 +139,10 @@ async fn undeclared_exchange_routes_over_stored_bindings() {
         body: "hi".into(),
         ..Default::default()
     };
-    ch_b.publish(msg.clone(), PublishOptions::new("ex", "rk"))
+    ch_b.publish(msg.clone(), RawPublishOptions::new("ex", "rk"))
         .await
         .unwrap();
-    ch_b.publish(msg, PublishOptions::new("ex", "other"))
+    ch_b.publish(msg, RawPublishOptions::new("ex", "other"))
         .await
         .unwrap();
     let got = ch_a
@@ -164,7 +164,7 @@ async fn stored_but_empty_binding_table_routes_nothing() {
     let ch = t.create_channel().await.unwrap();
     // A backend that stores bindings but has none for this exchange routes nothing (no error:
     // another process may bind later, as with Kombu on Redis).
-    ch.publish(RawMessage::default(), PublishOptions::new("nobody", "rk"))
+    ch.publish(RawMessage::default(), RawPublishOptions::new("nobody", "rk"))
         .await
         .unwrap();
     assert!(ch.get("q", GetOptions::default()).await.unwrap().is_none());

@@ -18,14 +18,14 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> kombu_core::Result<()> {
-//! use kombu_core::{Queue, PublishOptions, GetOptions, RawMessage};
+//! use kombu_core::{Queue, RawPublishOptions, GetOptions, RawMessage};
 //! kombu_memory::register();
 //! let url = "memory:///doc-example".parse()?;
 //! let transport = (kombu_memory::DESCRIPTOR.connect)(kombu_core::ConnectOptions::new(url)).await?;
 //! let channel = transport.create_channel().await?;
 //! channel.declare_queue(&Queue::new("jobs"), Default::default()).await?;
 //! let message = RawMessage { body: "hi".into(), ..Default::default() };
-//! channel.publish(message, PublishOptions::new("", "jobs")).await?;
+//! channel.publish(message, RawPublishOptions::new("", "jobs")).await?;
 //! let delivery = channel.get("jobs", GetOptions::default()).await?.expect("a message");
 //! assert_eq!(&delivery.message.body[..], b"hi");
 //! # Ok(()) }

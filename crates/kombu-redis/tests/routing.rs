@@ -11,8 +11,8 @@ use std::sync::Arc;
 use common::RedisServer;
 use kombu_core::router::TopicPattern;
 use kombu_core::{
-    Channel, ConnectOptions, DeclareOptions, Exchange, GetOptions, PublishOptions, Queue, QueueBinding,
-    RawMessage, Transport,
+    Channel, ConnectOptions, DeclareOptions, Exchange, GetOptions, Queue, QueueBinding, RawMessage,
+    RawPublishOptions, Transport,
 };
 
 /// RabbitMQ's topic semantics, including the corners where Kombu's own regexes differ.
@@ -86,7 +86,7 @@ async fn topic_routing_on_the_server_agrees_with_the_router() {
                 ..Default::default()
             };
             channel
-                .publish(message, PublishOptions::new(exchange.as_str(), *routing_key))
+                .publish(message, RawPublishOptions::new(exchange.as_str(), *routing_key))
                 .await
                 .expect("publish");
             assert_eq!(
@@ -120,7 +120,7 @@ async fn overlapping_and_direct_bindings_deliver_once_per_queue() {
             .expect("bind");
     }
     channel
-        .publish(RawMessage::default(), PublishOptions::new("d", "k"))
+        .publish(RawMessage::default(), RawPublishOptions::new("d", "k"))
         .await
         .expect("publish");
     for (queue, expected) in [("a", 1), ("b", 1), ("c", 0)] {
@@ -131,8 +131,7 @@ async fn overlapping_and_direct_bindings_deliver_once_per_queue() {
             .message_count;
         assert_eq!(size, expected, "messages in {queue}");
     }
-    let mut mandatory = PublishOptions::new("d", "nobody");
-    mandatory.mandatory = true;
+    let mandatory = RawPublishOptions::new("d", "nobody").mandatory(true);
     let error = channel
         .publish(RawMessage::default(), mandatory)
         .await
@@ -206,7 +205,7 @@ async fn bindings_stored_by_another_process_reach_their_queues() {
             .expect("bind");
         mine.publish(
             RawMessage::default(),
-            PublishOptions::new(exchange.name.as_str(), routing_key),
+            RawPublishOptions::new(exchange.name.as_str(), routing_key),
         )
         .await
         .expect("publish");
@@ -236,7 +235,7 @@ async fn queued_acks_are_written_before_close_returns() {
         .expect("queue");
     for _ in 0..50 {
         channel
-            .publish(RawMessage::default(), PublishOptions::new("", "acks"))
+            .publish(RawMessage::default(), RawPublishOptions::new("", "acks"))
             .await
             .expect("publish");
     }

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kombu_core::{ConnectOptions, DeclareOptions, ErrorKind, GetOptions, PublishOptions, Queue, RawMessage};
+use kombu_core::{
+    ConnectOptions, DeclareOptions, ErrorKind, GetOptions, Queue, RawMessage, RawPublishOptions,
+};
 
 struct TlsServer {
     child: Child,
@@ -74,7 +76,9 @@ async fn round_trip(url: &str) -> kombu_core::Result<Vec<u8>> {
         body: "over tls".into(),
         ..Default::default()
     };
-    channel.publish(message, PublishOptions::new("", "tls")).await?;
+    channel
+        .publish(message, RawPublishOptions::new("", "tls"))
+        .await?;
     let delivery = channel.get("tls", GetOptions::default()).await?;
     transport.close().await?;
     Ok(delivery.map(|d| d.message.body.to_vec()).unwrap_or_default())

@@ -204,7 +204,7 @@ impl Receipts for SqliteBackend {
     async fn ack_batch(&self, batch: &[Settle]) -> Result<()> {
         let ids = batch
             .iter()
-            .map(|s| Receipt::decode(&s.receipt).map(|r| r.id))
+            .map(|s| Receipt::decode(s.receipt()).map(|r| r.id))
             .collect::<Result<Vec<i64>>>()?;
         self.worker
             .call(move |store| {

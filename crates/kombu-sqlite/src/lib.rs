@@ -6,7 +6,7 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> kombu_core::Result<()> {
-//! use kombu_core::{ConnectOptions, GetOptions, PublishOptions, Queue, RawMessage};
+//! use kombu_core::{ConnectOptions, GetOptions, RawPublishOptions, Queue, RawMessage};
 //! # let dir = std::env::temp_dir().join(format!("kombu-sqlite-doc-{}", std::process::id()));
 //! # std::fs::create_dir_all(&dir).ok();
 //! # let path = dir.join("doc.db");
@@ -15,7 +15,7 @@
 //! let channel = transport.create_channel().await?;
 //! channel.declare_queue(&Queue::new("jobs"), Default::default()).await?;
 //! let message = RawMessage { body: "hi".into(), ..Default::default() };
-//! channel.publish(message, PublishOptions::new("", "jobs")).await?;
+//! channel.publish(message, RawPublishOptions::new("", "jobs")).await?;
 //! let delivery = channel.get("jobs", GetOptions::default()).await?.expect("a message");
 //! assert_eq!(&delivery.message.body[..], b"hi");
 //! if let Some(handle) = &delivery.ack {
@@ -110,7 +110,6 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     shared_routing: true,
     crash_safe_acks: true,
     restore_unacked_on_close: true,
-    durable_messages: true,
     recover: true,
     extend_visibility: true,
     max_message_size: Some(MAX_MESSAGE_SIZE),

@@ -65,7 +65,7 @@ async fn a_dead_consumers_message_comes_back_after_the_visibility_timeout() {
         .unwrap()
         .expect("the message of the dead consumer is delivered again");
     assert_eq!(&delivery.message.body[..], b"survivor");
-    assert!(delivery.info.redelivered, "marked redelivered");
+    assert!(delivery.info.redelivered(), "marked redelivered");
     let handle = delivery.ack.clone().expect("an ack handle");
     handle.acknowledger.ack(handle.tag).await.unwrap();
     conn.close().await.unwrap(); // acks are committed in the background; close waits for them

@@ -74,6 +74,8 @@ requires! {
     cross_process: |c: &Capabilities| c.cross_process => "transport does not reach other processes";
     persistent_bindings: |c: &Capabilities| c.persistent_bindings && c.cross_process && c.exchange_direct
         => "transport does not store bindings on the broker for other processes";
+    held_past_deadline: |c: &Capabilities| c.extend_visibility && c.crash_safe_acks
+        => "transport does not renew the deadlines of the messages its consumers hold";
     crash_safe: |c: &Capabilities| c.crash_safe_acks && c.cross_process
         => "a message taken by a consumer that dies is not delivered again (or not across processes)";
     dead_lettering: |c: &Capabilities| c.dead_lettering && c.exchange_direct
@@ -138,6 +140,7 @@ behaviours! {
     unacked_restored_on_channel_close: restore_on_close;
     unacked_restored_on_connection_close: restore_on_close;
     consumer_crash_redelivers: crash_safe;
+    held_message_outlives_the_visibility_timeout: held_past_deadline;
     recover_redelivers_unacked: recover;
     prefetch_bounds_in_flight: always;
     unknown_delivery_tag_is_precondition_failed: always;
@@ -476,10 +479,10 @@ async fn roundtrip_json_with_headers_and_properties(ctx: Ctx) -> TestResult {
         check_eq!(p.priority, Some(3), "priority");
     }
     let info = m.delivery_info();
-    check_eq!(&*info.exchange, ex.name.as_str(), "delivery_info.exchange");
-    check_eq!(&*info.routing_key, "rk", "delivery_info.routing_key");
+    check_eq!(info.exchange(), ex.name.as_str(), "delivery_info.exchange");
+    check_eq!(info.routing_key(), "rk", "delivery_info.routing_key");
     check!(
-        !info.redelivered,
+        !info.redelivered(),
         "a first delivery must not be marked redelivered"
     );
     m.ack().await?;
@@ -1178,6 +1181,55 @@ async fn consumer_crash_redelivers(ctx: Ctx) -> TestResult {
         "a message delivered again must be marked redelivered"
     );
     m.ack().await?;
+    Ok(())
+}
+
+/// A live consumer keeps a message however long it holds it: with the short visibility
+/// timeout of the recovery options, another connection polling all along never gets it (the
+/// renewal keeps it), while a message published meanwhile does reach it (positive control).
+async fn held_message_outlives_the_visibility_timeout(ctx: Ctx) -> TestResult {
+    let options = ctx.recovery_options().to_vec();
+    let visibility = options
+        .iter()
+        .find(|(k, _)| k == "visibility_timeout")
+        .and_then(|(_, v)| v.parse::<f64>().ok())
+        .map(Duration::from_secs_f64);
+    let Some(visibility) = visibility else {
+        return Err(Failure::from(
+            "needs a visibility_timeout in the recovery options (Suite::recovery_option)",
+        ));
+    };
+    let holder = ctx.conn_with(&options)?;
+    let other = ctx.conn_with(&options)?;
+    let q = Queue::new(ctx.name("held"));
+    declare(&holder, &q).await?;
+    let mut c = consumer(&holder, vec![q.clone()], Some(1)).await?;
+    publish_to(&holder, &q.name, serde_json::json!("long task")).await?;
+    let held = c.recv_timeout(ctx.patience()).await?;
+    check_eq!(held.decode::<String>()?, "long task", "the held message");
+    // Three visibility timeouts while the holder lives: the other connection gets nothing.
+    let until = tokio::time::Instant::now() + visibility * 3;
+    while tokio::time::Instant::now() < until {
+        if let Some(m) = other.channel().await?.get(&q.name, Default::default()).await? {
+            return Err(Failure(format!(
+                "a message held by a live consumer was handed to another connection after {:?} \
+                 (visibility timeout {visibility:?}): {:?}",
+                visibility * 3 - until.saturating_duration_since(tokio::time::Instant::now()),
+                String::from_utf8_lossy(&m.message.body)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Positive control: the same queue does serve the other connection.
+    publish_to(&holder, &q.name, serde_json::json!("control")).await?;
+    let control = get_one(&ctx, &other, &q.name).await?;
+    check_eq!(
+        control.decode::<String>()?,
+        "control",
+        "the control message reaches the other connection"
+    );
+    control.ack().await?;
+    held.ack().await?;
     Ok(())
 }
 
@@ -2068,7 +2120,16 @@ async fn cancel_stops_deliveries(ctx: Ctx) -> TestResult {
     let m = get_one(&ctx, &conn, &q.name).await?;
     check_eq!(m.decode::<String>()?, "kept", "message stays queued after cancel");
     m.ack().await?;
-    check!(c.recv().await.is_none(), "a cancelled consumer yields nothing");
+    let ended = c.recv().await;
+    check!(
+        matches!(&ended, Err(e) if e.kind() == ErrorKind::Closed),
+        "a cancelled consumer reports Closed, as recv_timeout does"
+    );
+    let ended = c.recv_timeout(Duration::from_millis(50)).await;
+    check!(
+        matches!(&ended, Err(e) if e.kind() == ErrorKind::Closed),
+        "recv_timeout agrees"
+    );
     Ok(())
 }
 

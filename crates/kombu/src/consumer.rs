@@ -92,8 +92,18 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Open a channel, declare the queues, apply QoS and start consuming every queue: the
+    /// consumer in one call. (Use [`build`](Self::build) to register callbacks or add queues
+    /// before consuming starts.)
+    pub async fn consume(self) -> Result<Consumer> {
+        let mut consumer = self.build().await?;
+        consumer.consume().await?;
+        Ok(consumer)
+    }
+
     /// Open a channel, declare the queues, apply QoS. Consuming starts with
-    /// [`Consumer::consume`].
+    /// [`Consumer::consume`] (or build and start at once with
+    /// [`ConsumerBuilder::consume`]).
     pub async fn build(self) -> Result<Consumer> {
         let accept = match (self.accept, self.accept_names) {
             (Some(a), _) => a,
@@ -142,8 +152,7 @@ struct Active {
 /// use std::time::Duration;
 /// use kombu::{Connection, PublishOptions, Queue};
 /// let conn = Connection::new("memory:///consumer-doc")?;
-/// let mut consumer = conn.consumer([Queue::new("tasks")]).prefetch_count(10).build().await?;
-/// consumer.consume().await?;
+/// let mut consumer = conn.consumer([Queue::new("tasks")]).prefetch_count(10).consume().await?;
 /// conn.producer().publish(&serde_json::json!({"n": 1}), PublishOptions::new().routing_key("tasks")).await?;
 /// let message = consumer.recv_timeout(Duration::from_secs(1)).await?;
 /// let body: serde_json::Value = message.decode()?;
@@ -199,10 +208,10 @@ impl Consumer {
                 continue;
             }
             let n = TAG_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let mut options = ConsumeOptions::default();
-            options.consumer_tag = format!("{}{n}", self.tag_prefix);
-            options.no_ack = self.no_ack.unwrap_or(q.no_ack);
-            options.arguments = q.consumer_arguments.clone();
+            let options = ConsumeOptions::default()
+                .consumer_tag(format!("{}{n}", self.tag_prefix))
+                .no_ack(self.no_ack.unwrap_or(q.no_ack))
+                .arguments(q.consumer_arguments.clone());
             let handle = self.channel.consume(&q.name, options).await?;
             debug!(queue = %q.name, tag = %handle.consumer_tag, "consuming");
             self.active.push(Active {
@@ -302,26 +311,35 @@ impl Consumer {
         self.on_decode_error = Some(Box::new(move |m| Box::pin(callback(m))));
     }
 
-    /// Wait for the next message, at most `timeout`; a [`ErrorKind::Timeout`] error if none.
+    /// Wait for the next message, at most `timeout`: a [`ErrorKind::Timeout`] error if none
+    /// arrives, a [`ErrorKind::Closed`] error (as [`recv`](Self::recv)) when no queue is
+    /// consumed any more.
     pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<Message> {
         // A message already waiting needs no timer (arming one reads the clock): look first.
         let waiting = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *self).poll_next(cx))).await;
         let next = match waiting {
             Poll::Ready(next) => Ok(next),
-            Poll::Pending => tokio::time::timeout(timeout, self.recv()).await,
+            Poll::Pending => {
+                let next = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx));
+                tokio::time::timeout(timeout, next).await
+            }
         };
         match next {
             Ok(Some(result)) => result,
-            Ok(None) => Err(Error::new(ErrorKind::Closed, "consumer has no active queues")),
+            Ok(None) => Err(consumer_closed()),
             Err(_) => Err(Error::new(ErrorKind::Timeout, "no message within the timeout")
                 .with_context("timeout_ms", timeout.as_millis())
                 .set_recoverable(false)),
         }
     }
 
-    /// The next message (`None` when no queue is consumed any more).
-    pub async fn recv(&mut self) -> Option<Result<Message>> {
-        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    /// The next message; a [`ErrorKind::Closed`] error when no queue is consumed any more
+    /// (cancelled, or its channel closed), as [`recv_timeout`](Self::recv_timeout) reports
+    /// it. As a [`Stream`], the consumer ends with `None` instead.
+    pub async fn recv(&mut self) -> Result<Message> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx))
+            .await
+            .unwrap_or_else(|| Err(consumer_closed()))
     }
 
     /// Receive one message and pass it to the callbacks (Kombu's `drain_events`): a
@@ -345,6 +363,10 @@ impl Consumer {
         }
         Ok(())
     }
+}
+
+fn consumer_closed() -> Error {
+    Error::new(ErrorKind::Closed, "consumer has no active queues")
 }
 
 impl Stream for Consumer {

@@ -22,8 +22,7 @@
 //!     )
 //!     .await?;
 //!
-//! let mut consumer = conn.consumer([video]).build().await?;
-//! consumer.consume().await?;
+//! let mut consumer = conn.consumer([video]).consume().await?;
 //! let message = consumer.recv_timeout(Duration::from_secs(1)).await?;
 //! let body: serde_json::Value = message.decode()?;
 //! assert_eq!(body["size"], 1301013);

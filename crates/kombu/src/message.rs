@@ -187,12 +187,12 @@ impl Message {
 
     /// The broker's delivery tag (a uuid4 on virtual transports).
     pub fn delivery_tag(&self) -> &str {
-        &self.delivery.info.delivery_tag
+        self.delivery.info.delivery_tag()
     }
 
     /// Whether the message was delivered before.
     pub fn redelivered(&self) -> bool {
-        self.delivery.info.redelivered
+        self.delivery.info.redelivered()
     }
 
     /// The raw transport delivery.
@@ -211,7 +211,7 @@ impl Message {
                     self.content_type().unwrap_or("application/data")
                 ),
             )
-            .with_context("queue", &self.delivery.info.queue))
+            .with_context("queue", self.delivery.info.queue()))
         }
     }
 

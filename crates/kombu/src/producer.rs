@@ -526,9 +526,9 @@ impl Producer {
             .routing_key
             .clone()
             .unwrap_or_else(|| self.routing_key.clone());
-        let mut publish = kombu_core::PublishOptions::new(exchange_name, routing_key);
-        publish.mandatory = attempt.mandatory;
-        publish.confirm = attempt.confirm;
+        let publish = kombu_core::RawPublishOptions::new(exchange_name, routing_key)
+            .mandatory(attempt.mandatory)
+            .confirm(attempt.confirm);
         channel.publish(message, publish).await
     }
 }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use kombu_core::{
     Capabilities, Channel, ConsumeOptions, ConsumerHandle, DeclareOptions, DeleteExchangeOptions,
     DeleteQueueOptions, Delivery, Error, ErrorKind, Exchange, ExchangeBinding, ExchangeType, GetOptions,
-    PublishOptions, QosOptions, Queue, QueueBinding, QueueDeclareOk, RawMessage, Result,
+    QosOptions, Queue, QueueBinding, QueueDeclareOk, RawMessage, RawPublishOptions, Result,
 };
 
 use super::connection::ConnectionHandle;
@@ -238,16 +238,16 @@ impl Channel for AmiquipChannel {
         Ok(u64::from(deleted))
     }
 
-    async fn publish(&self, message: RawMessage, options: PublishOptions) -> Result<()> {
+    async fn publish(&self, message: RawMessage, options: RawPublishOptions) -> Result<()> {
         self.ensure_open()?;
         check_body_size(message.body.len())?;
-        check_short(&options.exchange, "exchange name")?;
-        check_short(&options.routing_key, "routing key")?;
+        check_short(options.exchange(), "exchange name")?;
+        check_short(options.routing_key(), "routing key")?;
         let outgoing = Outgoing {
             properties: properties_to_amqp(&message)?,
             body: message.body,
-            exchange: options.exchange,
-            routing_key: options.routing_key.to_string(),
+            exchange: options.shared_names().0,
+            routing_key: options.routing_key().to_owned(),
             mandatory: options.mandatory,
             confirm: options.confirm || self.confirm_publish,
         };

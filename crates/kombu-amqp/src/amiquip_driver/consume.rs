@@ -95,14 +95,14 @@ impl Tracking {
             std::mem::take(&mut delivery.body),
             &std::mem::take(&mut delivery.properties),
         );
-        let info = DeliveryInfo {
-            exchange: Arc::from(std::mem::take(&mut delivery.exchange)),
-            routing_key: Arc::from(std::mem::take(&mut delivery.routing_key)),
-            redelivered: delivery.redelivered,
-            consumer_tag,
-            delivery_tag: crate::convert::delivery_tag_text(tag),
+        let info = DeliveryInfo::new(
+            std::mem::take(&mut delivery.exchange),
+            std::mem::take(&mut delivery.routing_key),
+            crate::convert::delivery_tag_text(tag),
             queue,
-        };
+        )
+        .with_redelivered(delivery.redelivered)
+        .with_consumer_tag(consumer_tag);
         let ack = match (no_ack, self.link.upgrade()) {
             (false, Some(link)) => {
                 self.unsettled.insert(tag, delivery);

@@ -9,14 +9,14 @@
 //!
 //! ```no_run
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> kombu_core::Result<()> {
-//! use kombu_core::{GetOptions, PublishOptions, Queue, RawMessage};
+//! use kombu_core::{GetOptions, RawPublishOptions, Queue, RawMessage};
 //! kombu_amqp::register_amiquip();
 //! let url = "amqp+amiquip://guest:guest@127.0.0.1:5672//".parse()?;
 //! let transport = (kombu_amqp::AMIQUIP_DESCRIPTOR.connect)(kombu_core::ConnectOptions::new(url)).await?;
 //! let channel = transport.create_channel().await?;
 //! channel.declare_queue(&Queue::new("jobs"), Default::default()).await?;
 //! let message = RawMessage { body: "hi".into(), ..Default::default() };
-//! channel.publish(message, PublishOptions::new("", "jobs")).await?; // waits for the confirm
+//! channel.publish(message, RawPublishOptions::new("", "jobs")).await?; // waits for the confirm
 //! let delivery = channel.get("jobs", GetOptions::default()).await?.expect("a message");
 //! if let Some(handle) = &delivery.ack {
 //!     handle.acknowledger.ack(handle.tag).await?;

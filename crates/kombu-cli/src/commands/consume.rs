@@ -51,9 +51,8 @@ async fn consume(connection: &Connection, args: &ConsumeArgs) -> CliResult {
         .consumer(queues)
         .accept_set(Accept::any())
         .prefetch_count(prefetch(args))
-        .build()
+        .consume()
         .await?;
-    consumer.consume().await?;
 
     let timeout = args.timeout.map(seconds);
     let mut held: Vec<Message> = Vec::new();

@@ -83,10 +83,20 @@ pub struct StoredRoutes {
 /// One acknowledged delivery, for [`Receipts::ack_batch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settle {
+    pub(crate) queue: Arc<str>,
+    pub(crate) receipt: String,
+}
+
+impl Settle {
     /// The queue the message was taken from.
-    pub queue: Arc<str>,
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
     /// The receipt it was claimed with.
-    pub receipt: String,
+    pub fn receipt(&self) -> &str {
+        &self.receipt
+    }
 }
 
 /// What a broker must provide to become a kombu-rs transport through the virtual channel.

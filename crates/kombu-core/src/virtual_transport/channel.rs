@@ -29,7 +29,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::message::{AckHandle, Acknowledger, Delivery, DeliveryInfo, RawMessage};
 use crate::transport::{
     Channel, ConsumeOptions, ConsumerHandle, DeclareOptions, DeleteExchangeOptions, DeleteQueueOptions,
-    GetOptions, PublishOptions, QosOptions, QueueBinding, QueueDeclareOk,
+    GetOptions, QosOptions, QueueBinding, QueueDeclareOk, RawPublishOptions,
 };
 
 /// Deliveries handed to a consumer and not yet taken by its stream (the stream's own batch,
@@ -237,8 +237,12 @@ impl<B: VirtualBackend> ChannelInner<B> {
     }
 
     /// Keep what a claiming receive brought for `queue`; `false` (keeping nothing) when the
-    /// channel has closed, and the caller gives the messages back.
+    /// channel has closed or nobody consumes the queue any more, and the caller gives the
+    /// messages back.
     pub(super) fn stash(&self, queue: &Arc<str>, claimed: &mut Vec<Claimed>, error: Option<Error>) -> bool {
+        if !self.lock_consumers().iter().any(|c| c.queue == *queue) {
+            return false;
+        }
         let mut stash = self.lock_stash();
         // Checked under the stash lock: `close` drains the stash after clearing `open`.
         if !self.open.load(Ordering::Acquire) {
@@ -259,6 +263,26 @@ impl<B: VirtualBackend> ChannelInner<B> {
         let n = max.min(entry.claimed.len());
         out.extend(entry.claimed.drain(..n));
         entry.error.take()
+    }
+
+    /// Give back what claiming receives brought for `queue` once no consumer of this channel
+    /// consumes it any more (a receive still running then gives its catch back itself, see
+    /// [`stash`](Self::stash)).
+    async fn release_stash_if_unconsumed(&self, queue: &Arc<str>) -> Result<()> {
+        if self.lock_consumers().iter().any(|c| c.queue == *queue) {
+            return Ok(());
+        }
+        let stashed = self.lock_stash().remove(queue);
+        let Some(stashed) = stashed else {
+            return Ok(());
+        };
+        let held = stashed
+            .claimed
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (i as u64, queue.clone(), c))
+            .collect();
+        restore_all(&*self.backend, held).await
     }
 
     /// Mark `queue` as having a claiming receive running; `false` if one already runs.
@@ -612,6 +636,7 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
             }
         }
         inner.state.remove_queue(queue);
+        inner.release_stash_if_unconsumed(&Arc::from(queue)).await?;
         inner.backend.delete_queue(queue).await?;
         Ok(size)
     }
@@ -624,7 +649,7 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
     fn publish<'life0, 'async_trait>(
         &'life0 self,
         message: RawMessage,
-        options: PublishOptions,
+        options: RawPublishOptions,
     ) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'async_trait>>
     where
         'life0: 'async_trait,
@@ -712,10 +737,21 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
 
     async fn cancel(&self, consumer_tag: &str) -> Result<()> {
         let inner = &self.inner;
-        inner.lock_consumers().retain(|c| &*c.tag != consumer_tag);
+        let queue = {
+            let mut consumers = inner.lock_consumers();
+            let queue = consumers
+                .iter()
+                .find(|c| &*c.tag == consumer_tag)
+                .map(|c| c.queue.clone());
+            consumers.retain(|c| &*c.tag != consumer_tag);
+            queue
+        };
         inner.consumers_version.fetch_add(1, Ordering::AcqRel);
         inner.wakeup.notify_one();
-        Ok(())
+        match queue {
+            Some(queue) => inner.release_stash_if_unconsumed(&queue).await,
+            None => Ok(()),
+        }
     }
 
     async fn qos(&self, options: QosOptions) -> Result<()> {

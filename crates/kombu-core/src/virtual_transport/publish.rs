@@ -17,7 +17,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::RawMessage;
 use crate::router::CompiledBinding;
-use crate::transport::PublishOptions;
+use crate::transport::RawPublishOptions;
 use crate::value::FieldTable;
 
 impl<B: VirtualBackend> ChannelInner<B> {
@@ -94,7 +94,7 @@ impl<B: VirtualBackend> ChannelInner<B> {
         &self,
         routing: &impl BrokerRouting,
         envelope: &Envelope,
-        options: &PublishOptions,
+        options: &RawPublishOptions,
     ) -> Result<Option<Result<()>>> {
         let mut local = Vec::new();
         let declared = self.route_declared(
@@ -128,7 +128,7 @@ pub(super) enum Prepared {
     /// Routed already: append to these queues (or hand to the native fanout).
     Routed(Envelope, RouteTarget),
     /// To a named exchange of a backend that stores bindings: routing needs the broker.
-    RouteWithStored(Envelope, PublishOptions),
+    RouteWithStored(Envelope, RawPublishOptions),
     /// Routed to no queue and not mandatory: nothing to do (AMQP drops it).
     Dropped,
 }
@@ -136,7 +136,11 @@ pub(super) enum Prepared {
 impl<B: VirtualBackend> ChannelInner<B> {
     /// Everything of a publish that needs no await: the channel and size checks, the
     /// envelope, and routing when the local declarations decide it.
-    pub(super) fn prepare_publish(&self, message: RawMessage, options: PublishOptions) -> Result<Prepared> {
+    pub(super) fn prepare_publish(
+        &self,
+        message: RawMessage,
+        options: RawPublishOptions,
+    ) -> Result<Prepared> {
         self.ensure_open()?;
         if let Some(limit) = self.backend.capabilities().max_message_size {
             if message.body.len() as u64 > limit {
@@ -180,7 +184,7 @@ impl<B: VirtualBackend> ChannelInner<B> {
     pub(super) fn publish_with_stored(
         &self,
         envelope: Envelope,
-        options: PublishOptions,
+        options: RawPublishOptions,
     ) -> impl Future<Output = Result<()>> + Send + '_ {
         async move {
             // This whole future is boxed by `publish` (only on this path), so its awaits are not
@@ -263,7 +267,7 @@ fn not_declared(exchange: &str) -> Error {
 }
 
 /// A message that matched no queue: an error for a mandatory publish, else dropped (AMQP).
-fn unroutable(options: &PublishOptions) -> Result<()> {
+fn unroutable(options: &RawPublishOptions) -> Result<()> {
     if options.mandatory {
         return Err(
             Error::new(ErrorKind::NotFound, "message is unroutable (mandatory)")

@@ -63,7 +63,11 @@ impl<B: VirtualBackend> VirtualTransport<B> {
         let settlement = Settlement::spawn(&backend);
         if let Some(every) = backend.receipts().and_then(Receipts::renewal_interval) {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(renew_loop(backend.clone(), Arc::downgrade(&channels), every));
+                runtime.spawn(renew_loop(
+                    Arc::downgrade(&backend),
+                    Arc::downgrade(&channels),
+                    every,
+                ));
             }
         }
         VirtualTransport {
@@ -152,15 +156,16 @@ impl<B: VirtualBackend> Transport for VirtualTransport<B> {
 
 /// Every `every`, push forward the deadlines of the messages the connection's channels hold
 /// (delivered and unsettled, or received ahead for a consumer), in one call. Ends with the
-/// connection.
-async fn renew_loop<B: VirtualBackend>(backend: Arc<B>, channels: Weak<ChannelList<B>>, every: Duration) {
-    let Some(receipts) = backend.receipts() else {
-        return;
-    };
+/// connection; holds neither the backend nor the channels while it sleeps, so dropping the
+/// connection releases the backend at once.
+async fn renew_loop<B: VirtualBackend>(backend: Weak<B>, channels: Weak<ChannelList<B>>, every: Duration) {
     let mut held: Vec<String> = Vec::new();
     loop {
         tokio::time::sleep(every).await;
-        let Some(list) = channels.upgrade() else {
+        let (Some(backend), Some(list)) = (backend.upgrade(), channels.upgrade()) else {
+            return;
+        };
+        let Some(receipts) = backend.receipts() else {
             return;
         };
         held.clear();
