@@ -107,7 +107,7 @@ pub(crate) fn delivery_info_json(info: &DeliveryInfo) -> Json {
 pub(crate) fn message_json(message: &Message, payload: &[u8]) -> Json {
     let (encoding, body) = body_text(payload);
     json!({
-        "queue": &*message.delivery_info().queue,
+        "queue": message.delivery_info().queue(),
         "body": body,
         "body_encoding": encoding,
         "content_type": message.content_type(),

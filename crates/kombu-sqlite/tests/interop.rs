@@ -122,8 +122,8 @@ async fn python_publishes_rust_consumes() {
             message.headers().get("x-origin").and_then(|v| v.as_str()),
             Some("python")
         );
-        assert_eq!(&*message.delivery_info().routing_key, "jobs");
-        assert_eq!(&*message.delivery_info().exchange, "");
+        assert_eq!(message.delivery_info().routing_key(), "jobs");
+        assert_eq!(message.delivery_info().exchange(), "");
         assert!(!message.redelivered());
     }
     // Acked rows are deleted (Kombu would keep them with visible = 0).

@@ -599,8 +599,8 @@ async fn default_exchange_routes_by_queue_name(ctx: Ctx) -> TestResult {
     )
     .await?;
     let m = get_one(&ctx, &conn, &q.name).await?;
-    check_eq!(&*m.delivery_info().exchange, "", "exchange");
-    check_eq!(&*m.delivery_info().routing_key, q.name.as_str(), "routing_key");
+    check_eq!(m.delivery_info().exchange(), "", "exchange");
+    check_eq!(m.delivery_info().routing_key(), q.name.as_str(), "routing_key");
     m.ack().await?;
     Ok(())
 }

@@ -158,8 +158,8 @@ pub async fn python_scenarios_consumed_by_rust(url: &str, broker: Broker) {
     assert_eq!(m.properties().correlation_id.as_deref(), Some("cid-1"));
     assert_eq!(m.properties().message_id.as_deref(), Some("mid-1"));
     assert_eq!(m.properties().reply_to.as_deref(), Some("py2rs.reply"));
-    assert_eq!(&*m.delivery_info().exchange, "py2rs.direct");
-    assert_eq!(&*m.delivery_info().routing_key, "d");
+    assert_eq!(m.delivery_info().exchange(), "py2rs.direct");
+    assert_eq!(m.delivery_info().routing_key(), "d");
     // topic: only a.b.c was routed.
     let body: Value = by_scenario["topic"][0].decode().expect("json");
     assert_eq!(body, json!({"kind": "topic", "n": 1}));
@@ -200,8 +200,8 @@ pub async fn python_scenarios_consumed_by_rust(url: &str, broker: Broker) {
         task.headers().get("task").and_then(|v| v.as_str()),
         Some("proj.tasks.add")
     );
-    assert_eq!(&*task.delivery_info().exchange, "");
-    assert_eq!(&*task.delivery_info().routing_key, "py2rs.celery");
+    assert_eq!(task.delivery_info().exchange(), "");
+    assert_eq!(task.delivery_info().routing_key(), "py2rs.celery");
     let body: Value = task.decode().expect("json");
     assert_eq!(body[0], json!([2, 3]));
     conn.close().await.expect("close");

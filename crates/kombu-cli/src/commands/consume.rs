@@ -67,12 +67,8 @@ async fn consume(connection: &Connection, args: &ConsumeArgs) -> CliResult {
         let next = async {
             match timeout {
                 Some(t) => consumer.recv_timeout(t).await,
-                None => consumer.recv().await.unwrap_or_else(|| {
-                    Err(kombu::Error::new(
-                        ErrorKind::Closed,
-                        "the consumer stopped (queue deleted or channel closed)",
-                    ))
-                }),
+                // A Closed error when the consumer stopped (queue deleted, channel closed).
+                None => consumer.recv().await,
             }
         };
         tokio::select! {
