@@ -366,7 +366,10 @@ impl Consumer {
 }
 
 fn consumer_closed() -> Error {
-    Error::new(ErrorKind::Closed, "consumer has no active queues")
+    Error::new(
+        ErrorKind::Closed,
+        "the consumer stopped: no queue is consumed any more (cancelled, queue deleted or channel closed)",
+    )
 }
 
 impl Stream for Consumer {
