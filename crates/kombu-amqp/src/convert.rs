@@ -177,8 +177,8 @@ pub(crate) fn properties_to<P: BasicPropertiesModel>(message: &RawMessage) -> Re
         .and_then(Value::as_str)
         .map(str::to_owned);
     let texts = [
-        (message.content_type.as_deref(), "content_type"),
-        (message.content_encoding.as_deref(), "content_encoding"),
+        (message.content_type(), "content_type"),
+        (message.content_encoding(), "content_encoding"),
         (cluster_id.as_deref(), "cluster_id"),
     ];
     let others = text_properties(p).map(|(value, name)| (value.as_deref(), name));
@@ -201,15 +201,16 @@ pub(crate) fn message_from<P: BasicPropertiesModel>(body: Vec<u8>, props: &P) ->
         extra.insert("cluster_id".into(), Value::String(cluster_id));
     }
     let (delivery_mode, priority, timestamp) = props.numbers();
-    RawMessage {
-        body: body.into(),
-        content_type: props.text("content_type").as_deref().map(kombu_core::shared_text),
-        content_encoding: props
-            .text("content_encoding")
-            .as_deref()
-            .map(kombu_core::shared_text),
-        headers: props.headers(),
-        properties: kombu_core::shared_properties(Properties {
+    RawMessage::new(body)
+        .with_content_type(props.text("content_type").as_deref().map(kombu_core::shared_text))
+        .with_content_encoding(
+            props
+                .text("content_encoding")
+                .as_deref()
+                .map(kombu_core::shared_text),
+        )
+        .with_headers(props.headers())
+        .with_properties(kombu_core::shared_properties(Properties {
             delivery_mode: delivery_mode.map(DeliveryMode::from_u8),
             priority,
             correlation_id: props.text("correlation_id"),
@@ -221,8 +222,7 @@ pub(crate) fn message_from<P: BasicPropertiesModel>(body: Vec<u8>, props: &P) ->
             user_id: props.text("user_id"),
             app_id: props.text("app_id"),
             extra,
-        }),
-    }
+        }))
 }
 
 impl BasicPropertiesModel for BasicProperties {
@@ -347,12 +347,9 @@ mod tests {
 
     #[test]
     fn properties_round_trip() {
-        let mut message = RawMessage {
-            body: "x".into(),
-            content_type: Some("application/json".into()),
-            content_encoding: Some("utf-8".into()),
-            ..Default::default()
-        };
+        let mut message = RawMessage::new("x")
+            .with_content_type(Some("application/json".into()))
+            .with_content_encoding(Some("utf-8".into()));
         message
             .headers
             .insert("compression".into(), Value::String("application/x-gzip".into()));
@@ -380,10 +377,7 @@ mod tests {
         let long = "x".repeat(256);
         let err = short(&long, "routing key").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
-        let message = RawMessage {
-            content_type: Some(long.into()),
-            ..Default::default()
-        };
+        let message = RawMessage::default().with_content_type(Some(long.into()));
         assert!(properties_to_amqp(&message).is_err());
     }
 }

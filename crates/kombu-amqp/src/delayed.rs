@@ -19,7 +19,7 @@
 //! delayed::bind_queue(channel, &tasks).await?;
 //! // What Celery does for `apply_async(countdown=90)`:
 //! let key = delayed::routing_key(Duration::from_secs(90), "tasks")?;
-//! let message = RawMessage { body: "[[], {}, {}]".into(), ..Default::default() };
+//! let message = RawMessage::new("[[], {}, {}]");
 //! channel.publish(message, RawPublishOptions::new(delayed::ENTRY_EXCHANGE, key)).await?;
 //! # Ok(()) }
 //! ```

@@ -15,7 +15,7 @@
 //! let transport = (kombu_amqp::DESCRIPTOR.connect)(kombu_core::ConnectOptions::new(url)).await?;
 //! let channel = transport.create_channel().await?;
 //! channel.declare_queue(&Queue::new("jobs"), Default::default()).await?;
-//! let message = RawMessage { body: "hi".into(), ..Default::default() };
+//! let message = RawMessage::new("hi");
 //! channel.publish(message, RawPublishOptions::new("", "jobs")).await?; // waits for the confirm
 //! let delivery = channel.get("jobs", GetOptions::default()).await?.expect("a message");
 //! if let Some(handle) = &delivery.ack {

@@ -10,10 +10,7 @@ use common::RabbitNode;
 use kombu_core::{ConnectOptions, DeclareOptions, ErrorKind, Queue, RawMessage, RawPublishOptions};
 
 fn message(body: &'static str) -> RawMessage {
-    RawMessage {
-        body: body.into(),
-        ..Default::default()
-    }
+    RawMessage::new(body)
 }
 
 fn mandatory(routing_key: &str) -> RawPublishOptions {

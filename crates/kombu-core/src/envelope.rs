@@ -43,11 +43,11 @@ pub struct Envelope {
     /// The message itself.
     pub message: RawMessage,
     /// `properties.delivery_info.exchange` (shared with the deliveries made from it).
-    pub exchange: Arc<str>,
+    pub(crate) exchange: Arc<str>,
     /// `properties.delivery_info.routing_key` (shared likewise).
-    pub routing_key: Arc<str>,
+    pub(crate) routing_key: Arc<str>,
     /// `properties.delivery_tag`: a fresh uuid4 minted at publish, travelling with the message.
-    pub delivery_tag: Arc<str>,
+    pub(crate) delivery_tag: Arc<str>,
     /// Set when the message is restored or requeued.
     pub redelivered: bool,
     /// How the body is encoded when written as JSON.
@@ -71,6 +71,21 @@ impl Envelope {
             redelivered: false,
             body_encoding: BodyEncoding::Base64,
         }
+    }
+
+    /// `properties.delivery_info.exchange`: the exchange it was published to.
+    pub fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
+    /// `properties.delivery_info.routing_key`: the routing key it was published with.
+    pub fn routing_key(&self) -> &str {
+        &self.routing_key
+    }
+
+    /// `properties.delivery_tag`: the uuid4 minted at publish.
+    pub fn delivery_tag(&self) -> &str {
+        &self.delivery_tag
     }
 
     /// Kombu's `_get_message_priority`: the priority clamped to `0..=9` (missing → 0).

@@ -201,9 +201,9 @@ pub struct RawMessage {
     pub body: Bytes,
     /// MIME type of the serialized body (`application/json`, …). Shared: serializers hand out
     /// one string per type, and deliveries share the stored message's.
-    pub content_type: Option<Arc<str>>,
+    pub(crate) content_type: Option<Arc<str>>,
     /// Character set or `binary` (shared likewise).
-    pub content_encoding: Option<Arc<str>>,
+    pub(crate) content_encoding: Option<Arc<str>>,
     /// Application headers (Kombu puts `compression` here).
     pub headers: FieldTable,
     /// The basic properties, shared: a message moves through several layers and is copied
@@ -227,6 +227,62 @@ impl Default for RawMessage {
 }
 
 impl RawMessage {
+    /// A message with `body` and no metadata.
+    pub fn new(body: impl Into<Bytes>) -> Self {
+        RawMessage {
+            body: body.into(),
+            ..RawMessage::default()
+        }
+    }
+
+    /// MIME type of the serialized body (`application/json`, …).
+    pub fn content_type(&self) -> Option<&str> {
+        self.content_type.as_deref()
+    }
+
+    /// Character set of the body, or `binary`.
+    pub fn content_encoding(&self) -> Option<&str> {
+        self.content_encoding.as_deref()
+    }
+
+    /// With this content type (pass a [`shared_text`] to share one string per type).
+    #[must_use]
+    pub fn with_content_type(mut self, content_type: Option<Arc<str>>) -> Self {
+        self.content_type = content_type;
+        self
+    }
+
+    /// With this content encoding (shared likewise).
+    #[must_use]
+    pub fn with_content_encoding(mut self, content_encoding: Option<Arc<str>>) -> Self {
+        self.content_encoding = content_encoding;
+        self
+    }
+
+    /// With these application headers.
+    #[must_use]
+    pub fn with_headers(mut self, headers: FieldTable) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// With these (shared) properties.
+    #[must_use]
+    pub fn with_properties(mut self, properties: Arc<Properties>) -> Self {
+        self.properties = properties;
+        self
+    }
+
+    /// Change the content type in place.
+    pub fn set_content_type(&mut self, content_type: Option<Arc<str>>) {
+        self.content_type = content_type;
+    }
+
+    /// Change the content encoding in place.
+    pub fn set_content_encoding(&mut self, content_encoding: Option<Arc<str>>) {
+        self.content_encoding = content_encoding;
+    }
+
     /// The properties, for changing them (copied first if another message shares them).
     pub fn properties_mut(&mut self) -> &mut Properties {
         Arc::make_mut(&mut self.properties)

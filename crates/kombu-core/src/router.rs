@@ -247,8 +247,8 @@ impl HeadersMatch {
 /// A binding compiled for routing.
 #[derive(Debug, Clone)]
 pub struct CompiledBinding {
-    /// The bound queue.
-    pub queue: Arc<str>,
+    /// The bound queue (shared with every routing result that names it).
+    pub(crate) queue: Arc<str>,
     /// The binding key as declared.
     pub routing_key: String,
     /// The binding arguments as declared.
@@ -257,6 +257,11 @@ pub struct CompiledBinding {
 }
 
 impl CompiledBinding {
+    /// The bound queue.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
     /// Compile a binding of `queue` with `routing_key` and `arguments` on an exchange of `kind`.
     pub fn new(
         kind: ExchangeType,

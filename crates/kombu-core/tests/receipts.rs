@@ -200,10 +200,7 @@ fn transport(claiming: bool) -> (Arc<Broker>, VirtualTransport<Backend>) {
 }
 
 fn message(body: &'static str) -> RawMessage {
-    RawMessage {
-        body: bytes::Bytes::from_static(body.as_bytes()),
-        ..RawMessage::default()
-    }
+    RawMessage::new(body)
 }
 
 async fn next(stream: &mut (impl Stream<Item = Result<Delivery>> + Unpin)) -> Delivery {

@@ -135,10 +135,7 @@ async fn undeclared_exchange_routes_over_stored_bindings() {
     // Process B (its own routing state) never declared `ex`.
     let b = VirtualTransport::new(Arc::new(Backend(shared.clone())), BrokerState::new());
     let ch_b = b.create_channel().await.unwrap();
-    let msg = RawMessage {
-        body: "hi".into(),
-        ..Default::default()
-    };
+    let msg = RawMessage::new("hi");
     ch_b.publish(msg.clone(), RawPublishOptions::new("ex", "rk"))
         .await
         .unwrap();

@@ -24,7 +24,7 @@
 //! let transport = (kombu_memory::DESCRIPTOR.connect)(kombu_core::ConnectOptions::new(url)).await?;
 //! let channel = transport.create_channel().await?;
 //! channel.declare_queue(&Queue::new("jobs"), Default::default()).await?;
-//! let message = RawMessage { body: "hi".into(), ..Default::default() };
+//! let message = RawMessage::new("hi");
 //! channel.publish(message, RawPublishOptions::new("", "jobs")).await?;
 //! let delivery = channel.get("jobs", GetOptions::default()).await?.expect("a message");
 //! assert_eq!(&delivery.message.body[..], b"hi");
@@ -438,10 +438,7 @@ mod tests {
     use kombu_core::RawMessage;
 
     fn env(priority: u8, body: &'static str) -> Envelope {
-        let mut m = RawMessage {
-            body: body.into(),
-            ..Default::default()
-        };
+        let mut m = RawMessage::new(body);
         m.properties_mut().priority = Some(priority);
         Envelope::new(m, "", "q")
     }

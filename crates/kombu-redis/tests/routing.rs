@@ -81,10 +81,7 @@ async fn topic_routing_on_the_server_agrees_with_the_router() {
             .expect("bind");
         let expected = TopicPattern::new(pattern).matches(routing_key);
         for (who, channel) in [("declaring", &declared), ("other", &undeclared)] {
-            let message = RawMessage {
-                body: "m".into(),
-                ..Default::default()
-            };
+            let message = RawMessage::new("m");
             channel
                 .publish(message, RawPublishOptions::new(exchange.as_str(), *routing_key))
                 .await

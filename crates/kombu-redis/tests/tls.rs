@@ -72,10 +72,7 @@ async fn round_trip(url: &str) -> kombu_core::Result<Vec<u8>> {
     channel
         .declare_queue(&Queue::new("tls"), DeclareOptions::default())
         .await?;
-    let message = RawMessage {
-        body: "over tls".into(),
-        ..Default::default()
-    };
+    let message = RawMessage::new("over tls");
     channel
         .publish(message, RawPublishOptions::new("", "tls"))
         .await?;

@@ -14,7 +14,7 @@
 //! let transport = (kombu_sqlite::DESCRIPTOR.connect)(ConnectOptions::new(url)).await?;
 //! let channel = transport.create_channel().await?;
 //! channel.declare_queue(&Queue::new("jobs"), Default::default()).await?;
-//! let message = RawMessage { body: "hi".into(), ..Default::default() };
+//! let message = RawMessage::new("hi");
 //! channel.publish(message, RawPublishOptions::new("", "jobs")).await?;
 //! let delivery = channel.get("jobs", GetOptions::default()).await?.expect("a message");
 //! assert_eq!(&delivery.message.body[..], b"hi");

@@ -115,7 +115,7 @@ pub struct Message {
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Message")
-            .field("content_type", &self.delivery.message.content_type)
+            .field("content_type", &self.delivery.message.content_type())
             .field("delivery_info", &self.delivery.info)
             .field("body_len", &self.delivery.message.body.len())
             .field("state", &self.state())
@@ -162,12 +162,12 @@ impl Message {
 
     /// The content type.
     pub fn content_type(&self) -> Option<&str> {
-        self.delivery.message.content_type.as_deref()
+        self.delivery.message.content_type()
     }
 
     /// The content encoding.
     pub fn content_encoding(&self) -> Option<&str> {
-        self.delivery.message.content_encoding.as_deref()
+        self.delivery.message.content_encoding()
     }
 
     /// Application headers.

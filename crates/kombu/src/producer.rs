@@ -32,13 +32,14 @@ use crate::serialization;
 ///     .expiration(Duration::from_secs(10))
 ///     .header("trace", "abc")
 ///     .declare(Queue::new("video"));
-/// assert_eq!(opts.routing_key.as_deref(), Some("video"));
+/// assert_eq!(opts.priority, Some(5));
 /// ```
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct PublishOptions {
-    /// Routing key (default: the producer's). Shared, so the message carries it without a copy.
-    pub routing_key: Option<Arc<str>>,
+    /// Routing key (default: the producer's), set with [`routing_key`](Self::routing_key).
+    /// Shared, so the message carries it without a copy.
+    pub(crate) routing_key: Option<Arc<str>>,
     /// Exchange (default: the producer's).
     pub exchange: Option<Exchange>,
     /// Serializer name (default: the producer's, else `json`).
@@ -417,13 +418,11 @@ impl Producer {
         if content_encoding.as_deref() == Some("") {
             content_encoding = None;
         }
-        Ok(RawMessage {
-            body: payload,
-            content_type,
-            content_encoding,
-            headers,
-            properties: message_properties(options, exchange),
-        })
+        Ok(RawMessage::new(payload)
+            .with_content_type(content_type)
+            .with_content_encoding(content_encoding)
+            .with_headers(headers)
+            .with_properties(message_properties(options, exchange)))
     }
 
     /// Not an `async fn`, which would keep its arguments (the message, the options) twice in

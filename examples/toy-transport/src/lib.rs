@@ -23,7 +23,7 @@
 //! let transport = (kombu_toy_transport::DESCRIPTOR.connect)(kombu_core::ConnectOptions::new(url)).await?;
 //! let channel = transport.create_channel().await?;
 //! channel.declare_queue(&Queue::new("jobs"), Default::default()).await?;
-//! let message = RawMessage { body: "hi".into(), ..Default::default() };
+//! let message = RawMessage::new("hi");
 //! channel.publish(message, RawPublishOptions::new("", "jobs")).await?;
 //! let delivery = channel.get("jobs", GetOptions::default()).await?.expect("a message");
 //! assert_eq!(&delivery.message.body[..], b"hi");

@@ -180,12 +180,9 @@ mod tests {
 
     #[test]
     fn properties_round_trip() {
-        let mut message = RawMessage {
-            body: "x".into(),
-            content_type: Some("application/json".into()),
-            content_encoding: Some("utf-8".into()),
-            ..Default::default()
-        };
+        let mut message = RawMessage::new("x")
+            .with_content_type(Some("application/json".into()))
+            .with_content_encoding(Some("utf-8".into()));
         message
             .headers
             .insert("compression".into(), Value::String("application/x-gzip".into()));
@@ -209,10 +206,7 @@ mod tests {
 
     #[test]
     fn overlong_names_are_errors_not_panics() {
-        let message = RawMessage {
-            content_type: Some("x".repeat(256).into()),
-            ..Default::default()
-        };
+        let message = RawMessage::default().with_content_type(Some("x".repeat(256).into()));
         let err = properties_to_amqp(&message).unwrap_err();
         assert_eq!(err.kind(), kombu_core::ErrorKind::InvalidArgument);
     }
