@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_core::Stream;
 use kombu_core::transport::{ConsumeOptions, QosOptions, RawPublishOptions};
 use kombu_core::virtual_transport::{
-    BrokerState, Claimed, ClaimingWait, Receipts, Settle, VirtualBackend, VirtualTransport,
+    BrokerState, Claimed, ClaimingWait, Receipts, Requeue, Settle, VirtualBackend, VirtualTransport,
 };
 use kombu_core::{Capabilities, Delivery, Envelope, FieldTable, Queue, RawMessage, Result, Transport};
 use tokio::sync::Notify;
@@ -27,6 +27,7 @@ struct Broker {
     /// Every ack group written, and every renewal, in order.
     ack_groups: Mutex<Vec<Vec<String>>>,
     renewals: Mutex<Vec<Vec<String>>>,
+    requeue_batches: Mutex<Vec<usize>>,
     receives: Mutex<u32>,
 }
 
@@ -147,6 +148,14 @@ impl Receipts for Backend {
             .or_default()
             .push_front(envelope);
         self.broker.arrived.notify_waiters();
+        Ok(())
+    }
+    async fn requeue_batch(&self, batch: Vec<Requeue>) -> Result<()> {
+        self.broker.requeue_batches.lock().unwrap().push(batch.len());
+        for item in batch {
+            let (queue, envelope, receipt) = item.into_parts();
+            self.requeue(&queue, envelope, &receipt).await?;
+        }
         Ok(())
     }
     async fn renew(&self, receipts: &[&str]) -> Result<()> {
@@ -386,6 +395,11 @@ async fn closing_gives_back_unacked_and_received_ahead_in_order() {
         [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
     );
     assert!(broker.ready.lock().unwrap()["q"].iter().all(|e| e.redelivered));
+    assert_eq!(
+        *broker.requeue_batches.lock().unwrap(),
+        [3],
+        "the unacked one and the two received ahead went back in one batch"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

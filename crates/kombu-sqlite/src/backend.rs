@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use kombu_core::virtual_transport::{
-    BrokerState, Claimed, Receipts, Settle, StoredBinding, StoredBindings, StoredRoutes, VirtualBackend,
+    BrokerState, Claimed, Receipts, Requeue, Settle, StoredBinding, StoredBindings, StoredRoutes,
+    VirtualBackend,
 };
 use kombu_core::{Capabilities, Envelope, Error, ErrorKind, Exchange, FieldTable, Queue, Result, Value};
 use tokio::sync::Notify;
@@ -225,6 +226,35 @@ impl Receipts for SqliteBackend {
                 message_id = receipt.id,
                 "requeue skipped: the claim had expired and the message was already released"
             );
+        }
+        Ok(())
+    }
+
+    /// One trip to the connection thread for the whole batch.
+    async fn requeue_batch(&self, batch: Vec<Requeue>) -> Result<()> {
+        let receipts = batch
+            .iter()
+            .map(|r| Receipt::decode(r.receipt()))
+            .collect::<Result<Vec<Receipt>>>()?;
+        let restored = self
+            .worker
+            .call(move |store| {
+                let mut restored = 0usize;
+                let mut first_error = None;
+                for receipt in receipts {
+                    match store.requeue(receipt) {
+                        Ok(true) => restored += 1,
+                        Ok(false) => {}
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                first_error.map_or(Ok(restored), Err)
+            })
+            .await?;
+        if restored > 0 {
+            self.arrivals.notify_waiters();
         }
         Ok(())
     }

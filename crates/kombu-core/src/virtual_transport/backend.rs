@@ -87,6 +87,36 @@ pub struct Settle {
     pub(crate) receipt: String,
 }
 
+/// One held message to give back, for [`Receipts::requeue_batch`].
+#[derive(Debug, Clone)]
+pub struct Requeue {
+    pub(crate) queue: Arc<str>,
+    pub(crate) envelope: Envelope,
+    pub(crate) receipt: String,
+}
+
+impl Requeue {
+    /// The queue the message was taken from.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The message, marked redelivered.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// The receipt it was claimed with.
+    pub fn receipt(&self) -> &str {
+        &self.receipt
+    }
+
+    /// The parts, to move the envelope out: `(queue, envelope, receipt)`.
+    pub fn into_parts(self) -> (Arc<str>, Envelope, String) {
+        (self.queue, self.envelope, self.receipt)
+    }
+}
+
 impl Settle {
     /// The queue the message was taken from.
     pub fn queue(&self) -> &str {
@@ -262,6 +292,24 @@ pub trait Receipts: Send + Sync {
         envelope: Envelope,
         receipt: &str,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Give back many held messages, in this order (newest first: each goes before older
+    /// ones where the broker can), as [`requeue`](Self::requeue) does one: what a closing
+    /// channel, `recover` or a cancelled claiming receive holds. The default calls `requeue`
+    /// for each, trying all and returning the first error; brokers with a batch call (SQS's
+    /// `ChangeMessageVisibilityBatch`, one transaction) override it.
+    fn requeue_batch(&self, batch: Vec<Requeue>) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            let mut first_error = None;
+            for item in batch {
+                let (queue, envelope, receipt) = item.into_parts();
+                if let Err(e) = self.requeue(&queue, envelope, &receipt).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        }
+    }
 
     /// Push the deadlines of these held messages forward (a visibility heartbeat).
     fn renew(&self, receipts: &[&str]) -> impl Future<Output = Result<()>> + Send;

@@ -30,7 +30,7 @@ mod transport;
 mod unacked;
 
 pub use backend::{
-    BrokerRouting, Claimed, ClaimingWait, NativeFanout, PutNow, Receipts, Settle, StoredBinding,
+    BrokerRouting, Claimed, ClaimingWait, NativeFanout, PutNow, Receipts, Requeue, Settle, StoredBinding,
     StoredBindings, StoredRoutes, Unsupported, VirtualBackend,
 };
 pub use broadcast::BroadcastBuffer;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use super::backend::{Claimed, NativeFanout, Receipts, VirtualBackend};
+use super::backend::{Claimed, NativeFanout, Receipts, Requeue, VirtualBackend};
 use crate::error::{Error, Result};
 
 /// Hashes the channel's own sequential `u64` delivery tags: no need for SipHash's DoS
@@ -65,17 +65,39 @@ pub(super) async fn restore<B: VirtualBackend>(backend: &B, queue: &str, mut cla
 }
 
 /// Give back many messages (`(order, queue, message)`), newest first, so that putting each
-/// at the head of its queue keeps the original order. Every message is tried; the first
-/// error is returned.
+/// at the head of its queue keeps the original order: the ones the broker holds in one
+/// [`Receipts::requeue_batch`], the others one by one through [`restore`]. Every message is
+/// tried; the first error is returned.
 pub(super) async fn restore_all<B: VirtualBackend>(
     backend: &B,
     mut held: Vec<(u64, Arc<str>, Claimed)>,
 ) -> Result<()> {
     held.sort_by_key(|(order, _, _)| std::cmp::Reverse(*order));
     let mut first_error = None;
-    for (_, queue, claimed) in held {
-        if let Err(e) = restore(backend, &queue, claimed).await {
-            warn!(error = %e, queue = %queue, "failed to restore a message");
+    let mut batch = Vec::new();
+    for (_, queue, mut claimed) in held {
+        match (claimed.receipt.take(), backend.receipts()) {
+            (Some(receipt), Some(_)) => {
+                claimed.envelope.redelivered = true;
+                batch.push(Requeue {
+                    queue,
+                    envelope: claimed.envelope,
+                    receipt,
+                });
+            }
+            (receipt, _) => {
+                claimed.receipt = receipt;
+                if let Err(e) = restore(backend, &queue, claimed).await {
+                    warn!(error = %e, queue = %queue, "failed to restore a message");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+    }
+    if let (false, Some(receipts)) = (batch.is_empty(), backend.receipts()) {
+        let count = batch.len();
+        if let Err(e) = receipts.requeue_batch(batch).await {
+            warn!(error = %e, count, "failed to give back held messages");
             first_error.get_or_insert(e);
         }
     }
