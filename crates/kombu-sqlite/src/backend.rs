@@ -207,12 +207,9 @@ impl Receipts for SqliteBackend {
             .iter()
             .map(|s| Receipt::decode(s.receipt()).map(|r| r.id))
             .collect::<Result<Vec<i64>>>()?;
-        self.worker
-            .call(move |store| {
-                crate::worker::write_acks(store, &ids);
-                Ok(())
-            })
-            .await
+        // Handed to the connection thread without waiting for the commit: the thread runs
+        // commands in order, so closing (which releases claims there) comes after it.
+        self.worker.ack(ids)
     }
 
     async fn requeue(&self, queue: &str, _envelope: Envelope, receipt: &str) -> Result<()> {

@@ -32,6 +32,10 @@ enum Command {
         payload: String,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Delete acknowledged messages. Not answered, like AMQP's `basic.ack`: the core's
+    /// settlement queue hands over a group and goes on, and anything sent later (the close's
+    /// release of claims) runs after it on this thread.
+    Ack(Vec<i64>),
     Run(Job),
 }
 
@@ -88,6 +92,11 @@ impl Worker {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// Queue the deletion of acknowledged messages (see [`Command::Ack`]).
+    pub(crate) fn ack(&self, ids: Vec<i64>) -> Result<()> {
+        self.commands.send(Command::Ack(ids)).map_err(|_| stopped())
+    }
+
     /// Run `f` on the connection thread.
     pub(crate) async fn call<T, F>(&self, f: F) -> Result<T>
     where
@@ -116,6 +125,7 @@ fn run(mut store: Store, inbox: &mpsc::Receiver<Command>, arrivals: &Notify) {
         };
         match command {
             Command::Run(job) => job(&mut store),
+            Command::Ack(ids) => write_acks(&mut store, &ids),
             Command::Put {
                 queue,
                 payload,
@@ -179,7 +189,7 @@ fn write_puts(store: &mut Store, group: Vec<(String, String, oneshot::Sender<Res
 /// Delete acknowledged messages: one transaction, or one each if the group fails, so one
 /// bad row cannot keep the others. A message that could not be deleted is delivered again
 /// after the visibility timeout (at least once, never lost).
-pub(crate) fn write_acks(store: &mut Store, ids: &[i64]) {
+fn write_acks(store: &mut Store, ids: &[i64]) {
     if let Err(e) = store.ack_many(ids) {
         for id in ids {
             if let Err(e) = store.ack_many(std::slice::from_ref(id)) {
