@@ -170,29 +170,31 @@ async fn take<B: VirtualBackend>(
         fanout.broadcast_buffer().take(queue, budget, &mut broadcast);
         out.extend(broadcast.into_iter().map(Claimed::removed));
     }
+    if inner.backend.claiming_wait().is_none() {
+        // Only claiming receives stash: the other backends never touch the stash's lock.
+        let rest = budget - out.len();
+        if rest == 0 {
+            return Ok(());
+        }
+        return inner.backend.get_batch(queue, rest, out).await;
+    }
     if out.len() < budget {
         if let Some(error) = inner.take_stashed(queue, budget - out.len(), out) {
             return Err(error);
         }
     }
     let rest = budget - out.len();
-    if rest == 0 {
-        return Ok(());
+    if rest > 0 && inner.start_receiving(queue) {
+        let timeout = inner.backend.polling_interval();
+        tokio::spawn(receive_task(
+            inner.backend.clone(),
+            Arc::downgrade(inner),
+            queue.clone(),
+            rest,
+            timeout,
+        ));
     }
-    if inner.backend.claiming_wait().is_some() {
-        if inner.start_receiving(queue) {
-            let timeout = inner.backend.polling_interval();
-            tokio::spawn(receive_task(
-                inner.backend.clone(),
-                Arc::downgrade(inner),
-                queue.clone(),
-                rest,
-                timeout,
-            ));
-        }
-        return Ok(());
-    }
-    inner.backend.get_batch(queue, rest, out).await
+    Ok(())
 }
 
 /// One claiming receive, run to its end: what it claimed is stashed for the queue's
