@@ -326,6 +326,9 @@ impl<B: VirtualBackend> ChannelInner<B> {
         result
     }
 
+    /// Close and restore what the channel holds. The queued acks are waited for by the
+    /// caller: once for this channel ([`Channel::close`]), or once for every channel of a
+    /// closing connection.
     pub(super) async fn close(&self) -> Result<()> {
         if !self.open.swap(false, Ordering::AcqRel) {
             return Ok(());
@@ -337,11 +340,7 @@ impl<B: VirtualBackend> ChannelInner<B> {
             transport = self.backend.name(),
             "closing channel, restoring unacked messages"
         );
-        let restored = self.restore_held().await;
-        if let Some(settlement) = &self.settlement {
-            settlement.flush().await;
-        }
-        restored
+        self.restore_held().await
     }
 
     fn start_dispatcher(&self) {
@@ -778,7 +777,11 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
     }
 
     async fn close(&self) -> Result<()> {
-        self.inner.close().await
+        let closed = self.inner.close().await;
+        if let Some(settlement) = &self.inner.settlement {
+            settlement.flush().await;
+        }
+        closed
     }
 
     fn is_open(&self) -> bool {

@@ -18,6 +18,8 @@ use super::backend::{Receipts, Settle, VirtualBackend};
 
 /// The most acks written in one group.
 const MAX_GROUP: usize = 1024;
+/// How long a close waits for queued acks to be written.
+const FLUSH_LIMIT: Duration = Duration::from_secs(10);
 /// The first pause after a failed group; doubled up to [`MAX_RETRY_PAUSE`].
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(50);
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
@@ -65,11 +67,18 @@ impl Settlement {
         }
     }
 
-    /// Wait until every ack queued so far is written (or given up).
+    /// Wait until every ack queued so far is written (or given up), at most
+    /// [`FLUSH_LIMIT`]: a broker that stays away must not hang a close. Acks still queued
+    /// then are retried in the background.
     pub(crate) async fn flush(&self) {
         let (done, written) = oneshot::channel();
-        if self.inbox.send(Command::Flush(done)).is_ok() {
-            let _ = written.await;
+        if self.inbox.send(Command::Flush(done)).is_err() {
+            return;
+        }
+        if tokio::time::timeout(FLUSH_LIMIT, written).await.is_err() {
+            warn!(
+                "closing with acks not yet written (broker unreachable); they are retried in the background"
+            );
         }
     }
 }

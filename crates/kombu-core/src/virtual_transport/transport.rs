@@ -19,9 +19,6 @@ use crate::envelope::BodyEncoding;
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{Channel, Transport};
 
-/// How long closing waits for queued acks to be written.
-const SETTLE_ON_CLOSE: Duration = Duration::from_secs(10);
-
 /// The open channels of one connection (weak: a channel lives as long as its handles).
 pub(super) struct ChannelList<B: VirtualBackend>(Mutex<Vec<Weak<ChannelInner<B>>>>);
 
@@ -139,15 +136,7 @@ impl<B: VirtualBackend> Transport for VirtualTransport<B> {
             }
         }
         if let Some(settlement) = &self.settlement {
-            if tokio::time::timeout(SETTLE_ON_CLOSE, settlement.flush())
-                .await
-                .is_err()
-            {
-                warn!(
-                    transport = self.backend.name(),
-                    "closing with acks not yet written (broker unreachable); they are retried in the background"
-                );
-            }
+            settlement.flush().await;
         }
         self.backend.close().await?;
         first_error.map_or(Ok(()), Err)
