@@ -208,6 +208,16 @@ fn transport(claiming: bool) -> (Arc<Broker>, VirtualTransport<Backend>) {
     )
 }
 
+/// A channel of `transport` with the queue `q` declared.
+async fn channel_with_queue(transport: &VirtualTransport<Backend>) -> Arc<dyn kombu_core::Channel> {
+    let channel = transport.create_channel().await.unwrap();
+    channel
+        .declare_queue(&Queue::new("q"), Default::default())
+        .await
+        .unwrap();
+    channel
+}
+
 fn message(body: &'static str) -> RawMessage {
     RawMessage::new(body)
 }
@@ -242,11 +252,7 @@ async fn publish(channel: &Arc<dyn kombu_core::Channel>, queue: &str, body: &'st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claiming_receive_wakes_the_consumer_at_once() {
     let (broker, transport) = transport(true);
-    let channel = transport.create_channel().await.unwrap();
-    channel
-        .declare_queue(&Queue::new("q"), Default::default())
-        .await
-        .unwrap();
+    let channel = channel_with_queue(&transport).await;
     let mut consumer = channel.consume("q", ConsumeOptions::default()).await.unwrap();
     // The receive is waiting before the message exists.
     eventually(Duration::from_secs(2), "a receive waits", || {
@@ -273,11 +279,7 @@ async fn a_claiming_receive_wakes_the_consumer_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_are_written_in_groups_and_close_waits_for_them() {
     let (broker, transport) = transport(false);
-    let channel = transport.create_channel().await.unwrap();
-    channel
-        .declare_queue(&Queue::new("q"), Default::default())
-        .await
-        .unwrap();
+    let channel = channel_with_queue(&transport).await;
     for _ in 0..50 {
         publish(&channel, "q", "m").await;
     }
@@ -304,11 +306,7 @@ async fn acks_are_written_in_groups_and_close_waits_for_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_messages_are_renewed_until_settled() {
     let (broker, transport) = transport(false);
-    let channel = transport.create_channel().await.unwrap();
-    channel
-        .declare_queue(&Queue::new("q"), Default::default())
-        .await
-        .unwrap();
+    let channel = channel_with_queue(&transport).await;
     publish(&channel, "q", "long task").await;
     let mut consumer = channel.consume("q", ConsumeOptions::default()).await.unwrap();
     let delivery = next(&mut consumer.deliveries).await;
@@ -348,11 +346,7 @@ async fn one_delivered_two_stashed(
     broker: &Broker,
     transport: &VirtualTransport<Backend>,
 ) -> (Arc<dyn kombu_core::Channel>, kombu_core::ConsumerHandle, Delivery) {
-    let channel = transport.create_channel().await.unwrap();
-    channel
-        .declare_queue(&Queue::new("q"), Default::default())
-        .await
-        .unwrap();
+    let channel = channel_with_queue(&transport).await;
     let mut consumer = channel.consume("q", ConsumeOptions::default()).await.unwrap();
     eventually(Duration::from_secs(2), "a receive waits", || {
         *broker.receives.lock().unwrap() > 0
