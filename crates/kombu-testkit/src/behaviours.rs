@@ -1209,8 +1209,9 @@ async fn held_message_outlives_the_visibility_timeout(ctx: Ctx) -> TestResult {
     check_eq!(held.decode::<String>()?, "long task", "the held message");
     // Three visibility timeouts while the holder lives: the other connection gets nothing.
     let until = tokio::time::Instant::now() + visibility * 3;
+    let poller = other.channel().await?;
     while tokio::time::Instant::now() < until {
-        if let Some(m) = other.channel().await?.get(&q.name, Default::default()).await? {
+        if let Some(m) = poller.get(&q.name, Default::default()).await? {
             return Err(Failure(format!(
                 "a message held by a live consumer was handed to another connection after {:?} \
                  (visibility timeout {visibility:?}): {:?}",
