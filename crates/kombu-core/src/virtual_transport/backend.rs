@@ -280,7 +280,9 @@ pub trait VirtualBackend: Send + Sync + 'static {
 /// never handed to another consumer.
 pub trait Receipts: Send + Sync {
     /// Settle acknowledged messages (and messages rejected without requeue), in one group
-    /// where the broker can.
+    /// where the broker can. It may return before the write is done if the backend orders it
+    /// before everything the connection does later (SQLite's connection thread runs its
+    /// commands in order): closes wait for this future, not for more.
     fn ack_batch(&self, batch: &[Settle]) -> impl Future<Output = Result<()>> + Send;
 
     /// Make a held message available again, before older ones where the broker can.
