@@ -346,7 +346,7 @@ async fn one_delivered_two_stashed(
     broker: &Broker,
     transport: &VirtualTransport<Backend>,
 ) -> (Arc<dyn kombu_core::Channel>, kombu_core::ConsumerHandle, Delivery) {
-    let channel = channel_with_queue(&transport).await;
+    let channel = channel_with_queue(transport).await;
     let mut consumer = channel.consume("q", ConsumeOptions::default()).await.unwrap();
     eventually(Duration::from_secs(2), "a receive waits", || {
         *broker.receives.lock().unwrap() > 0

@@ -24,6 +24,7 @@ const FLUSH_LIMIT: Duration = Duration::from_secs(10);
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(50);
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 
+#[derive(Debug)]
 enum Command {
     Ack(Settle),
     /// Answered once every ack queued before it was written (or given up).
@@ -35,15 +36,6 @@ enum Command {
 #[derive(Debug, Clone)]
 pub(crate) struct Settlement {
     inbox: mpsc::UnboundedSender<Command>,
-}
-
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Command::Ack(s) => f.debug_tuple("Ack").field(s).finish(),
-            Command::Flush(_) => f.write_str("Flush"),
-        }
-    }
 }
 
 impl Settlement {
