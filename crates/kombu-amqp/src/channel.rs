@@ -749,6 +749,10 @@ impl Channel for AmqpChannel {
         Ok(u64::from(count))
     }
 
+    async fn publish_batch(&self, batch: Vec<(RawMessage, RawPublishOptions)>) -> Vec<Result<()>> {
+        crate::batch::publish_batch(self, &self.session.topology, batch).await
+    }
+
     async fn publish(&self, message: RawMessage, options: RawPublishOptions) -> Result<()> {
         self.ensure_open()?;
         check_body_size(message.body.len())?;

@@ -107,6 +107,7 @@
 
 #[cfg(feature = "amiquip")]
 mod amiquip_driver;
+mod batch;
 mod channel;
 mod convert;
 pub mod delayed;

@@ -64,6 +64,13 @@ impl Topology {
         }
     }
 
+    /// Whether this connection declared the exchange `name` (and has not deleted it).
+    pub(crate) fn has_exchange(&self, name: &str) -> bool {
+        self.entries_mut()
+            .iter()
+            .any(|d| matches!(d, Declaration::Exchange(e) if e.name == name))
+    }
+
     /// Forget a deleted exchange and the bindings to and from it.
     pub(crate) fn forget_exchange(&self, name: &str) {
         self.entries_mut().retain(|d| match d {

@@ -466,6 +466,22 @@ pub trait Channel: Send + Sync + fmt::Debug + 'static {
     /// Publish one message.
     async fn publish(&self, message: RawMessage, options: RawPublishOptions) -> Result<()>;
 
+    /// Publish several messages, with one outcome per message, in the order given.
+    ///
+    /// The default starts every publish at once and awaits them together, so they share
+    /// the connection's pipeline: AMQP confirms are awaited together, commands to a
+    /// multiplexed connection are pipelined, and a backend that serializes its writes
+    /// (SQLite's worker thread) commits the ones that coincide in one transaction. Each
+    /// publish is started (first polled) in batch order, so messages that take the same path
+    /// to the same queue keep that order. A transport with a native batch operation overrides
+    /// this; it must still report every message's outcome and never drop one silently.
+    async fn publish_batch(&self, batch: Vec<(RawMessage, RawPublishOptions)>) -> Vec<Result<()>> {
+        let publishes = batch
+            .into_iter()
+            .map(|(message, options)| self.publish(message, options));
+        futures_util::future::join_all(publishes).await
+    }
+
     /// Take one message, if any is ready.
     async fn get(&self, queue: &str, options: GetOptions) -> Result<Option<Delivery>>;
 

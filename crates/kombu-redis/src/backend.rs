@@ -632,6 +632,37 @@ impl VirtualBackend for RedisBackend {
         self.inner.push(queue, &envelope, false).await
     }
 
+    /// One pipeline for the whole batch (`LPUSH`es in order, with the expiry refreshes of
+    /// queues that expire): one round trip. Redis runs a pipeline's commands in order but not
+    /// atomically, so when it fails every item reports the error: some may have been stored
+    /// (at least once on a retry, never lost).
+    async fn put_batch(&self, puts: Vec<(Arc<str>, Envelope)>) -> Vec<Result<()>> {
+        let inner = &self.inner;
+        let mut pipe = redis::pipe();
+        for (queue, envelope) in &puts {
+            let key = inner.keys.key_for_priority(queue, envelope.priority());
+            pipe.lpush(&key, envelope.to_json()).ignore();
+            inner.pexpire_if_expiring(&mut pipe, queue);
+        }
+        let written: redis::RedisResult<()> = pipe.query_async(&mut inner.conn()).await;
+        match written {
+            Ok(()) => {
+                inner.arrived.notify_waiters();
+                puts.iter().map(|_| Ok(())).collect()
+            }
+            Err(e) => {
+                let error = redis_error(e, "batch publish failed");
+                puts.iter()
+                    .map(|(queue, _)| {
+                        Err(Error::new(error.kind(), error.message().to_owned())
+                            .set_recoverable(error.is_recoverable())
+                            .with_context("queue", queue))
+                    })
+                    .collect()
+            }
+        }
+    }
+
     async fn get(&self, queue: &str) -> Result<Option<Claimed>> {
         let mut out = Vec::with_capacity(1);
         self.get_batch(queue, 1, &mut out).await?;

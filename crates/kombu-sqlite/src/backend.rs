@@ -144,6 +144,14 @@ impl VirtualBackend for SqliteBackend {
         self.worker.put(queue.to_owned(), payload).await
     }
 
+    async fn put_batch(&self, puts: Vec<(Arc<str>, Envelope)>) -> Vec<Result<()>> {
+        let items = puts
+            .into_iter()
+            .map(|(queue, envelope)| (queue.to_string(), envelope.to_json()))
+            .collect();
+        self.worker.put_all(items).await
+    }
+
     async fn get(&self, queue: &str) -> Result<Option<Claimed>> {
         let mut out = Vec::with_capacity(1);
         self.get_batch(queue, 1, &mut out).await?;

@@ -92,6 +92,29 @@ impl Worker {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// Queue several messages for insertion, in order, and wait for each outcome: sent
+    /// together, they are committed in as few transactions as the group limit allows.
+    pub(crate) async fn put_all(&self, items: Vec<(String, String)>) -> Vec<Result<()>> {
+        let mut answers = Vec::with_capacity(items.len());
+        for (queue, payload) in items {
+            let (reply, answer) = oneshot::channel();
+            let sent = self.commands.send(Command::Put {
+                queue,
+                payload,
+                reply,
+            });
+            answers.push(sent.ok().map(|()| answer));
+        }
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            outcomes.push(match answer {
+                Some(answer) => answer.await.unwrap_or_else(|_| Err(stopped())),
+                None => Err(stopped()),
+            });
+        }
+        outcomes
+    }
+
     /// Queue the deletion of acknowledged messages (see [`Command::Ack`]).
     pub(crate) fn ack(&self, ids: Vec<i64>) -> Result<()> {
         self.commands.send(Command::Ack(ids)).map_err(|_| stopped())

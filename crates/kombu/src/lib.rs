@@ -49,7 +49,7 @@ pub use connection::{Connection, ConnectionOptions, Declarable, FailoverStrategy
 pub use consumer::{Consumer, ConsumerBuilder};
 pub use message::{Accept, Message, MessageState};
 pub use pool::{ConnectionPool, Pool, Pooled, ProducerPool};
-pub use producer::{Producer, PublishOptions};
+pub use producer::{BatchOutcome, Producer, PublishBatch, PublishOptions};
 pub use retry::RetryPolicy;
 pub use simple::{SimpleBuffer, SimpleQueue};
 

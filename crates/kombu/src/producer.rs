@@ -17,6 +17,9 @@ use crate::connection::{Connection, Declarable};
 use crate::retry::RetryPolicy;
 use crate::serialization;
 
+mod batch;
+pub use batch::{BatchOutcome, PublishBatch};
+
 /// Options of one publish (Kombu's `Producer.publish` keyword arguments). Every field is
 /// optional; unset fields fall back to the producer's defaults.
 ///
@@ -315,14 +318,18 @@ impl Producer {
         body: &T,
         options: PublishOptions,
     ) -> impl Future<Output = Result<()>> + Send + '_ {
+        let prepared = self.prepare(self.serialize(body, &options), &options);
+        self.send(prepared, options)
+    }
+
+    /// `body` serialized with the options' serializer, else the producer's, else JSON.
+    fn serialize<T: Serialize + ?Sized>(&self, body: &T, options: &PublishOptions) -> Body<'static> {
         let name = options
             .serializer
             .as_deref()
             .or(self.serializer.as_deref())
             .unwrap_or("json");
-        let serialized = serialization::dumps(body, name);
-        let prepared = self.prepare(Body::Serialized(serialized), &options);
-        self.send(prepared, options)
+        Body::Serialized(serialization::dumps(body, name))
     }
 
     /// Publish raw bytes: `application/data`/`binary` unless a content type is given.
@@ -439,24 +446,7 @@ impl Producer {
         prepared: Result<RawMessage>,
         options: PublishOptions,
     ) -> impl Future<Output = Result<()>> + Send + '_ {
-        let PublishOptions {
-            exchange,
-            routing_key,
-            declare,
-            retry,
-            retry_policy,
-            mandatory,
-            confirm,
-            ..
-        } = options;
-        let attempt = Attempt {
-            exchange: exchange.map(Box::new),
-            routing_key,
-            declare,
-            mandatory,
-            confirm,
-        };
-        let retry_policy = retry.then(|| retry_policy.unwrap_or_else(RetryPolicy::publish_default));
+        let (attempt, retry_policy) = Attempt::from_options(options);
         async move {
             let message = prepared?;
             let exchange = attempt.exchange.as_deref().unwrap_or(&self.exchange);
@@ -498,6 +488,13 @@ impl Producer {
     /// One try: the channel, the declarations not yet cached, the publish itself.
     async fn publish_once(&self, message: RawMessage, attempt: &Attempt) -> Result<()> {
         let channel = self.channel_for_publish().await?;
+        self.declare_for(attempt, channel.as_ref()).await?;
+        channel.publish(message, self.raw_options(attempt)).await
+    }
+
+    /// Declare what `attempt` needs that the connection has not declared yet (a cache check
+    /// when everything is).
+    async fn declare_for(&self, attempt: &Attempt, channel: &dyn Channel) -> Result<()> {
         let exchange = attempt.exchange.as_deref().unwrap_or(&self.exchange);
         let declare_exchange = self.auto_declare && !exchange.skips_declare();
         let declared = self
@@ -506,17 +503,21 @@ impl Producer {
         if !declared {
             Box::pin(async {
                 for entity in attempt.declare.iter() {
-                    self.connection.maybe_declare(entity, channel.as_ref()).await?;
+                    self.connection.maybe_declare(entity, channel).await?;
                 }
                 if declare_exchange {
-                    self.connection
-                        .maybe_declare_exchange(exchange, channel.as_ref())
-                        .await?;
+                    self.connection.maybe_declare_exchange(exchange, channel).await?;
                 }
                 Ok::<_, Error>(())
             })
             .await?;
         }
+        Ok(())
+    }
+
+    /// The core's publish options for `attempt`: its exchange and routing key, else the
+    /// producer's.
+    fn raw_options(&self, attempt: &Attempt) -> kombu_core::RawPublishOptions {
         let exchange_name = match &attempt.exchange {
             Some(e) => Arc::from(e.name.as_str()),
             None => self.exchange_name.clone(),
@@ -525,10 +526,9 @@ impl Producer {
             .routing_key
             .clone()
             .unwrap_or_else(|| self.routing_key.clone());
-        let publish = kombu_core::RawPublishOptions::new(exchange_name, routing_key)
+        kombu_core::RawPublishOptions::new(exchange_name, routing_key)
             .mandatory(attempt.mandatory)
-            .confirm(attempt.confirm);
-        channel.publish(message, publish).await
+            .confirm(attempt.confirm)
     }
 }
 
@@ -581,4 +581,32 @@ struct Attempt {
     declare: Arc<Vec<Declarable>>,
     mandatory: bool,
     confirm: bool,
+}
+
+impl Attempt {
+    /// What of `options` a publish keeps once the message is built, and its retry policy
+    /// (`None` without `retry`).
+    fn from_options(options: PublishOptions) -> (Attempt, Option<RetryPolicy>) {
+        let PublishOptions {
+            exchange,
+            routing_key,
+            declare,
+            retry,
+            retry_policy,
+            mandatory,
+            confirm,
+            ..
+        } = options;
+        let attempt = Attempt {
+            exchange: exchange.map(Box::new),
+            routing_key,
+            declare,
+            mandatory,
+            confirm,
+        };
+        (
+            attempt,
+            retry.then(|| retry_policy.unwrap_or_else(RetryPolicy::publish_default)),
+        )
+    }
 }

@@ -238,6 +238,10 @@ impl Channel for AmiquipChannel {
         Ok(u64::from(deleted))
     }
 
+    async fn publish_batch(&self, batch: Vec<(RawMessage, RawPublishOptions)>) -> Vec<Result<()>> {
+        crate::batch::publish_batch(self, &self.connection.state.topology, batch).await
+    }
+
     async fn publish(&self, message: RawMessage, options: RawPublishOptions) -> Result<()> {
         self.ensure_open()?;
         check_body_size(message.body.len())?;

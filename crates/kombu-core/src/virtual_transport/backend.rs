@@ -180,6 +180,21 @@ pub trait VirtualBackend: Send + Sync + 'static {
         PutNow::NeedsAwait(envelope)
     }
 
+    /// Append several messages, each to its queue, in the order given (the copies a batch
+    /// publish routed); one outcome per item, in order. The default puts them one after
+    /// another; backends that can write many in one round trip or transaction (a pipeline,
+    /// `SendMessageBatch`, `insert_many`, `multi`) override it, keeping the order per queue
+    /// and reporting every item's outcome.
+    fn put_batch(&self, puts: Vec<(Arc<str>, Envelope)>) -> impl Future<Output = Vec<Result<()>>> + Send {
+        async move {
+            let mut outcomes = Vec::with_capacity(puts.len());
+            for (queue, envelope) in puts {
+                outcomes.push(self.put(&queue, envelope).await);
+            }
+            outcomes
+        }
+    }
+
     /// Take up to `max` messages into `out`, as [`get`](Self::get) takes one. The default
     /// calls `get` repeatedly; backends that can take several at once should override it.
     fn get_batch(

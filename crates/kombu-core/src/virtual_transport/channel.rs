@@ -674,6 +674,10 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
         }
     }
 
+    async fn publish_batch(&self, batch: Vec<(RawMessage, RawPublishOptions)>) -> Vec<Result<()>> {
+        self.inner.publish_batch(batch).await
+    }
+
     async fn get(&self, queue: &str, options: GetOptions) -> Result<Option<Delivery>> {
         let inner = &self.inner;
         inner.ensure_open()?;

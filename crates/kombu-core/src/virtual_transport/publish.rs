@@ -2,6 +2,7 @@
 //! declarations, the bindings stored on the broker, or on the broker itself), and appending
 //! to the routed queues or the native broadcast.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,7 +10,9 @@ use std::task::{Context, Poll};
 
 use tracing::debug;
 
-use super::backend::{BrokerRouting, NativeFanout, StoredBinding, StoredBindings, VirtualBackend};
+use super::backend::{
+    BrokerRouting, NativeFanout, StoredBinding, StoredBindings, StoredRoutes, VirtualBackend,
+};
 use super::channel::ChannelInner;
 use super::state::Routed;
 use crate::entity::ExchangeType;
@@ -72,6 +75,20 @@ impl<B: VirtualBackend> ChannelInner<B> {
             Some(bindings) => bindings.load_bindings(exchange).await?,
             None => None,
         };
+        self.route_over_stored(exchange, declared, queues, stored.as_ref(), routing_key, message)
+    }
+
+    /// The rest of [`route_with_stored`](Self::route_with_stored) once the stored routes are
+    /// loaded: `queues` holds the local declarations' matches, `declared` their type.
+    fn route_over_stored(
+        &self,
+        exchange: &str,
+        declared: Option<ExchangeType>,
+        mut queues: Vec<Arc<str>>,
+        stored: Option<&StoredRoutes>,
+        routing_key: &str,
+        message: &RawMessage,
+    ) -> Result<RouteTarget> {
         let Some(stored) = stored else {
             return match declared {
                 Some(_) => Ok(RouteTarget::Queues(queues)),
@@ -84,6 +101,104 @@ impl<B: VirtualBackend> ChannelInner<B> {
         }
         route_stored(kind, &stored.bindings, routing_key, message, &mut queues);
         Ok(RouteTarget::Queues(queues))
+    }
+
+    /// Publish a batch: every message prepared and routed in order (the routes an exchange
+    /// stores on the broker loaded once per exchange for the whole batch), then every copy
+    /// for a queue appended with one [`VirtualBackend::put_batch`], in batch order. A native
+    /// fanout is broadcast as it comes. One outcome per message: a message fails if its
+    /// preparation, routing or any of its copies failed.
+    pub(super) async fn publish_batch(&self, batch: Vec<(RawMessage, RawPublishOptions)>) -> Vec<Result<()>> {
+        let mut outcomes: Vec<Result<()>> = Vec::with_capacity(batch.len());
+        let mut puts: Vec<(Arc<str>, Envelope)> = Vec::with_capacity(batch.len());
+        let mut owners: Vec<usize> = Vec::with_capacity(batch.len());
+        let mut loaded: HashMap<Arc<str>, Option<StoredRoutes>> = HashMap::new();
+        for (index, (message, options)) in batch.into_iter().enumerate() {
+            let routed = match self.prepare_publish(message, options) {
+                Err(e) => Err(e),
+                Ok(Prepared::Dropped) => Ok(None),
+                Ok(Prepared::Routed(envelope, target)) => Ok(Some((envelope, target))),
+                Ok(Prepared::RouteWithStored(envelope, options)) => {
+                    self.route_in_batch(envelope, &options, &mut loaded).await
+                }
+            };
+            match routed {
+                Err(e) => outcomes.push(Err(e)),
+                Ok(None) => outcomes.push(Ok(())),
+                Ok(Some((envelope, RouteTarget::NativeFanout))) => {
+                    outcomes.push(self.deliver(envelope, RouteTarget::NativeFanout).await);
+                }
+                Ok(Some((envelope, RouteTarget::Queues(mut queues)))) => {
+                    outcomes.push(Ok(()));
+                    let Some(last) = queues.pop() else { continue };
+                    for queue in queues {
+                        puts.push((queue, envelope.clone()));
+                        owners.push(index);
+                    }
+                    puts.push((last, envelope));
+                    owners.push(index);
+                }
+            }
+        }
+        if puts.is_empty() {
+            return outcomes;
+        }
+        let results = self.backend.put_batch(puts).await;
+        let mut results = results.into_iter();
+        for owner in owners {
+            let result = results.next().unwrap_or_else(|| {
+                Err(Error::new(
+                    ErrorKind::Unexpected,
+                    "the backend's put_batch returned fewer outcomes than puts",
+                )
+                .with_context("transport", self.backend.name()))
+            });
+            if let (Err(e), Ok(())) = (result, &outcomes[owner]) {
+                outcomes[owner] = Err(e);
+            }
+        }
+        outcomes
+    }
+
+    /// Route one message of a batch over local declarations plus the stored routes of its
+    /// exchange, loading those once per exchange into `loaded`. `None`: routed nowhere
+    /// (dropped, or an error when mandatory).
+    async fn route_in_batch(
+        &self,
+        envelope: Envelope,
+        options: &RawPublishOptions,
+        loaded: &mut HashMap<Arc<str>, Option<StoredRoutes>>,
+    ) -> Result<Option<(Envelope, RouteTarget)>> {
+        let mut local = Vec::new();
+        let declared = self.route_declared(
+            &options.exchange,
+            &options.routing_key,
+            &envelope.message.headers,
+            &mut local,
+        );
+        if self.is_native_fanout(declared) {
+            return Ok(Some((envelope, RouteTarget::NativeFanout)));
+        }
+        if !loaded.contains_key(&options.exchange) {
+            let stored = match self.backend.stored_bindings() {
+                Some(bindings) => bindings.load_bindings(&options.exchange).await?,
+                None => None,
+            };
+            loaded.insert(options.exchange.clone(), stored);
+        }
+        let stored = loaded.get(&options.exchange).and_then(Option::as_ref);
+        let target = self.route_over_stored(
+            &options.exchange,
+            declared,
+            local,
+            stored,
+            &options.routing_key,
+            &envelope.message,
+        )?;
+        if matches!(&target, RouteTarget::Queues(queues) if queues.is_empty()) {
+            return unroutable(options).map(|()| None);
+        }
+        Ok(Some((envelope, target)))
     }
 
     /// Publish to a named exchange through a backend that routes on the broker
