@@ -165,6 +165,9 @@ behaviours! {
     max_length_drops_oldest: max_length;
     dead_letter_on_reject: dead_lettering;
     fifo_order_per_queue: fifo;
+    batch_publish_delivers_each_message: always;
+    batch_reports_each_message_outcome: exchanges_checked;
+    batch_with_an_oversized_message: size_limit;
     many_queues_served_fairly: always;
     competing_consumers_get_each_message_once: exactly_once;
     ten_thousand_from_ten_producers: exactly_once;
@@ -1748,6 +1751,135 @@ async fn fifo_order_per_queue(ctx: Ctx) -> TestResult {
         check_eq!(m.decode::<i32>()?, expected, "FIFO position");
         m.ack().await?;
     }
+    Ok(())
+}
+
+/// Publish `batch` (already filled) and return its per-message outcomes.
+async fn send_batch(batch: kombu::PublishBatch<'_>) -> Vec<kombu::Result<()>> {
+    batch.send().await.into_results()
+}
+
+/// A batch of 300 to one queue: every message arrives (once where the transport delivers
+/// exactly once), in batch order where it keeps FIFO order, and every outcome is `Ok`.
+async fn batch_publish_delivers_each_message(ctx: Ctx) -> TestResult {
+    let conn = ctx.conn()?;
+    let q = Queue::new(ctx.name("batch"));
+    declare(&conn, &q).await?;
+    let producer = conn.producer();
+    let mut batch = producer.batch();
+    for i in 0..300u64 {
+        batch.add(&i, PublishOptions::new().routing_key(q.name.clone()));
+    }
+    check_eq!(batch.len(), 300, "messages in the batch");
+    let outcomes = send_batch(batch).await;
+    check_eq!(outcomes.len(), 300, "outcomes");
+    if let Some((i, Err(e))) = outcomes.iter().enumerate().find(|(_, r)| r.is_err()) {
+        return Err(Failure(format!("message {i} of the batch failed: {e}")));
+    }
+    publish_to(&conn, &q.name, serde_json::json!(CONTROL)).await?;
+    let mut got: Vec<u64> = drain_to_control(&ctx, &conn, &q.name)
+        .await?
+        .into_iter()
+        .map(|v| v.as_u64().unwrap_or(u64::MAX))
+        .collect();
+    if !ctx.caps().exactly_once_delivery {
+        let mut seen = HashSet::new();
+        got.retain(|n| seen.insert(*n));
+    }
+    let got = in_checkable_order(&ctx, got);
+    check_eq!(
+        got,
+        (0..300).collect::<Vec<u64>>(),
+        "messages of the batch, in order"
+    );
+    Ok(())
+}
+
+/// A message to an undeclared exchange inside a batch fails alone, with `NotFound`; every
+/// message reported `Ok` arrived, and none reported failed did.
+async fn batch_reports_each_message_outcome(ctx: Ctx) -> TestResult {
+    let conn = ctx.conn()?;
+    let q = Queue::new(ctx.name("batch-outcomes"));
+    declare(&conn, &q).await?;
+    let producer = conn.producer().auto_declare(false);
+    let mut batch = producer.batch();
+    let missing = Exchange::direct(ctx.name("never-declared"));
+    for i in 0..20u64 {
+        let options = PublishOptions::new().routing_key(q.name.clone());
+        let options = if i == 10 {
+            options.exchange(missing.clone())
+        } else {
+            options
+        };
+        batch.add(&i, options);
+    }
+    let outcomes = send_batch(batch).await;
+    check_eq!(outcomes.len(), 20, "outcomes");
+    match &outcomes[10] {
+        Err(e) => check_eq!(e.kind(), ErrorKind::NotFound, "kind of the failure ({e})"),
+        Ok(()) => {
+            return Err(Failure(
+                "the publish to an undeclared exchange was reported Ok".into(),
+            ))
+        }
+    }
+    let reported_ok: Vec<u64> = (0..20u64).filter(|&i| outcomes[i as usize].is_ok()).collect();
+    check!(
+        outcomes[0].is_ok(),
+        "the first message, before the failing one, was reported failed: {:?}",
+        outcomes[0]
+    );
+    publish_to(&conn, &q.name, serde_json::json!(CONTROL)).await?;
+    let mut got: Vec<u64> = drain_to_control(&ctx, &conn, &q.name)
+        .await?
+        .into_iter()
+        .map(|v| v.as_u64().unwrap_or(u64::MAX))
+        .collect();
+    got.sort_unstable();
+    got.dedup();
+    check_eq!(
+        got,
+        reported_ok,
+        "the messages that arrived are exactly those reported Ok"
+    );
+    Ok(())
+}
+
+/// An oversized message inside a batch is `LimitExceeded` before anything is sent; the
+/// others are published.
+async fn batch_with_an_oversized_message(ctx: Ctx) -> TestResult {
+    let Some(limit) = ctx.caps().max_message_size else {
+        return Ok(());
+    };
+    let conn = ctx.conn()?;
+    let q = Queue::new(ctx.name("batch-huge"));
+    declare(&conn, &q).await?;
+    let producer = conn.producer();
+    let mut batch = producer.batch();
+    let options = || PublishOptions::new().routing_key(q.name.clone());
+    batch.add(&0u64, options());
+    batch.add_bytes(vec![b'x'; (limit + 1) as usize], options());
+    batch.add(&2u64, options());
+    let outcomes = send_batch(batch).await;
+    check_eq!(outcomes.len(), 3, "outcomes");
+    match &outcomes[1] {
+        Err(e) => check_eq!(e.kind(), ErrorKind::LimitExceeded, "kind of the failure ({e})"),
+        Ok(()) => return Err(Failure("the oversized message was reported Ok".into())),
+    }
+    check!(
+        outcomes[0].is_ok() && outcomes[2].is_ok(),
+        "the other messages failed: {outcomes:?}"
+    );
+    publish_to(&conn, &q.name, serde_json::json!(CONTROL)).await?;
+    let got = in_checkable_order(
+        &ctx,
+        drain_to_control(&ctx, &conn, &q.name)
+            .await?
+            .into_iter()
+            .map(|v| v.as_u64().unwrap_or(u64::MAX))
+            .collect(),
+    );
+    check_eq!(got, vec![0, 2], "the messages around the oversized one");
     Ok(())
 }
 
