@@ -66,6 +66,11 @@ struct Args {
     /// Prefetch count of the consumer (lapin).
     #[arg(long, value_name = "N", default_value_t = 100)]
     prefetch: u16,
+    /// Publish in batches of N: send N, then await their outcomes together (lapin: N
+    /// publishes, then their confirms; redis: one pipeline of N LPUSHes).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    batch: u64,
     /// Print one JSON object (the report `cargo xtask bench` reads) instead of a summary.
     #[arg(long)]
     json: bool,
@@ -80,6 +85,7 @@ impl Args {
             consumers: 1,
             prefetch: self.prefetch,
             latency_samples: self.latency_samples,
+            batch: self.batch,
         }
     }
 
@@ -156,6 +162,14 @@ async fn measure(args: &Args, show: bool) -> Result<Report> {
 /// A bare channel: the same serialize/send/receive/decode work as kombu-rs, without kombu-rs.
 trait RawChannel {
     async fn send(&mut self, payload: Vec<u8>) -> Result;
+    /// Send several, awaiting their outcomes together where the driver can (the default
+    /// sends one at a time).
+    async fn send_batch(&mut self, payloads: Vec<Vec<u8>>) -> Result {
+        for payload in payloads {
+            self.send(payload).await?;
+        }
+        Ok(())
+    }
     async fn recv(&mut self) -> Result<Vec<u8>>;
 }
 
@@ -168,9 +182,19 @@ async fn bench_raw(channel: &mut impl RawChannel, workload: &Workload, show: boo
 
     let progress = Progress::start(show, "publish", workload.messages);
     let started = Instant::now();
-    for b in &bodies {
-        channel.send(encode(b)?).await?;
-        progress.tick();
+    if workload.batch <= 1 {
+        for b in &bodies {
+            channel.send(encode(b)?).await?;
+            progress.tick();
+        }
+    } else {
+        for chunk in bodies.chunks(usize::try_from(workload.batch).unwrap_or(usize::MAX)) {
+            let payloads = chunk.iter().map(encode).collect::<Result<Vec<_>>>()?;
+            channel.send_batch(payloads).await?;
+            for _ in chunk {
+                progress.tick();
+            }
+        }
     }
     let publish = started.elapsed();
     progress.finish();
@@ -252,6 +276,17 @@ impl RawChannel for RedisList {
             .map_err(redis_failed)
     }
 
+    async fn send_batch(&mut self, payloads: Vec<Vec<u8>>) -> Result {
+        let mut pipeline = redis::pipe();
+        for payload in payloads {
+            pipeline.cmd("LPUSH").arg(&self.key).arg(payload).ignore();
+        }
+        pipeline
+            .query_async::<()>(&mut self.conn)
+            .await
+            .map_err(redis_failed)
+    }
+
     async fn recv(&mut self) -> Result<Vec<u8>> {
         let (_, bytes): (String, Vec<u8>) = redis::cmd("BRPOP")
             .arg(&self.key)
@@ -287,25 +322,45 @@ fn lapin_failed(e: lapin::Error) -> String {
     format!("lapin: {e}")
 }
 
-impl RawChannel for LapinQueue {
-    async fn send(&mut self, payload: Vec<u8>) -> Result {
+impl LapinQueue {
+    /// basic.publish of one body; its confirm (resolved at once without confirms) to await.
+    async fn start_publish(&self, payload: &[u8]) -> Result<lapin::PublisherConfirm> {
         let properties = lapin::BasicProperties::default()
             .with_content_type("application/json".into())
             .with_content_encoding("utf-8".into())
             .with_delivery_mode(2);
-        let pending = self
-            .channel
+        self.channel
             .basic_publish(
                 self.exchange.as_str().into(),
                 "bench".into(),
                 lapin::options::BasicPublishOptions::default(),
-                &payload,
+                payload,
                 properties,
             )
             .await
-            .map_err(lapin_failed)?;
+            .map_err(lapin_failed)
+    }
+}
+
+impl RawChannel for LapinQueue {
+    async fn send(&mut self, payload: Vec<u8>) -> Result {
+        let pending = self.start_publish(&payload).await?;
         if self.confirm {
             pending.await.map_err(lapin_failed)?;
+        }
+        Ok(())
+    }
+
+    /// Every basic.publish of the batch first, then every confirm.
+    async fn send_batch(&mut self, payloads: Vec<Vec<u8>>) -> Result {
+        let mut confirms = Vec::with_capacity(payloads.len());
+        for payload in &payloads {
+            confirms.push(self.start_publish(payload).await?);
+        }
+        if self.confirm {
+            for pending in confirms {
+                pending.await.map_err(lapin_failed)?;
+            }
         }
         Ok(())
     }
@@ -424,7 +479,7 @@ mod tests {
     use super::*;
 
     /// The fields of `kombu bench --json` (crates/kombu-cli/tests/cli.rs checks the same set).
-    const KEYS: [&str; 17] = [
+    const KEYS: [&str; 18] = [
         "name",
         "transport",
         "url",
@@ -434,6 +489,7 @@ mod tests {
         "consumers",
         "prefetch",
         "latency_samples",
+        "batch",
         "publish_s",
         "consume_s",
         "publish_msgs_per_s",

@@ -476,6 +476,11 @@ pub(crate) struct BenchArgs {
     /// Prefetch count of each consumer.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub(crate) prefetch: u16,
+    /// Publish in batches of N (`Producer::batch`: N messages in flight together, one
+    /// outcome each) instead of one publish at a time.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) batch: u64,
     /// Print one JSON object (the report `cargo xtask bench` reads) instead of a summary.
     #[arg(long)]
     pub(crate) json: bool,

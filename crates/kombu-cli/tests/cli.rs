@@ -190,7 +190,7 @@ fn consume_needs_an_existing_queue_and_times_out_with_exit_3() {
 }
 
 /// The keys of `kombu bench --json`, which `cargo xtask bench` reads (a subset) and documents.
-const BENCH_KEYS: [&str; 17] = [
+const BENCH_KEYS: [&str; 18] = [
     "name",
     "transport",
     "url",
@@ -200,6 +200,7 @@ const BENCH_KEYS: [&str; 17] = [
     "consumers",
     "prefetch",
     "latency_samples",
+    "batch",
     "publish_s",
     "consume_s",
     "publish_msgs_per_s",

@@ -49,6 +49,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: BenchArgs) -> CliResult {
         consumers: args.consumers,
         prefetch: args.prefetch,
         latency_samples: args.latency_samples,
+        batch: args.batch,
     };
     let report = report(
         format!("kombu-rs {url}"),
@@ -131,12 +132,24 @@ async fn phases(
     let progress = Progress::start(show, "publish", total);
     let started = Instant::now();
     let mut tasks = JoinSet::new();
+    let batch = usize::try_from(args.batch).unwrap_or(usize::MAX);
     for (producer, bodies) in producers.iter().cloned().zip(shares) {
         let (options, counter) = (options.clone(), progress.counter());
         tasks.spawn(async move {
-            for b in &bodies {
-                producer.publish(b, options.clone()).await?;
-                counter.fetch_add(1, Ordering::Relaxed);
+            if batch <= 1 {
+                for b in &bodies {
+                    producer.publish(b, options.clone()).await?;
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                return Ok(());
+            }
+            for chunk in bodies.chunks(batch) {
+                let mut publishes = producer.batch();
+                for b in chunk {
+                    publishes.add(b, options.clone());
+                }
+                publishes.send().await.into_result()?;
+                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             }
             Ok(())
         });

@@ -45,6 +45,8 @@ pub(crate) struct Workload {
     pub(crate) consumers: u16,
     pub(crate) prefetch: u16,
     pub(crate) latency_samples: u64,
+    /// Messages per publish batch in phase 1 (1: one publish at a time).
+    pub(crate) batch: u64,
 }
 
 /// What `--json` prints: one object. `cargo xtask bench` reads `name`, `transport`, `messages`,
@@ -63,6 +65,8 @@ pub(crate) struct Report {
     consumers: u16,
     prefetch: u16,
     latency_samples: u64,
+    /// Messages per publish batch (1: one publish at a time).
+    batch: u64,
     /// Wall-clock seconds of the publish phase.
     publish_s: f64,
     /// Wall-clock seconds of the consume phase.
@@ -118,6 +122,7 @@ pub(crate) fn report(
         consumers: workload.consumers,
         prefetch: workload.prefetch,
         latency_samples: workload.latency_samples,
+        batch: workload.batch,
         publish_s: publish.as_secs_f64(),
         consume_s: consume.as_secs_f64(),
         publish_msgs_per_s: n / publish.as_secs_f64(),
