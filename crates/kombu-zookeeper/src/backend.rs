@@ -1,9 +1,9 @@
 //! [`VirtualBackend`] over a ZooKeeper session: Kombu's queue nodes, ephemeral claims, child
 //! watches, and routing stored in kombu-rs's subtree.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use kombu_core::virtual_transport::{
@@ -16,7 +16,9 @@ use kombu_core::{
 use serde_json::json;
 use tokio::time::Instant;
 use tracing::{debug, info, instrument, warn};
-use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error as ZkError, MultiWriteError};
+use zookeeper_client::{
+    Acls, Client, CreateMode, CreateOptions, Error as ZkError, MultiWriteError, OneshotWatcher,
+};
 
 use crate::paths::{check_queue_name, Paths, ENTRY};
 use crate::settings::Settings;
@@ -54,8 +56,34 @@ pub(crate) fn zk_error(e: ZkError, operation: &'static str) -> Error {
         .with_source(e)
 }
 
+/// The routing of exchanges as last read, per ensemble and vhost, shared by the connections
+/// of this process: an entry goes when a watch on its exchange node (type, deletion) or on
+/// its bindings fires, or when a connection of this process changes it.
+type RouteCache = Arc<Mutex<HashMap<String, Option<StoredRoutes>>>>;
+
+fn shared_routes(key: String) -> RouteCache {
+    static CACHES: OnceLock<Mutex<HashMap<String, Weak<Mutex<HashMap<String, Option<StoredRoutes>>>>>>> =
+        OnceLock::new();
+    let mut caches = CACHES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    caches.retain(|_, cache| cache.strong_count() > 0);
+    if let Some(cache) = caches.get(&key).and_then(Weak::upgrade) {
+        return cache;
+    }
+    let cache = RouteCache::default();
+    caches.insert(key, Arc::downgrade(&cache));
+    cache
+}
+
 /// One connection: a ZooKeeper session, replaced when it expires.
 pub(crate) struct ZkBackend {
+    routes: RouteCache,
+    /// Claims whose creation (or release) got no answer (the connection dropped): they may
+    /// exist, held by this session, for messages nobody here delivers. Released (if still
+    /// ours) before the next claim, so a restart strands nothing.
+    uncertain: Mutex<Vec<(String, String)>>,
     settings: Settings,
     paths: Paths,
     current: Mutex<Option<Client>>,
@@ -102,6 +130,8 @@ impl ZkBackend {
             ..crate::CAPABILITIES
         };
         let backend = ZkBackend {
+            uncertain: Mutex::new(Vec::new()),
+            routes: shared_routes(format!("{}|{}", settings.connect_string, settings.root)),
             settings,
             paths,
             current: Mutex::new(Some(client.clone())),
@@ -204,6 +234,7 @@ impl ZkBackend {
         max: usize,
         out: &mut Vec<Claimed>,
     ) -> Result<()> {
+        self.release_uncertain(client).await;
         let marker = format!("{:?}", client.session_id());
         let mut first_error: Option<Error> = None;
         let mut next = 0;
@@ -258,6 +289,7 @@ impl ZkBackend {
                         }
                     }
                     Err(e) => {
+                        self.maybe_held(queue, name, &e);
                         first_error
                             .get_or_insert(zk_error(ZkError::from(e), "claim").with_context("queue", queue));
                     }
@@ -273,6 +305,7 @@ impl ZkBackend {
                     Ok(_) => won.push((name, true)),
                     Err(ZkError::NodeExists) => {}
                     Err(e) => {
+                        self.maybe_held(queue, name, &MultiWriteError::RequestFailed { source: e.clone() });
                         first_error.get_or_insert(zk_error(e, "claim").with_context("queue", queue));
                     }
                 }
@@ -314,7 +347,60 @@ impl ZkBackend {
     async fn release(&self, client: &Client, queue: &str, name: &str) {
         match client.delete(&self.paths.claim(queue, name), None).await {
             Ok(()) | Err(ZkError::NoNode) => {}
-            Err(e) => warn!(queue, entry = name, error = %e, "could not release a claim"),
+            Err(e) => {
+                warn!(queue, entry = name, error = %e, "could not release a claim");
+                self.maybe_held(queue, name, &MultiWriteError::RequestFailed { source: e });
+            }
+        }
+    }
+
+    /// Remember a claim whose outcome is unknown (a connection error, not a refusal).
+    fn maybe_held(&self, queue: &str, name: &str, error: &MultiWriteError) {
+        let source = match error {
+            MultiWriteError::RequestFailed { source } | MultiWriteError::OperationFailed { source, .. } => {
+                source
+            }
+        };
+        if matches!(
+            source,
+            ZkError::ConnectionLoss | ZkError::Timeout | ZkError::Throttled | ZkError::SessionMoved
+        ) {
+            self.uncertain
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((queue.to_owned(), name.to_owned()));
+        }
+    }
+
+    /// Release the claims of [`uncertain`](Self::uncertain) this session holds.
+    async fn release_uncertain(&self, client: &Client) {
+        let pending = std::mem::take(&mut *self.uncertain.lock().unwrap_or_else(|p| p.into_inner()));
+        if pending.is_empty() {
+            return;
+        }
+        let session = client.session_id().0;
+        for (queue, name) in pending {
+            let path = self.paths.claim(&queue, &name);
+            let outcome = match client.check_stat(&path).await {
+                Ok(Some(stat)) if stat.ephemeral_owner == session => {
+                    match client.delete(&path, Some(stat.version)).await {
+                        Ok(()) | Err(ZkError::NoNode) | Err(ZkError::BadVersion) => Ok(true),
+                        Err(e) => Err(e),
+                    }
+                }
+                Ok(_) => Ok(false),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(released) => debug!(queue, entry = %name, released, "settled an uncertain claim"),
+                Err(e) => {
+                    debug!(queue, entry = %name, error = %e, "uncertain claim still unsettled");
+                    self.uncertain
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((queue, name));
+                }
+            }
         }
     }
 
@@ -695,6 +781,54 @@ fn binding_arguments(arguments: &FieldTable) -> Result<String> {
 }
 
 impl ZkBackend {
+    fn cached_routes(&self, exchange: &str) -> Option<Option<StoredRoutes>> {
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(exchange)
+            .cloned()
+    }
+
+    fn forget_routes(&self, exchange: &str) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(exchange);
+    }
+
+    /// Cache what was read, then evict it when either watch fires (a watch that fired
+    /// before this point fires at once, so nothing stale stays).
+    fn cache_routes(
+        &self,
+        exchange: &str,
+        routes: Option<StoredRoutes>,
+        node_changed: OneshotWatcher,
+        bindings_changed: Option<OneshotWatcher>,
+    ) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(exchange.to_owned(), routes);
+        let cache = Arc::downgrade(&self.routes);
+        let exchange = exchange.to_owned();
+        tokio::spawn(async move {
+            match bindings_changed {
+                Some(bindings_changed) => {
+                    tokio::select! {
+                        _ = node_changed.changed() => {}
+                        _ = bindings_changed.changed() => {}
+                    }
+                }
+                None => {
+                    node_changed.changed().await;
+                }
+            }
+            if let Some(cache) = cache.upgrade() {
+                cache.lock().unwrap_or_else(|p| p.into_inner()).remove(&exchange);
+            }
+        });
+    }
+
     /// Create the exchange node with its type, unless it exists.
     async fn ensure_exchange(&self, client: &Client, exchange: &Exchange, overwrite: bool) -> Result<()> {
         let path = self.paths.exchange(&exchange.name);
@@ -726,7 +860,9 @@ impl StoredBindings for ZkBackend {
             return Ok(());
         }
         let client = self.client().await?;
-        self.ensure_exchange(&client, exchange, true).await
+        let result = self.ensure_exchange(&client, exchange, true).await;
+        self.forget_routes(&exchange.name);
+        result
     }
 
     async fn delete_exchange(&self, exchange: &str) -> Result<()> {
@@ -736,7 +872,9 @@ impl StoredBindings for ZkBackend {
             let paths: Vec<String> = bindings.iter().map(|b| format!("{path}/{b}")).collect();
             self.delete_all(&client, &paths).await?;
         }
-        self.delete_all(&client, &[path]).await.map(drop)
+        let result = self.delete_all(&client, &[path]).await.map(drop);
+        self.forget_routes(exchange);
+        result
     }
 
     async fn store_binding(&self, exchange: &Exchange, binding: &StoredBinding) -> Result<()> {
@@ -752,28 +890,40 @@ impl StoredBindings for ZkBackend {
             "arguments": binding.arguments,
         })
         .to_string();
-        match client.create(&path, data.as_bytes(), &PERSISTENT).await {
+        let result = match client.create(&path, data.as_bytes(), &PERSISTENT).await {
             Ok(_) | Err(ZkError::NodeExists) => Ok(()),
             Err(e) => Err(zk_error(e, "bind").with_context("exchange", &exchange.name)),
-        }
+        };
+        self.forget_routes(&exchange.name);
+        result
     }
 
+    /// From the process's route cache, else read with watches that evict it on any change.
     async fn load_bindings(&self, exchange: &str) -> Result<Option<StoredRoutes>> {
+        if let Some(hit) = self.cached_routes(exchange) {
+            return Ok(hit);
+        }
         let client = self.client().await?;
         let path = self.paths.exchange(exchange);
-        let (node, children) = (client.get_data(&path), client.list_children(&path));
+        let failed = |e: ZkError| zk_error(e, "load bindings").with_context("exchange", exchange);
+        let (stat, node_changed) = client.check_and_watch_stat(&path).await.map_err(failed)?;
+        if stat.is_none() {
+            self.cache_routes(exchange, None, node_changed, None);
+            return Ok(None);
+        }
+        let (node, listed) = (client.get_data(&path), client.list_and_watch_children(&path));
         let kind = match node.await {
             Ok((data, _)) => std::str::from_utf8(&data)
                 .ok()
                 .filter(|k| !k.is_empty())
                 .and_then(|k| k.parse::<ExchangeType>().ok()),
             Err(ZkError::NoNode) => return Ok(None),
-            Err(e) => return Err(zk_error(e, "load bindings").with_context("exchange", exchange)),
+            Err(e) => return Err(failed(e)),
         };
-        let children = match children.await {
-            Ok(c) => c,
+        let (children, bindings_changed) = match listed.await {
+            Ok(listed) => listed,
             Err(ZkError::NoNode) => return Ok(None),
-            Err(e) => return Err(zk_error(e, "load bindings").with_context("exchange", exchange)),
+            Err(e) => return Err(failed(e)),
         };
         let gets: Vec<_> = children
             .iter()
@@ -784,11 +934,13 @@ impl StoredBindings for ZkBackend {
             let data = match get.await {
                 Ok((data, _)) => data,
                 Err(ZkError::NoNode) => continue,
-                Err(e) => return Err(zk_error(e, "load bindings").with_context("exchange", exchange)),
+                Err(e) => return Err(failed(e)),
             };
             bindings.push(parse_binding(&data).map_err(|e| e.with_context("exchange", exchange))?);
         }
-        Ok(Some(StoredRoutes { kind, bindings }))
+        let routes = Some(StoredRoutes { kind, bindings });
+        self.cache_routes(exchange, routes.clone(), node_changed, Some(bindings_changed));
+        Ok(routes)
     }
 
     async fn remove_binding(&self, exchange: &str, binding: &StoredBinding) -> Result<()> {
@@ -797,7 +949,9 @@ impl StoredBindings for ZkBackend {
         let path = self
             .paths
             .binding(exchange, &binding.queue, &binding.routing_key, &arguments);
-        self.delete_all(&client, &[path]).await.map(drop)
+        let result = self.delete_all(&client, &[path]).await.map(drop);
+        self.forget_routes(exchange);
+        result
     }
 }
 
