@@ -234,3 +234,93 @@ async fn two_consumers_never_take_the_same_message() {
     assert_eq!(all, (0..400).collect::<Vec<u64>>(), "every message exactly once");
     producer.close().await.expect("close");
 }
+
+/// An idle consumer is woken by its child watch, not by polling: publish → receive round trips
+/// on a consumer that waited idle before each one. Kombu's consumer polls once a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_consumer_is_woken_by_the_watch() {
+    let server = ZkServer::start();
+    // A 30 s polling interval: only the watch can deliver within the bound below.
+    let url = format!("{}?polling_interval=30", server.url());
+    let conn = Connection::new(&url).expect("connection");
+    let queue = Queue::new("idle");
+    let mut consumer = conn.consumer([queue.clone()]).build().await.expect("consumer");
+    consumer.consume().await.expect("consume");
+    let producer = conn.producer();
+    let mut samples = Vec::new();
+    for n in 0..30u64 {
+        // Idle: nothing arrives meanwhile (checked), so the consumer is waiting on its watch.
+        assert!(consumer.recv_timeout(Duration::from_millis(30)).await.is_err());
+        let started = Instant::now();
+        publish(&conn, "idle", json!({"n": n})).await;
+        let m = consumer
+            .recv_timeout(Duration::from_secs(10))
+            .await
+            .expect("woken");
+        samples.push(started.elapsed());
+        assert_eq!(m.decode::<Value>().expect("json")["n"], n);
+        m.ack().await.expect("ack");
+    }
+    drop(producer);
+    samples.sort_unstable();
+    let p50 = samples[samples.len() / 2];
+    println!(
+        "idle consumer delivery latency: p50 {p50:?}, max {:?}",
+        samples[samples.len() - 1]
+    );
+    assert!(
+        p50 < Duration::from_millis(250),
+        "p50 {p50:?}: not woken by the watch"
+    );
+    consumer.close().await.expect("close");
+    conn.close().await.expect("close");
+}
+
+/// Not a test: `cargo test -p kombu-zookeeper --test faults -- --ignored --nocapture
+/// throughput_report` prints publish and consume+ack rates (the workload of `kombu bench`:
+/// a direct exchange with a stored binding, prefetch 100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn throughput_report() {
+    let server = ZkServer::start();
+    let conn = Connection::new(&server.url()).expect("connection");
+    let exchange = kombu::Exchange::direct("bench");
+    let queue = Queue::new("bench")
+        .exchange(exchange.clone())
+        .routing_key("bench");
+    let producer = conn.producer().exchange(exchange);
+    let options = PublishOptions::new().routing_key("bench").declare(queue.clone());
+    let n = 2000u64;
+    let started = Instant::now();
+    for i in 0..n {
+        producer
+            .publish(&json!({"n": i, "pad": "x".repeat(80)}), options.clone())
+            .await
+            .expect("publish");
+    }
+    let publish = started.elapsed();
+    let mut consumer = conn
+        .consumer([queue])
+        .prefetch_count(100)
+        .build()
+        .await
+        .expect("consumer");
+    consumer.consume().await.expect("consume");
+    let started = Instant::now();
+    for _ in 0..n {
+        let m = consumer
+            .recv_timeout(Duration::from_secs(10))
+            .await
+            .expect("message");
+        let _: Value = m.decode().expect("json");
+        m.ack().await.expect("ack");
+    }
+    let consume = started.elapsed();
+    println!(
+        "zookeeper: publish {:.0} msg/s, consume+ack {:.0} msg/s",
+        n as f64 / publish.as_secs_f64(),
+        n as f64 / consume.as_secs_f64()
+    );
+    consumer.close().await.expect("close");
+    conn.close().await.expect("close");
+}
