@@ -59,11 +59,12 @@ pub(crate) fn zk_error(e: ZkError, operation: &'static str) -> Error {
 /// The routing of exchanges as last read, per ensemble and vhost, shared by the connections
 /// of this process: an entry goes when a watch on its exchange node (type, deletion) or on
 /// its bindings fires, or when a connection of this process changes it.
-type RouteCache = Arc<Mutex<HashMap<String, Option<StoredRoutes>>>>;
+type RouteCache = Arc<Mutex<Routes>>;
+/// Exchange name → its routing (`None`: nothing stored for it).
+type Routes = HashMap<String, Option<StoredRoutes>>;
 
 fn shared_routes(key: String) -> RouteCache {
-    static CACHES: OnceLock<Mutex<HashMap<String, Weak<Mutex<HashMap<String, Option<StoredRoutes>>>>>>> =
-        OnceLock::new();
+    static CACHES: OnceLock<Mutex<HashMap<String, Weak<Mutex<Routes>>>>> = OnceLock::new();
     let mut caches = CACHES
         .get_or_init(Default::default)
         .lock()
