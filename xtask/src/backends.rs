@@ -99,7 +99,47 @@ pub(crate) static BACKENDS: &[Backend] = &[
         test_name: "conformance_amiquip",
         provision: Provision::Server(RABBITMQ_SERVER_AMIQUIP),
     },
+    Backend {
+        name: "zookeeper",
+        crate_name: "kombu-zookeeper",
+        test_name: "conformance",
+        provision: Provision::Server(ZOOKEEPER_SERVER),
+    },
 ];
+
+/// A throwaway standalone ZooKeeper (`../shared/reference/infra.md`): Debian's `zookeeper`
+/// jars run by `java` with a `zoo.cfg` of its own (loopback port, data in the temp dir, no
+/// admin server). Sessions may be as short as 1 s, so the tests of a consumer that died
+/// (its claims go with its session) run fast.
+pub(crate) const ZOOKEEPER_SERVER: ServerSpec = ServerSpec {
+    program: "java",
+    args: &[
+        "-cp",
+        "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar:{data_dir}",
+        "org.apache.zookeeper.server.ZooKeeperServerMain",
+        "{config}",
+    ],
+    config_file: Some(ConfigFile {
+        name: "zoo.cfg",
+        template: "tickTime=2000\n\
+                   dataDir={data_dir}/data\n\
+                   clientPort={port}\n\
+                   clientPortAddress=127.0.0.1\n\
+                   admin.enableServer=false\n\
+                   4lw.commands.whitelist=ruok,srvr,stat,mntr\n\
+                   minSessionTimeout=1000\n\
+                   maxSessionTimeout=60000\n",
+    }),
+    apt: &["zookeeper"],
+    requires: &[
+        "/usr/share/java/zookeeper.jar",
+        "/usr/share/java/slf4j-log4j12.jar",
+        "/usr/share/java/log4j-1.2.jar",
+    ],
+    url: "zookeeper://127.0.0.1:{port}/kombu-conformance",
+    ready_timeout: Duration::from_secs(60),
+    ..ServerSpec::DEFAULT
+};
 
 /// A throwaway RabbitMQ node (`../shared/reference/infra.md`): its own node name, AMQP port
 /// and Erlang distribution port on loopback, its database and logs in the temp dir.
@@ -300,6 +340,9 @@ pub(crate) struct ServerSpec {
     pub(crate) pip: &'static [&'static str],
     /// Directories outside `PATH` to look for `program` in (`/usr/lib/rabbitmq/bin`).
     pub(crate) search_dirs: &'static [&'static str],
+    /// Files the server needs besides `program` (the jars of a Java server run by `java`):
+    /// when one is missing, the `apt` packages are installed even if `program` exists.
+    pub(crate) requires: &'static [&'static str],
     /// Broker URL template (`redis://127.0.0.1:{port}/0`).
     pub(crate) url: &'static str,
     /// How long the server may take to accept connections.
@@ -316,6 +359,7 @@ impl ServerSpec {
         apt: &[],
         pip: &[],
         search_dirs: &[],
+        requires: &[],
         url: "",
         ready_timeout: Duration::from_secs(30),
     };
@@ -420,7 +464,8 @@ impl ServerSpec {
 
     /// Path of `program`, installing its apt or pip packages first if it is missing.
     pub(crate) fn ensure_installed(&self, root: &Path, name: &str) -> Result<PathBuf> {
-        if let Some(path) = self.find_program(root) {
+        let has_requirements = || self.requires.iter().all(|file| Path::new(file).is_file());
+        if let Some(path) = self.find_program(root).filter(|_| has_requirements()) {
             return Ok(path);
         }
         if !self.pip.is_empty() {
@@ -429,6 +474,12 @@ impl ServerSpec {
             venv.pip_install(self.pip, "xtask")?;
         } else if !self.apt.is_empty() {
             apt_install(self.apt)?;
+        }
+        if let Some(missing) = self.requires.iter().find(|file| !Path::new(file).is_file()) {
+            return fail(format!(
+                "`{missing}` for backend `{name}` is missing (after apt-get install {})",
+                self.apt.join(" ")
+            ));
         }
         match self.find_program(root) {
             Some(path) => Ok(path),

@@ -210,6 +210,18 @@ static GROUPS: &[BenchGroup] = &[
         max_latency_samples: Some(1_000),
         url_query: "?confirm_publish=false",
     },
+    BenchGroup {
+        transport: "zookeeper",
+        title: "zookeeper — a throwaway standalone ZooKeeper on loopback (`zookeeper://`)",
+        provision: Provision::Server(crate::backends::ZOOKEEPER_SERVER),
+        baseline: None,
+        python_url: same_url,
+        // Every publish and ack is a quorum write (fsynced); Python Kombu's consumer polls
+        // once a second when its queue is empty, so its latency samples are slow.
+        max_messages: Some(5_000),
+        max_latency_samples: Some(200),
+        url_query: "",
+    },
 ];
 
 /// Which entry of a group a result is.

@@ -11,16 +11,17 @@ use crate::util::{self, cargo, describe, fail, run_streaming, Result};
 use crate::venv;
 
 pub(crate) const USAGE: &str = "\
-cargo xtask interop [--backends sqlite,redis,amqp]
+cargo xtask interop [--backends sqlite,redis,amqp,zookeeper]
 
 Runs the interop tests (Python Kombu 5.7 publishes, kombu-rs consumes, and the
-reverse) of the given backends (default: all that have them: sqlite, redis, amqp).";
+reverse) of the given backends (default: all that have them: sqlite, redis, amqp, zookeeper).";
 
 /// Backends with interop tests: (name, crate).
 const INTEROP: &[(&str, &str)] = &[
     ("sqlite", "kombu-sqlite"),
     ("redis", "kombu-redis"),
     ("amqp", "kombu-amqp"),
+    ("zookeeper", "kombu-zookeeper"),
 ];
 
 pub(crate) fn run(mut args: Args) -> Result<bool> {
@@ -53,6 +54,9 @@ pub(crate) fn run(mut args: Args) -> Result<bool> {
     }
     if selected.iter().any(|(name, _)| *name == "amqp") {
         crate::backends::RABBITMQ_SERVER.ensure_installed(&root, "amqp")?;
+    }
+    if selected.iter().any(|(name, _)| *name == "zookeeper") {
+        crate::backends::ZOOKEEPER_SERVER.ensure_installed(&root, "zookeeper")?;
     }
     let mut ok = true;
     for (name, crate_name) in selected {

@@ -182,6 +182,8 @@ pub(crate) fn run(args: Args) -> Result<bool> {
         crate::backends::OPENSSL.ensure_installed(&root, "redis and amqp (TLS tests)")?;
         // The AMQP interop and broker-restart tests start their own RabbitMQ node.
         crate::backends::RABBITMQ_SERVER.ensure_installed(&root, "amqp")?;
+        // The ZooKeeper interop and fault tests start their own ZooKeeper.
+        crate::backends::ZOOKEEPER_SERVER.ensure_installed(&root, "zookeeper")?;
         rows.push(Row {
             name: "workspace".into(),
             result: Some(workspace_tests(&root, &venv)?),
@@ -506,9 +508,9 @@ mod tests {
                 .unwrap_or_default()
         };
         assert_eq!(
-            message(&["--backends", "zookeeper,memory"]),
+            message(&["--backends", "nosuchbroker,memory"]),
             format!(
-                "unknown backend `zookeeper`; known backends: {}",
+                "unknown backend `nosuchbroker`; known backends: {}",
                 backends::names().join(", ")
             )
         );

@@ -22,6 +22,9 @@ pub enum Broker {
     /// AMQP: the `prio` queue has `x-max-priority` 10 (as the Python script declares it on
     /// `amqp://`) and higher priorities are served first.
     Amqp,
+    /// Kombu's ZooKeeper transport: priorities served higher first (the node names sort
+    /// `9 - priority`), no queue argument.
+    Zookeeper,
 }
 
 impl Broker {
@@ -29,13 +32,13 @@ impl Broker {
     pub fn priority_order(self) -> Vec<i64> {
         match self {
             Broker::Redis => vec![0, 5, 9],
-            Broker::Amqp => vec![9, 5, 0],
+            Broker::Amqp | Broker::Zookeeper => vec![9, 5, 0],
         }
     }
 
     fn max_priority(self) -> Option<u8> {
         match self {
-            Broker::Redis => None,
+            Broker::Redis | Broker::Zookeeper => None,
             Broker::Amqp => Some(10),
         }
     }

@@ -147,14 +147,22 @@ fn declared_aliases_resolve_and_nothing_else() {
         assert_eq!(err.kind(), crate::ErrorKind::UnknownTransport);
         assert!(err.to_string().contains("`amqp-amiquip` feature"), "{err}");
     }
-    for (scheme, feature) in [("sqla+sqlite", "sqlite"), ("redis", "redis"), ("amqps", "amqp")] {
+    if cfg!(feature = "zookeeper") {
+        assert_eq!(lookup("zookeeper").map(|d| d.name).ok(), Some("zookeeper"));
+    }
+    for (scheme, feature) in [
+        ("sqla+sqlite", "sqlite"),
+        ("redis", "redis"),
+        ("amqps", "amqp"),
+        ("zookeeper", "zookeeper"),
+    ] {
         if !cfg_feature(feature) {
             let err = lookup(scheme).unwrap_err();
             assert!(err.to_string().contains(&format!("`{feature}` feature")), "{err}");
         }
     }
     // Planned transports have no feature yet, so no hint names one.
-    for scheme in ["sqs", "mongodb", "zookeeper"] {
+    for scheme in ["sqs", "mongodb"] {
         let err = lookup(scheme).unwrap_err();
         assert!(!err.to_string().contains(&format!("to use {scheme}://")), "{err}");
     }
