@@ -11,16 +11,17 @@ use crate::util::{self, cargo, describe, fail, run_streaming, Result};
 use crate::venv;
 
 pub(crate) const USAGE: &str = "\
-cargo xtask interop [--backends sqlite,redis,amqp]
+cargo xtask interop [--backends sqlite,redis,amqp,sqs]
 
 Runs the interop tests (Python Kombu 5.7 publishes, kombu-rs consumes, and the
-reverse) of the given backends (default: all that have them: sqlite, redis, amqp).";
+reverse) of the given backends (default: all that have them: sqlite, redis, amqp, sqs).";
 
 /// Backends with interop tests: (name, crate).
 const INTEROP: &[(&str, &str)] = &[
     ("sqlite", "kombu-sqlite"),
     ("redis", "kombu-redis"),
     ("amqp", "kombu-amqp"),
+    ("sqs", "kombu-sqs"),
 ];
 
 pub(crate) fn run(mut args: Args) -> Result<bool> {
@@ -50,6 +51,9 @@ pub(crate) fn run(mut args: Args) -> Result<bool> {
     let venv = venv::ensure_bench_venv(&root, "interop")?;
     if selected.iter().any(|(name, _)| *name == "redis") {
         crate::backends::REDIS_SERVER.ensure_installed(&root, "redis")?;
+    }
+    if selected.iter().any(|(name, _)| *name == "sqs") {
+        crate::backends::MOTO_SERVER.ensure_installed(&root, "sqs")?;
     }
     if selected.iter().any(|(name, _)| *name == "amqp") {
         crate::backends::RABBITMQ_SERVER.ensure_installed(&root, "amqp")?;
