@@ -49,7 +49,7 @@ def options(url, prefix, **extra):
     opts = {
         "region": "us-east-1",
         "wait_time_seconds": 1,
-        "fetch_message_attributes": {"MessageAttributeNames": ["All"]},
+        "fetch_message_attributes": {"MessageAttributeNames": ["color"]},
     }
     opts.update(extra)
     return opts

@@ -229,6 +229,7 @@ async fn handler_three_times_longer_than_the_visibility_timeout_is_delivered_onc
         Err(e) => assert_eq!(e.kind(), ErrorKind::Timeout, "{e}"),
     }
     task.ack().await.expect("ack");
+    c.close().await.expect("close the worker's consumer");
     // Positive control: the rival does get a message published now.
     publish_numbers(&worker, "long", 1).await;
     let control = r

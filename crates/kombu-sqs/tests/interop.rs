@@ -24,16 +24,21 @@ async fn rust_scenarios_consumed_by_python() {
     interop::rust_scenarios_consumed_by_python_at(&moto.kombu_url(), &moto.url(), Broker::Sqs).await;
 }
 
-fn predefined(url: &str, name: &str, queue_url: &str) -> String {
-    let json = json!({ name: { "url": queue_url } }).to_string();
-    let encoded: String = json
+/// `url` with the transport option `key` set to `value` as JSON (percent-encoded).
+fn with_json_option(url: &str, key: &str, value: &Value) -> String {
+    let encoded: String = value
+        .to_string()
         .bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect();
-    format!("{url}&predefined_queues={encoded}")
+    format!("{url}&{key}={encoded}")
+}
+
+fn predefined(url: &str, name: &str, queue_url: &str) -> String {
+    with_json_option(url, "predefined_queues", &json!({ name: { "url": queue_url } }))
 }
 
 fn now() -> f64 {
@@ -54,7 +59,9 @@ async fn python_sqs_features_consumed_by_rust() {
         &["publish", &moto.kombu_url(), prefix],
     ));
     let pre_url = published[0]["predefined_url"].as_str().expect("url").to_owned();
-    let conn = Connection::new(&moto.url()).expect("connection");
+    let fetch = json!({"MessageAttributeNames": ["color"]});
+    let conn = Connection::new(&with_json_option(&moto.url(), "fetch_message_attributes", &fetch))
+        .expect("connection");
     // Raw JSON body (sqs_base64_encoding=False on the Python side).
     let raw = take(&conn, Queue::new(format!("{prefix}-raw")), 1).await;
     assert_eq!(raw[0].decode::<Value>().expect("json"), json!({"kind": "raw"}));
