@@ -171,7 +171,7 @@ enum Body {
 /// Strict base64 (padded, standard alphabet) of a whole string, or `None`.
 fn strict_base64(text: &str) -> Option<Vec<u8>> {
     let t = text.trim();
-    if t.is_empty() || t.len() % 4 != 0 {
+    if t.is_empty() || !t.len().is_multiple_of(4) {
         return None;
     }
     base64::engine::general_purpose::STANDARD.decode(t).ok()
