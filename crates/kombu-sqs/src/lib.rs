@@ -103,6 +103,23 @@
 //! * A queue that vanishes (deleted, or an emulator restarted) is created again by the next
 //!   receive; consumers resume by themselves after the endpoint comes back.
 //!
+//! ## Not yet implemented
+//!
+//! * Fanout through SNS (`supports_fanout`, `predefined_exchanges`): fanout exchanges are
+//!   `Unsupported`, and `supports_fanout=true` is an `Unsupported` error at connect.
+//! * `backoff_policy` / `backoff_tasks` of predefined queues are parsed and checked but not
+//!   applied, and `reject(requeue=false)` always deletes the message (Kombu 5.7 leaves it for
+//!   a queue's RedrivePolicy or applies the backoff).
+//! * Credentials come from the URL, the options or the environment only: no profile files,
+//!   web identity, STS role (`sts_role_arn` is an `Unsupported` error) or instance metadata.
+//! * The envelope's `delivery_tag` stays the producer's uuid4 (Kombu overwrites it with the
+//!   receipt handle); the receipt handle is in `sqs_message.ReceiptHandle`.
+//!
+//! ## Rust version
+//!
+//! aws-sdk-sqs 1.119 (and its smithy crates) declare `rust-version = 1.94.1`, above the
+//! workspace's 1.89: the `sqs` feature needs Rust ≥ 1.94.1.
+//!
 //! ## Features
 //!
 //! * `tls` (default): HTTPS through rustls with ring (no aws-lc, no OpenSSL) and the
