@@ -88,6 +88,12 @@ pub(crate) static BACKENDS: &[Backend] = &[
         provision: Provision::Server(REDIS_SERVER),
     },
     Backend {
+        name: "sqs",
+        crate_name: "kombu-sqs",
+        test_name: "conformance",
+        provision: Provision::Server(MOTO_SERVER),
+    },
+    Backend {
         name: "amqp",
         crate_name: "kombu-amqp",
         test_name: "conformance",
@@ -208,6 +214,22 @@ pub(crate) const REDIS_SERVER: ServerSpec = ServerSpec {
     ],
     apt: &["redis-server"],
     url: "redis://127.0.0.1:{port}/0",
+    ..ServerSpec::DEFAULT
+};
+
+/// The pins of moto's server (SQS and SNS), installed into the project venv; the same pins are
+/// in `tests/python/requirements.txt`.
+pub(crate) const MOTO_PIP: &[&str] = &["moto==5.2.1", "flask==3.1.3", "flask-cors==6.0.2"];
+
+/// A throwaway moto server (an SQS and SNS emulator, in memory) on loopback. Requests are
+/// SigV4-signed as for AWS with moto's test credentials. The URL's options keep long polls
+/// short for the suite.
+pub(crate) const MOTO_SERVER: ServerSpec = ServerSpec {
+    program: "moto_server",
+    args: &["-H", "127.0.0.1", "-p", "{port}"],
+    pip: MOTO_PIP,
+    url: "sqs://testing:testing@127.0.0.1:{port}?region=us-east-1&wait_time_seconds=1",
+    ready_timeout: Duration::from_secs(60),
     ..ServerSpec::DEFAULT
 };
 

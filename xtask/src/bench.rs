@@ -152,6 +152,12 @@ fn sqla_url(url: &str) -> String {
     format!("sqla+sqlite:///{}", path.with_file_name("bench-py.db").display())
 }
 
+/// Python Kombu's SQS URL: the kombu-rs URL without its query (Kombu's SQS transport takes
+/// its options from `transport_options` only; its defaults match the region used here).
+fn without_query(url: &str) -> String {
+    url.split('?').next().unwrap_or(url).to_owned()
+}
+
 /// Every benchmark group, in report order.
 static GROUPS: &[BenchGroup] = &[
     BenchGroup {
@@ -220,6 +226,17 @@ static GROUPS: &[BenchGroup] = &[
         // once a second when its queue is empty, so its latency samples are slow.
         max_messages: Some(5_000),
         max_latency_samples: Some(200),
+        url_query: "",
+    },
+    BenchGroup {
+        transport: "sqs",
+        title: "sqs — a throwaway moto server on loopback (`sqs://`; SigV4-signed HTTP as to AWS; \
+                moto serves a few hundred requests per second)",
+        provision: Provision::Server(crate::backends::MOTO_SERVER),
+        baseline: None,
+        python_url: without_query,
+        max_messages: Some(1_000),
+        max_latency_samples: Some(100),
         url_query: "",
     },
 ];

@@ -11,16 +11,18 @@ use crate::util::{self, cargo, describe, fail, run_streaming, Result};
 use crate::venv;
 
 pub(crate) const USAGE: &str = "\
-cargo xtask interop [--backends sqlite,redis,amqp,zookeeper]
+cargo xtask interop [--backends sqlite,redis,amqp,sqs,zookeeper]
 
 Runs the interop tests (Python Kombu 5.7 publishes, kombu-rs consumes, and the
-reverse) of the given backends (default: all that have them: sqlite, redis, amqp, zookeeper).";
+reverse) of the given backends (default: all that have them: sqlite, redis, amqp, sqs,
+zookeeper).";
 
 /// Backends with interop tests: (name, crate).
 const INTEROP: &[(&str, &str)] = &[
     ("sqlite", "kombu-sqlite"),
     ("redis", "kombu-redis"),
     ("amqp", "kombu-amqp"),
+    ("sqs", "kombu-sqs"),
     ("zookeeper", "kombu-zookeeper"),
 ];
 
@@ -51,6 +53,9 @@ pub(crate) fn run(mut args: Args) -> Result<bool> {
     let venv = venv::ensure_bench_venv(&root, "interop")?;
     if selected.iter().any(|(name, _)| *name == "redis") {
         crate::backends::REDIS_SERVER.ensure_installed(&root, "redis")?;
+    }
+    if selected.iter().any(|(name, _)| *name == "sqs") {
+        crate::backends::MOTO_SERVER.ensure_installed(&root, "sqs")?;
     }
     if selected.iter().any(|(name, _)| *name == "amqp") {
         crate::backends::RABBITMQ_SERVER.ensure_installed(&root, "amqp")?;

@@ -22,6 +22,9 @@ pub enum Broker {
     /// AMQP: the `prio` queue has `x-max-priority` 10 (as the Python script declares it on
     /// `amqp://`) and higher priorities are served first.
     Amqp,
+    /// Kombu's SQS transport: no priorities, so the `prio` scenario arrives in publish order
+    /// (9, 0, 5) from a queue that keeps it (moto's standard queues do).
+    Sqs,
     /// Kombu's ZooKeeper transport: priorities served higher first (the node names sort
     /// `9 - priority`), no queue argument.
     Zookeeper,
@@ -33,12 +36,13 @@ impl Broker {
         match self {
             Broker::Redis => vec![0, 5, 9],
             Broker::Amqp | Broker::Zookeeper => vec![9, 5, 0],
+            Broker::Sqs => vec![9, 0, 5],
         }
     }
 
     fn max_priority(self) -> Option<u8> {
         match self {
-            Broker::Redis | Broker::Zookeeper => None,
+            Broker::Redis | Broker::Sqs | Broker::Zookeeper => None,
             Broker::Amqp => Some(10),
         }
     }
@@ -138,8 +142,14 @@ pub async fn take(conn: &Connection, queue: Queue, count: usize) -> Vec<Message>
 
 /// Python Kombu publishes every scenario (prefix `py2rs`); kombu-rs consumes and checks them.
 pub async fn python_scenarios_consumed_by_rust(url: &str, broker: Broker) {
+    python_scenarios_consumed_by_rust_at(url, url, broker).await;
+}
+
+/// [`python_scenarios_consumed_by_rust`] where Python Kombu and kombu-rs need different URLs
+/// for the same broker (Kombu's SQS transport takes no options in its URL; kombu-rs's does).
+pub async fn python_scenarios_consumed_by_rust_at(python_url: &str, url: &str, broker: Broker) {
     let prefix = "py2rs";
-    run_python("interop_scenarios.py", &["publish", url, prefix]);
+    run_python("interop_scenarios.py", &["publish", python_url, prefix]);
     let conn = Connection::new(url).expect("connection");
     let mut by_scenario = std::collections::HashMap::new();
     for (name, queue, count) in scenario_queues(prefix, broker) {
@@ -213,6 +223,12 @@ pub async fn python_scenarios_consumed_by_rust(url: &str, broker: Broker) {
 /// kombu-rs publishes every scenario (prefix `rs2py`); Python Kombu consumes them and kombu-rs
 /// checks what it saw.
 pub async fn rust_scenarios_consumed_by_python(url: &str, broker: Broker) {
+    rust_scenarios_consumed_by_python_at(url, url, broker).await;
+}
+
+/// [`rust_scenarios_consumed_by_python`] with a URL of its own for Python Kombu (see
+/// [`python_scenarios_consumed_by_rust_at`]).
+pub async fn rust_scenarios_consumed_by_python_at(python_url: &str, url: &str, broker: Broker) {
     let prefix = "rs2py";
     let conn = Connection::new(url).expect("connection");
     let channel = conn.default_channel().await.expect("channel");
@@ -321,7 +337,10 @@ pub async fn rust_scenarios_consumed_by_python(url: &str, broker: Broker) {
         .expect("celery task");
     conn.close().await.expect("close");
 
-    let got = json_lines(&run_python("interop_scenarios.py", &["consume", url, prefix]));
+    let got = json_lines(&run_python(
+        "interop_scenarios.py",
+        &["consume", python_url, prefix],
+    ));
     let of = |s: &str| -> Vec<&Value> { got.iter().filter(|l| l["scenario"] == s).collect() };
     let d = of("direct")[0];
     assert_eq!(d["body"]["kind"], "direct");

@@ -140,6 +140,9 @@ transport_table! {
         "amqp" => DESCRIPTOR ["amqp", "amqps", "pyamqp", "librabbitmq"],
         "amqp-amiquip" => AMIQUIP_DESCRIPTOR ["amqp+amiquip", "pyamqp+amiquip"],
     }
+    kombu_sqs if "sqs" {
+        "sqs" => DESCRIPTOR ["sqs"],
+    }
     kombu_zookeeper if "zookeeper" {
         "zookeeper" => DESCRIPTOR ["zookeeper"],
     }
