@@ -117,8 +117,8 @@
 //!
 //! ## Rust version
 //!
-//! aws-sdk-sqs 1.119 (and its smithy crates) declare `rust-version = 1.94.1`, above the
-//! workspace's 1.89: the `sqs` feature needs Rust ≥ 1.94.1.
+//! aws-sdk-sqs 1.119 (and its smithy crates) declare `rust-version = 1.94.1`, which is
+//! therefore the workspace's one MSRV (every crate inherits it).
 //!
 //! ## Features
 //!
