@@ -19,7 +19,7 @@ cargo xtask test-matrix [--backends a,b] [--skip-backends c] [--skip-workspace-t
 
 Ensures the project Python venv .venv (Python Kombu and SQLAlchemy from
 tests/python/requirements.txt, for the interop tests, which get it as
-KOMBU_PYTHON), runs `cargo test --workspace --all-features` (conformance suites
+KOMBU_PYTHON), runs `cargo test --workspace --all-features --no-fail-fast` (conformance suites
 deferred via KOMBU_TESTKIT_DEFER=1), then for each backend provisions its broker and runs
 `cargo test -p <crate> --all-features --test <its conformance test>` with KOMBU_TEST_URL and
 KOMBU_TESTKIT_REPORT set, and prints a summary.
@@ -208,11 +208,13 @@ pub(crate) fn run(args: Args) -> Result<bool> {
         .all(|row| row.result.as_ref().is_none_or(|c| c.failed == 0)))
 }
 
-/// Step 1: `cargo test --workspace --all-features` with the conformance suites deferred.
+/// Step 1: `cargo test --workspace --all-features --no-fail-fast` with the conformance
+/// suites deferred: every test binary runs even after one fails, so one failure never hides
+/// another.
 fn workspace_tests(root: &Path, venv: &Venv) -> Result<Counts> {
     let mut command = cargo(root);
     command
-        .args(["test", "--workspace", "--all-features"])
+        .args(["test", "--workspace", "--all-features", "--no-fail-fast"])
         .env("KOMBU_TESTKIT_DEFER", "1")
         .env("KOMBU_PYTHON", venv.python());
     banner(&format!(
