@@ -102,7 +102,18 @@ fn transports_lists_every_compiled_transport_with_capabilities() {
         .as_array()
         .map(|a| a.iter().filter_map(|t| t["name"].as_str()).collect())
         .unwrap_or_default();
-    assert_eq!(names, ["amqp", "amqp-amiquip", "memory", "redis", "sqlite"]);
+    assert_eq!(
+        names,
+        [
+            "amqp",
+            "amqp-amiquip",
+            "memory",
+            "redis",
+            "sqlite",
+            "sqs",
+            "zookeeper"
+        ]
+    );
     let amqp = &list[0];
     assert_eq!(amqp["kombu_feature"], "amqp");
     assert_eq!(amqp["capabilities"]["exchange: headers"], "yes");
