@@ -574,6 +574,7 @@ fn message_properties(options: &PublishOptions, exchange: &Exchange) -> Arc<Prop
 }
 
 /// What a publish still needs of its [`PublishOptions`] once the message is built.
+#[derive(Debug)]
 struct Attempt {
     /// Boxed: rarely given, and an exchange is most of the struct.
     exchange: Option<Box<Exchange>>,

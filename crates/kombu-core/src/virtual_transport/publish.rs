@@ -59,36 +59,40 @@ impl<B: VirtualBackend> ChannelInner<B> {
     /// Route to a named exchange over local declarations plus the bindings the backend stores
     /// on the broker. One known only from stored bindings routes by the stored type, else as
     /// direct (Kombu's behaviour); the local declaration wins (Kombu: the publisher's own state
-    /// decides).
+    /// decides). A batch passes `loaded`, so the stored routes of an exchange are read once
+    /// for all its messages; a single publish passes `None`.
     async fn route_with_stored(
         &self,
         exchange: &str,
         routing_key: &str,
         message: &RawMessage,
+        loaded: Option<&mut LoadedRoutes>,
     ) -> Result<RouteTarget> {
         let mut queues = Vec::new();
         let declared = self.route_declared(exchange, routing_key, &message.headers, &mut queues);
         if self.is_native_fanout(declared) {
             return Ok(RouteTarget::NativeFanout);
         }
-        let stored = match self.backend.stored_bindings() {
-            Some(bindings) => bindings.load_bindings(exchange).await?,
-            None => None,
+        let load = || async {
+            match self.backend.stored_bindings() {
+                Some(bindings) => bindings.load_bindings(exchange).await,
+                None => Ok(None),
+            }
         };
-        self.route_over_stored(exchange, declared, queues, stored.as_ref(), routing_key, message)
-    }
-
-    /// The rest of [`route_with_stored`](Self::route_with_stored) once the stored routes are
-    /// loaded: `queues` holds the local declarations' matches, `declared` their type.
-    fn route_over_stored(
-        &self,
-        exchange: &str,
-        declared: Option<ExchangeType>,
-        mut queues: Vec<Arc<str>>,
-        stored: Option<&StoredRoutes>,
-        routing_key: &str,
-        message: &RawMessage,
-    ) -> Result<RouteTarget> {
+        let fresh;
+        let stored = match loaded {
+            None => {
+                fresh = load().await?;
+                fresh.as_ref()
+            }
+            Some(loaded) => {
+                if !loaded.contains_key(exchange) {
+                    let routes = load().await?;
+                    loaded.insert(Arc::from(exchange), routes);
+                }
+                loaded.get(exchange).and_then(Option::as_ref)
+            }
+        };
         let Some(stored) = stored else {
             return match declared {
                 Some(_) => Ok(RouteTarget::Queues(queues)),
@@ -112,15 +116,26 @@ impl<B: VirtualBackend> ChannelInner<B> {
         let mut outcomes: Vec<Result<()>> = Vec::with_capacity(batch.len());
         let mut puts: Vec<(Arc<str>, Envelope)> = Vec::with_capacity(batch.len());
         let mut owners: Vec<usize> = Vec::with_capacity(batch.len());
-        let mut loaded: HashMap<Arc<str>, Option<StoredRoutes>> = HashMap::new();
+        let mut loaded = LoadedRoutes::new();
         for (index, (message, options)) in batch.into_iter().enumerate() {
             let routed = match self.prepare_publish(message, options) {
                 Err(e) => Err(e),
                 Ok(Prepared::Dropped) => Ok(None),
                 Ok(Prepared::Routed(envelope, target)) => Ok(Some((envelope, target))),
-                Ok(Prepared::RouteWithStored(envelope, options)) => {
-                    self.route_in_batch(envelope, &options, &mut loaded).await
-                }
+                Ok(Prepared::RouteWithStored(envelope, options)) => self
+                    .route_with_stored(
+                        &options.exchange,
+                        &options.routing_key,
+                        &envelope.message,
+                        Some(&mut loaded),
+                    )
+                    .await
+                    .and_then(|target| match target {
+                        RouteTarget::Queues(queues) if queues.is_empty() => {
+                            unroutable(&options).map(|()| None)
+                        }
+                        target => Ok(Some((envelope, target))),
+                    }),
             };
             match routed {
                 Err(e) => outcomes.push(Err(e)),
@@ -158,47 +173,6 @@ impl<B: VirtualBackend> ChannelInner<B> {
             }
         }
         outcomes
-    }
-
-    /// Route one message of a batch over local declarations plus the stored routes of its
-    /// exchange, loading those once per exchange into `loaded`. `None`: routed nowhere
-    /// (dropped, or an error when mandatory).
-    async fn route_in_batch(
-        &self,
-        envelope: Envelope,
-        options: &RawPublishOptions,
-        loaded: &mut HashMap<Arc<str>, Option<StoredRoutes>>,
-    ) -> Result<Option<(Envelope, RouteTarget)>> {
-        let mut local = Vec::new();
-        let declared = self.route_declared(
-            &options.exchange,
-            &options.routing_key,
-            &envelope.message.headers,
-            &mut local,
-        );
-        if self.is_native_fanout(declared) {
-            return Ok(Some((envelope, RouteTarget::NativeFanout)));
-        }
-        if !loaded.contains_key(&options.exchange) {
-            let stored = match self.backend.stored_bindings() {
-                Some(bindings) => bindings.load_bindings(&options.exchange).await?,
-                None => None,
-            };
-            loaded.insert(options.exchange.clone(), stored);
-        }
-        let stored = loaded.get(&options.exchange).and_then(Option::as_ref);
-        let target = self.route_over_stored(
-            &options.exchange,
-            declared,
-            local,
-            stored,
-            &options.routing_key,
-            &envelope.message,
-        )?;
-        if matches!(&target, RouteTarget::Queues(queues) if queues.is_empty()) {
-            return unroutable(options).map(|()| None);
-        }
-        Ok(Some((envelope, target)))
     }
 
     /// Publish to a named exchange through a backend that routes on the broker
@@ -313,7 +287,7 @@ impl<B: VirtualBackend> ChannelInner<B> {
                 }
             }
             let target = self
-                .route_with_stored(&options.exchange, &options.routing_key, &envelope.message)
+                .route_with_stored(&options.exchange, &options.routing_key, &envelope.message, None)
                 .await?;
             if matches!(&target, RouteTarget::Queues(queues) if queues.is_empty()) {
                 return unroutable(&options);
@@ -393,6 +367,9 @@ fn unroutable(options: &RawPublishOptions) -> Result<()> {
     debug!(exchange = %options.exchange, routing_key = %options.routing_key, "message routed to no queue, dropped");
     Ok(())
 }
+
+/// The stored routes of each exchange a batch publishes to, read once per batch.
+type LoadedRoutes = HashMap<Arc<str>, Option<StoredRoutes>>;
 
 pub(super) enum RouteTarget {
     Queues(Vec<Arc<str>>),

@@ -61,15 +61,6 @@ struct Entry {
     retry: Option<RetryPolicy>,
 }
 
-impl std::fmt::Debug for Attempt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Attempt")
-            .field("exchange", &self.exchange.as_ref().map(|e| &e.name))
-            .field("routing_key", &self.routing_key)
-            .finish_non_exhaustive()
-    }
-}
-
 impl Producer {
     /// An empty batch on this producer: add messages, then [`send`](PublishBatch::send) them
     /// in as few round trips as the transport allows.
@@ -191,7 +182,16 @@ impl Producer {
         let failed_all = |e: Error| {
             pending
                 .iter()
-                .map(|_| Err(Error::new(e.kind(), e.to_string()).set_recoverable(e.is_recoverable())))
+                .map(|_| {
+                    // The text and context of `e`, not its rendering (which would repeat the
+                    // kind and context in the message).
+                    let copy =
+                        Error::new(e.kind(), e.message().to_owned()).set_recoverable(e.is_recoverable());
+                    Err(e
+                        .context()
+                        .iter()
+                        .fold(copy, |copy, (key, value)| copy.with_context(key, value)))
+                })
                 .collect()
         };
         let channel = match self.channel_for_publish().await {
