@@ -34,7 +34,7 @@ pub(crate) async fn publish_batch(
             .await
         {
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                missing.insert(name.to_owned(), e);
+                missing.insert(name.to_owned(), e.with_context("exchange", name));
             }
             // Present (or unknown: the publish itself will tell).
             _ => {}
@@ -44,10 +44,7 @@ pub(crate) async fn publish_batch(
     let mut refused = Vec::with_capacity(batch.len());
     for (message, options) in batch {
         match missing.get(options.exchange()) {
-            Some(e) => refused.push(Some(
-                Error::new(ErrorKind::NotFound, e.message().to_owned())
-                    .with_context("exchange", options.exchange()),
-            )),
+            Some(e) => refused.push(Some(e.duplicate())),
             None => {
                 refused.push(None);
                 sends.push(channel.publish(message, options));

@@ -175,6 +175,30 @@ impl Error {
     pub fn source_ref(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
         self.source.as_deref()
     }
+
+    /// A copy of this error for another waiter on the same failure (every message of a batch
+    /// whose one request failed gets its own): the same kind, recoverability, message and
+    /// context. The source cannot be cloned, so the copy keeps its text, not its type.
+    ///
+    /// ```
+    /// use kombu_core::{Error, ErrorKind};
+    /// let err = Error::new(ErrorKind::Connection, "broker went away")
+    ///     .with_context("queue", "videos")
+    ///     .with_source(std::io::Error::other("reset"));
+    /// let copy = err.duplicate();
+    /// assert_eq!(copy.kind(), ErrorKind::Connection);
+    /// assert!(copy.is_recoverable());
+    /// assert_eq!(copy.to_string(), err.to_string());
+    /// ```
+    pub fn duplicate(&self) -> Error {
+        Error {
+            kind: self.kind,
+            recoverable: self.recoverable,
+            message: self.message.clone(),
+            context: self.context.clone(),
+            source: self.source.as_ref().map(|s| BoxError::from(s.to_string())),
+        }
+    }
 }
 
 impl fmt::Display for Error {

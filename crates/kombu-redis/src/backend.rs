@@ -653,11 +653,7 @@ impl VirtualBackend for RedisBackend {
             Err(e) => {
                 let error = redis_error(e, "batch publish failed");
                 puts.iter()
-                    .map(|(queue, _)| {
-                        Err(Error::new(error.kind(), error.message().to_owned())
-                            .set_recoverable(error.is_recoverable())
-                            .with_context("queue", queue))
-                    })
+                    .map(|(queue, _)| Err(error.duplicate().with_context("queue", queue)))
                     .collect()
             }
         }

@@ -13,6 +13,7 @@ use aws_sdk_sqs::types::{
 };
 use aws_sdk_sqs::Client;
 use base64::Engine as _;
+use futures_util::future::join_all;
 use kombu_core::envelope::BodyEncoding;
 use kombu_core::virtual_transport::{Claimed, ClaimingWait, Receipts, Requeue, Settle, VirtualBackend};
 use kombu_core::{Capabilities, Envelope, Error, ErrorKind, FieldTable, Queue, RawMessage, Result, Value};
@@ -400,6 +401,19 @@ impl SqsBackend {
             .ok_or_else(|| Error::new(ErrorKind::Unexpected, "CreateQueue returned no QueueUrl"))
     }
 
+    /// Send through the batcher; a cached queue URL that vanished (deleted, or an emulator
+    /// restarted) is created again, as Kombu's `_new_queue` would, and the message sent once more.
+    async fn send_to(&self, queue: &str, target: Target, outgoing: Outgoing) -> Result<()> {
+        match self.batcher.send(&target, outgoing.clone()).await {
+            Err(e) if e.kind() == ErrorKind::NotFound && self.predefined.is_empty() => {
+                self.forget(queue);
+                let target = self.resolve(queue, true).await?;
+                self.batcher.send(&target, outgoing).await
+            }
+            other => other,
+        }
+    }
+
     /// Forget a cached URL whose queue vanished (deleted, or the server restarted empty).
     fn forget(&self, queue: &str) {
         let name = self.settings.canonical_queue_name(queue);
@@ -689,16 +703,31 @@ impl VirtualBackend for SqsBackend {
         let fifo = self.settings.canonical_queue_name(queue).ends_with(".fifo");
         let outgoing = self.outgoing(fifo, envelope)?;
         let target = self.resolve(queue, true).await?;
-        match self.batcher.send(&target, outgoing.clone()).await {
-            Err(e) if e.kind() == ErrorKind::NotFound && self.predefined.is_empty() => {
-                // The cached queue vanished (deleted, or an emulator restarted): create it
-                // again, as Kombu's `_new_queue` would, and send once more.
-                self.forget(queue);
-                let target = self.resolve(queue, true).await?;
-                self.batcher.send(&target, outgoing).await
-            }
-            other => other,
+        self.send_to(queue, target, outgoing).await
+    }
+
+    /// Every message is size-checked and its queue resolved first; then all sends reach the
+    /// batcher together, in order, so they leave as `SendMessageBatch` requests of up to ten
+    /// per queue (a FIFO queue keeps the batch's order).
+    async fn put_batch(&self, puts: Vec<(Arc<str>, Envelope)>) -> Vec<Result<()>> {
+        let mut prepared = Vec::with_capacity(puts.len());
+        for (queue, envelope) in puts {
+            let fifo = self.settings.canonical_queue_name(&queue).ends_with(".fifo");
+            let ready = match self.outgoing(fifo, envelope) {
+                Ok(outgoing) => self
+                    .resolve(&queue, true)
+                    .await
+                    .map(|target| (queue, target, outgoing)),
+                Err(e) => Err(e),
+            };
+            prepared.push(ready);
         }
+        // `join_all` polls in order, and a send joins its queue's batch on its first poll.
+        join_all(prepared.into_iter().map(|ready| async move {
+            let (queue, target, outgoing) = ready?;
+            self.send_to(&queue, target, outgoing).await
+        }))
+        .await
     }
 
     async fn get(&self, queue: &str) -> Result<Option<Claimed>> {

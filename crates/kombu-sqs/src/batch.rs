@@ -125,9 +125,8 @@ async fn send_batch(target: &Target, mut batch: Waiting) {
     match result {
         Err(e) => {
             let e = sdk_error("SendMessageBatch", e);
-            let (kind, recoverable, message) = (e.kind(), e.is_recoverable(), e.to_string());
             for tx in senders.into_iter().flatten() {
-                let _ = tx.send(Err(Error::new(kind, message.clone()).set_recoverable(recoverable)));
+                let _ = tx.send(Err(e.duplicate()));
             }
         }
         Ok(out) => {

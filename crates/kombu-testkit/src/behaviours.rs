@@ -1689,8 +1689,11 @@ async fn queue_message_ttl_expires(ctx: Ctx) -> TestResult {
     let q = Queue::new(ctx.name("qttl")).message_ttl(TTL);
     declare(&conn, &q).await?;
     publish_to(&conn, &q.name, serde_json::json!("gone")).await?;
-    // Wait out the queue's TTL; the control, published after, is taken within its own TTL.
-    tokio::time::sleep(TTL + Duration::from_millis(50)).await;
+    // Wait out the queue's TTL with room to spare: the broker's clock starts when the message
+    // arrives, which on a loaded machine can be well after `publish` returned (a CI run saw
+    // RabbitMQ still hold it 50 ms past the TTL). The control, published after, is taken
+    // within its own TTL.
+    tokio::time::sleep(TTL * 3).await;
     only_control_direct(&ctx, &conn, &q.name).await
 }
 

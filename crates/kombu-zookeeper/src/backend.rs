@@ -497,6 +497,27 @@ fn unclaimed(entries: Vec<String>, claims: &HashSet<String>) -> Vec<String> {
     ready
 }
 
+/// Send a create for each prepared message at `indices` before awaiting any answer. The
+/// outcome of index `i` is at `i`; `None` where nothing was sent.
+async fn create_pipelined(
+    client: &Client,
+    prepared: &[Result<(Arc<str>, String, String)>],
+    indices: &[usize],
+) -> Vec<Option<std::result::Result<(), ZkError>>> {
+    let sends: Vec<_> = indices
+        .iter()
+        .filter_map(|&i| match &prepared[i] {
+            Ok((_, path, json)) => Some((i, client.create(path, json.as_bytes(), &SEQUENTIAL))),
+            Err(_) => None,
+        })
+        .collect();
+    let mut outcomes = vec![None; prepared.len()];
+    for (i, send) in sends {
+        outcomes[i] = Some(send.await.map(drop));
+    }
+    outcomes
+}
+
 impl VirtualBackend for ZkBackend {
     fn name(&self) -> &'static str {
         "zookeeper"
@@ -544,6 +565,71 @@ impl VirtualBackend for ZkBackend {
             }
             Err(e) => Err(zk_error(e, "publish").with_context("queue", queue)),
         }
+    }
+
+    /// Every create is sent before the first answer is awaited: the client pipelines them on
+    /// its one connection and the server applies a session's requests in order, so a batch
+    /// costs one round trip and each message keeps its own outcome. Messages to a queue whose
+    /// node is missing are sent again, in order, once the node is made.
+    async fn put_batch(&self, puts: Vec<(Arc<str>, Envelope)>) -> Vec<Result<()>> {
+        let client = match self.client().await {
+            Ok(client) => client,
+            Err(e) => return puts.iter().map(|_| Err(e.duplicate())).collect(),
+        };
+        let prepared: Vec<Result<(Arc<str>, String, String)>> = puts
+            .into_iter()
+            .map(|(queue, envelope)| {
+                check_queue_name(&queue)?;
+                let path = self.paths.new_entry(&queue, envelope.priority());
+                let json = envelope.to_json();
+                self.check_size(&queue, path.len() + json.len())?;
+                Ok((queue, path, json))
+            })
+            .collect();
+        let every: Vec<usize> = (0..prepared.len()).collect();
+        let mut created = create_pipelined(&client, &prepared, &every).await;
+        let missing_node: Vec<usize> = every
+            .into_iter()
+            .filter(|&i| matches!(created[i], Some(Err(ZkError::NoNode))))
+            .collect();
+        let mut mkdir_failed: HashMap<Arc<str>, Error> = HashMap::new();
+        if !missing_node.is_empty() {
+            let mut made = HashSet::new();
+            for &i in &missing_node {
+                let Ok((queue, ..)) = &prepared[i] else { continue };
+                if made.insert(queue.clone()) {
+                    if let Err(e) = self.mkdir(&client, &self.paths.queue(queue)).await {
+                        mkdir_failed.insert(queue.clone(), e);
+                    }
+                }
+            }
+            let again: Vec<usize> = missing_node
+                .into_iter()
+                .filter(|&i| matches!(&prepared[i], Ok((q, ..)) if !mkdir_failed.contains_key(q)))
+                .collect();
+            let resent = create_pipelined(&client, &prepared, &again).await;
+            for i in again {
+                created[i] = resent[i].clone();
+            }
+        }
+        prepared
+            .into_iter()
+            .zip(created)
+            .map(|(ready, outcome)| {
+                let (queue, ..) = ready?;
+                match outcome {
+                    Some(Ok(())) => Ok(()),
+                    Some(Err(ZkError::NoNode)) if mkdir_failed.contains_key(&queue) => {
+                        Err(mkdir_failed[&queue].duplicate())
+                    }
+                    Some(Err(e)) => Err(zk_error(e, "publish").with_context("queue", &queue)),
+                    None => Err(Error::new(
+                        ErrorKind::Unexpected,
+                        "a batch publish finished without an outcome",
+                    )),
+                }
+            })
+            .collect()
     }
 
     async fn get(&self, queue: &str) -> Result<Option<Claimed>> {

@@ -177,23 +177,8 @@ impl Producer {
     /// One round of a batch: the channel, the declarations not yet cached, then every
     /// message in one `publish_batch`. Outcomes in `pending`'s order.
     async fn send_round<W>(&self, pending: &[(usize, RawMessage, Attempt, W)]) -> Vec<Result<()>> {
-        // One failure for every message: each gets its own copy of the error's kind, text
-        // and recoverability.
-        let failed_all = |e: Error| {
-            pending
-                .iter()
-                .map(|_| {
-                    // The text and context of `e`, not its rendering (which would repeat the
-                    // kind and context in the message).
-                    let copy =
-                        Error::new(e.kind(), e.message().to_owned()).set_recoverable(e.is_recoverable());
-                    Err(e
-                        .context()
-                        .iter()
-                        .fold(copy, |copy, (key, value)| copy.with_context(key, value)))
-                })
-                .collect()
-        };
+        // One failure for every message: each gets its own copy.
+        let failed_all = |e: Error| pending.iter().map(|_| Err(e.duplicate())).collect();
         let channel = match self.channel_for_publish().await {
             Ok(channel) => channel,
             Err(e) => return failed_all(e),
