@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::util::{describe, fail, format_duration, run_capture_stdout, run_streaming, status_text, target_dir, Error, Result};
+use crate::util::{
+    describe, fail, format_duration, run_capture_stdout, run_streaming, status_text, target_dir, Error,
+    Result,
+};
 
 /// The FerretDB release the tests run.
 pub(crate) const VERSION: &str = "v1.24.2";
@@ -36,21 +39,30 @@ pub(crate) fn ensure_built(root: &Path) -> Result<PathBuf> {
         ))
     })?;
     let started = Instant::now();
-    println!("xtask: building FerretDB {VERSION} with {} (once; cached at {})", go.display(), binary.display());
+    println!(
+        "xtask: building FerretDB {VERSION} with {} (once; cached at {})",
+        go.display(),
+        binary.display()
+    );
     let mut download = Command::new(&go);
     download.args(["mod", "download", "-json", &format!("{MODULE}@{VERSION}")]);
     let json = run_capture_stdout(&mut download)?;
     let info: serde_json::Value = serde_json::from_str(&json)
         .map_err(|e| Error::new(format!("unexpected output of `{}`: {e}", describe(&download))))?;
     let Some(module_dir) = info.get("Dir").and_then(|d| d.as_str()) else {
-        return fail(format!("`{}` did not say where the module is: {json}", describe(&download)));
+        return fail(format!(
+            "`{}` did not say where the module is: {json}",
+            describe(&download)
+        ));
     };
     let work = binary.with_file_name("src");
     if work.exists() {
-        std::fs::remove_dir_all(&work).map_err(|e| Error::new(format!("cannot clear {}: {e}", work.display())))?;
+        std::fs::remove_dir_all(&work)
+            .map_err(|e| Error::new(format!("cannot clear {}: {e}", work.display())))?;
     }
     if let Some(parent) = work.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| Error::new(format!("cannot create {}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::new(format!("cannot create {}: {e}", parent.display())))?;
     }
     let mut copy = Command::new("cp");
     copy.arg("-r").arg(module_dir).arg(&work);
@@ -71,16 +83,24 @@ pub(crate) fn ensure_built(root: &Path) -> Result<PathBuf> {
         .env("CGO_ENABLED", "0");
     println!("xtask: {}", describe(&build));
     check(&mut build)?;
-    std::fs::rename(&partial, &binary).map_err(|e| Error::new(format!("cannot move the FerretDB binary into place: {e}")))?;
+    std::fs::rename(&partial, &binary)
+        .map_err(|e| Error::new(format!("cannot move the FerretDB binary into place: {e}")))?;
     let _ = std::fs::remove_dir_all(&work);
-    println!("xtask: FerretDB {VERSION} built in {}", format_duration(started.elapsed()));
+    println!(
+        "xtask: FerretDB {VERSION} built in {}",
+        format_duration(started.elapsed())
+    );
     Ok(binary)
 }
 
 fn check(command: &mut Command) -> Result<()> {
     let status = run_streaming(command)?;
     if !status.success() {
-        return fail(format!("`{}` failed ({})", describe(command), status_text(status)));
+        return fail(format!(
+            "`{}` failed ({})",
+            describe(command),
+            status_text(status)
+        ));
     }
     Ok(())
 }

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use futures_util::TryStreamExt;
 use kombu_core::router::kombu_topic_regex;
 use kombu_core::virtual_transport::{
@@ -33,6 +32,12 @@ const DUPLICATE_KEY: i32 = 11000;
 const DOCUMENT_OVERHEAD: usize = 1024;
 /// Expired claims handed back per sweep.
 const RESTORE_BATCH: i64 = 500;
+/// Candidates read by one sorted query (the ones not claimed at once are cached).
+const CANDIDATES: usize = 1000;
+/// How long cached candidates are used before the queue is queried again.
+const CANDIDATE_AGE: Duration = Duration::from_secs(1);
+/// Payload bytes of cached candidates, at most.
+const CANDIDATE_BYTES: usize = 4 * 1024 * 1024;
 
 /// A driver error as a kombu-rs error: an unreachable server is a recoverable `Connection`
 /// error.
@@ -66,8 +71,7 @@ fn is_duplicate(e: &mongodb::error::Error) -> bool {
         K::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
         K::InsertMany(m) => {
             m.write_concern_error.is_none()
-                && m
-                    .write_errors
+                && m.write_errors
                     .as_ref()
                     .is_some_and(|w| w.iter().all(|w| w.code == DUPLICATE_KEY))
         }
@@ -86,13 +90,18 @@ fn receipt_of(id: &Bson) -> String {
 
 /// The `_id` a receipt names.
 fn id_of(receipt: &str) -> Result<Bson> {
-    let bad = || Error::new(ErrorKind::InvalidArgument, "not a MongoDB delivery receipt").with_context("receipt", receipt);
+    let bad = || {
+        Error::new(ErrorKind::InvalidArgument, "not a MongoDB delivery receipt")
+            .with_context("receipt", receipt)
+    };
     match receipt.strip_prefix("x:") {
         Some(json) => {
             let value: serde_json::Value = serde_json::from_str(json).map_err(|_| bad())?;
             Bson::try_from(value).map_err(|_| bad())
         }
-        None => ObjectId::parse_str(receipt).map(Bson::ObjectId).map_err(|_| bad()),
+        None => ObjectId::parse_str(receipt)
+            .map(Bson::ObjectId)
+            .map_err(|_| bad()),
     }
 }
 
@@ -127,7 +136,6 @@ fn millis_argument(arguments: &FieldTable, key: &str) -> Option<u64> {
 
 struct Inner {
     settings: Settings,
-    client: Client,
     messages: Collection<Document>,
     routing: Collection<Document>,
     broadcast: Collection<Document>,
@@ -145,6 +153,8 @@ struct Inner {
     declared: Mutex<HashMap<String, FieldTable>>,
     /// When expired claims were last handed back.
     last_restore: Mutex<Option<Instant>>,
+    /// Per queue: when the last sorted query ran, and its candidates not yet tried.
+    candidates: Mutex<HashMap<String, (Instant, std::collections::VecDeque<Document>)>>,
     closed: AtomicBool,
     capabilities: Capabilities,
 }
@@ -216,12 +226,12 @@ impl MongoBackend {
             claims: collection(&settings.claims),
             exchanges: collection(&settings.exchanges),
             malformed: collection(&settings.malformed),
-            client,
             fanout: BroadcastBuffer::new(arrived.clone()),
             arrived,
             tailer: Mutex::new(None),
             declared: Mutex::new(HashMap::new()),
             last_restore: Mutex::new(None),
+            candidates: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             capabilities,
             settings,
@@ -249,7 +259,8 @@ impl Inner {
             {
                 Ok(()) => {}
                 // NamespaceExists: another process created it meanwhile.
-                Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 48) => {}
+                Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 48) => {
+                }
                 Err(e) => return Err(mongo_error(e, "create the capped broadcast collection")),
             }
         }
@@ -284,12 +295,7 @@ impl Inner {
 
     /// The queue's arguments: declared here, else stored in `messages.queues` (with `ttl`).
     async fn queue_arguments(&self, queue: &str) -> Option<FieldTable> {
-        if let Some(args) = self
-            .declared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(queue)
-        {
+        if let Some(args) = self.declared.lock().unwrap_or_else(|p| p.into_inner()).get(queue) {
             return Some(args.clone());
         }
         if !self.settings.ttl {
@@ -328,10 +334,62 @@ impl Inner {
         Ok(doc)
     }
 
-    /// Claim up to `max` ready messages of `queue` into `out`. Per candidate: insert the
-    /// claim (the `_id` is unique: a duplicate key means another kombu-rs consumer has it),
-    /// then delete the message (nothing deleted: a Python Kombu consumer took it meanwhile,
-    /// so the claim goes again). Both are single-document writes, atomic on every server.
+    /// The next candidates of `queue` in Kombu's order (priority, then `_id`): from the
+    /// connection's cache of the last sorted query while it is fresh, else from a new query
+    /// (whose remainder is cached). A server without sort pushdown (FerretDB) scans the whole
+    /// collection for every sorted query: one query serves many claims this way. A cached
+    /// candidate may have been taken meanwhile (its claim is then a duplicate key, or its
+    /// delete finds nothing); what was published after the query waits at most
+    /// [`CANDIDATE_AGE`] (a requeue or restore here empties the cache at once).
+    async fn candidates(&self, queue: &str, want: usize) -> Result<Vec<Document>> {
+        {
+            let mut cache = self.candidates.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, cached)) = cache.get_mut(queue) {
+                if at.elapsed() < CANDIDATE_AGE && !cached.is_empty() {
+                    let n = want.min(cached.len());
+                    return Ok(cached.drain(..n).collect());
+                }
+            }
+            cache.remove(queue);
+        }
+        let limit = i64::try_from(want.max(CANDIDATES)).unwrap_or(i64::MAX);
+        let mut found: Vec<Document> = self
+            .messages
+            .find(doc! {"queue": queue})
+            .sort(doc! {"priority": 1, "_id": 1})
+            .limit(limit)
+            .await
+            .map_err(|e| mongo_error(e, "find").with_context("queue", queue))?
+            .try_collect()
+            .await
+            .map_err(|e| mongo_error(e, "find").with_context("queue", queue))?;
+        if found.len() > want {
+            let mut bytes = 0usize;
+            let rest: std::collections::VecDeque<Document> = found
+                .split_off(want)
+                .into_iter()
+                .take_while(|d| {
+                    bytes += payload_of(d).map_or(0, <[u8]>::len);
+                    bytes <= CANDIDATE_BYTES
+                })
+                .collect();
+            self.candidates
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(queue.to_owned(), (Instant::now(), rest));
+        }
+        Ok(found)
+    }
+
+    /// Forget the cached candidates (a message went back into a queue).
+    fn forget_candidates(&self) {
+        self.candidates.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Claim up to `max` ready messages of `queue` into `out`. For each batch of candidates:
+    /// insert one claim per message (the `_id` is unique: a duplicate key means another
+    /// kombu-rs consumer has it), then delete the messages won from `messages`. Both are
+    /// writes of single documents, atomic on every server (no `findAndModify`).
     async fn claim(&self, queue: &str, max: usize, out: &mut Vec<Claimed>) -> Result<()> {
         self.maybe_restore_expired().await;
         let mut claimed = 0usize;
@@ -339,92 +397,99 @@ impl Inner {
         let mut rounds = 0;
         while claimed < max && rounds < 4 {
             rounds += 1;
-            let want = max - claimed;
-            let limit = i64::try_from(want * 2 + 4).unwrap_or(i64::MAX);
-            let candidates: Vec<Document> = self
-                .messages
-                .find(doc! {"queue": queue})
-                .sort(doc! {"priority": 1, "_id": 1})
-                .limit(limit)
-                .await
-                .map_err(|e| mongo_error(e, "find").with_context("queue", queue))?
-                .try_collect()
-                .await
-                .map_err(|e| mongo_error(e, "find").with_context("queue", queue))?;
-            if candidates.is_empty() {
+            let batch = self.candidates(queue, max - claimed).await?;
+            if batch.is_empty() {
                 break;
             }
-            let exhausted = (candidates.len() as i64) < limit;
             let deadline = datetime_after(self.settings.visibility_timeout);
-            let mut pending = candidates.into_iter();
-            let mut contended = false;
-            while claimed < max {
-                let batch: Vec<Document> = pending.by_ref().take(max - claimed).collect();
-                if batch.is_empty() {
-                    break;
+            let won = self.insert_claims(queue, batch, deadline).await?;
+            if won.is_empty() {
+                continue;
+            }
+            let ids: Vec<Bson> = won
+                .iter()
+                .map(|d| d.get("_id").cloned().unwrap_or(Bson::Null))
+                .collect();
+            // With the claims held, no other kombu-rs consumer can delete these: what is
+            // still in `messages` now is ours. A cached candidate may be gone already
+            // (consumed and acked elsewhere, purged): its claim goes again.
+            let current: Vec<Document> = match self.messages.find(doc! {"_id": {"$in": ids.clone()}}).await {
+                Ok(cursor) => cursor.try_collect().await,
+                Err(e) => Err(e),
+            }
+            .map_err(|e| mongo_error(e, "claim").with_context("queue", queue))?;
+            let present: Vec<Bson> = current
+                .iter()
+                .map(|d| d.get("_id").cloned().unwrap_or(Bson::Null))
+                .collect();
+            if present.len() < ids.len() {
+                let gone: Vec<Bson> = ids.iter().filter(|id| !present.contains(id)).cloned().collect();
+                let _ = self.claims.delete_many(doc! {"_id": {"$in": gone}}).await;
+            }
+            if present.is_empty() {
+                continue;
+            }
+            // One delete for the batch. Fewer deleted than present means a consumer that
+            // ignores claims (Python Kombu's `find_one_and_delete`) took some in the instant
+            // between: which ones cannot be told, so all are delivered (at least once with
+            // such a consumer on the queue; never twice among kombu-rs consumers).
+            match self
+                .messages
+                .delete_many(doc! {"_id": {"$in": present.clone()}})
+                .await
+            {
+                Ok(r) if (r.deleted_count as usize) < present.len() => {
+                    debug!(
+                        queue,
+                        claimed = present.len(),
+                        deleted = r.deleted_count,
+                        "some messages were taken by another consumer meanwhile"
+                    );
                 }
-                let won = self.insert_claims(queue, batch, deadline).await?;
-                contended |= won.len() < max - claimed;
-                let deletes = join_all(won.iter().map(|d| {
-                    let id = d.get("_id").cloned().unwrap_or(Bson::Null);
-                    async move { self.messages.delete_one(doc! {"_id": id}).await }
-                }))
-                .await;
-                let mut lost = Vec::new();
-                for (message, deleted) in won.into_iter().zip(deletes) {
-                    let id = message.get("_id").cloned().unwrap_or(Bson::Null);
-                    match deleted {
-                        Ok(r) if r.deleted_count == 1 => {}
-                        Ok(_) => {
-                            // Taken by a consumer that ignores claims (Python Kombu).
-                            lost.push(id);
-                            continue;
-                        }
-                        Err(e) => {
-                            lost.push(id);
-                            first_error.get_or_insert(mongo_error(e, "claim").with_context("queue", queue));
-                            continue;
-                        }
-                    }
-                    match payload_of(&message).map(Envelope::from_json) {
-                        Some(Ok(mut envelope)) => {
-                            envelope.redelivered |= message.get_bool("redelivered").unwrap_or(false);
-                            out.push(Claimed::held(envelope, receipt_of(&id)));
-                            claimed += 1;
-                        }
-                        Some(Err(e)) => {
-                            self.park(message).await;
-                            first_error.get_or_insert(
-                                e.with_context("queue", queue)
-                                    .with_context("moved_to", &self.settings.malformed),
-                            );
-                        }
-                        None => {
-                            self.park(message).await;
-                            first_error.get_or_insert(
-                                Error::new(ErrorKind::Decode, "message document has no string payload")
-                                    .with_context("queue", queue)
-                                    .with_context("moved_to", &self.settings.malformed),
-                            );
-                        }
-                    }
-                }
-                if !lost.is_empty() {
-                    let _ = self
-                        .claims
-                        .delete_many(doc! {"_id": {"$in": lost}})
-                        .await;
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = self.claims.delete_many(doc! {"_id": {"$in": present}}).await;
+                    return Err(mongo_error(e, "claim").with_context("queue", queue));
                 }
             }
-            if exhausted && !contended {
-                break;
+            // Back in Kombu's order (the `$in` query returns them in any order).
+            let mut current = current;
+            current.sort_by_key(|d| {
+                let id = d.get("_id");
+                ids.iter().position(|i| Some(i) == id).unwrap_or(usize::MAX)
+            });
+            let won = current;
+            for message in won {
+                let id = message.get("_id").cloned().unwrap_or(Bson::Null);
+                match payload_of(&message).map(Envelope::from_json) {
+                    Some(Ok(mut envelope)) => {
+                        envelope.redelivered |= message.get_bool("redelivered").unwrap_or(false);
+                        out.push(Claimed::held(envelope, receipt_of(&id)));
+                        claimed += 1;
+                    }
+                    Some(Err(e)) => {
+                        self.park(message).await;
+                        first_error.get_or_insert(
+                            e.with_context("queue", queue)
+                                .with_context("moved_to", &self.settings.malformed),
+                        );
+                    }
+                    None => {
+                        self.park(message).await;
+                        first_error.get_or_insert(
+                            Error::new(ErrorKind::Decode, "message document has no string payload")
+                                .with_context("queue", queue)
+                                .with_context("moved_to", &self.settings.malformed),
+                        );
+                    }
+                }
             }
         }
         match first_error {
             Some(e) if claimed == 0 => Err(e),
             Some(e) => {
-                // Deliver what was claimed; the error is reported on the next take.
-                warn!(error = %e, "error while claiming (some messages were claimed)");
+                // Deliver what was claimed; the next take reports the rest.
+                warn!(error = %e, "malformed message parked while claiming others");
                 Ok(())
             }
             None => Ok(()),
@@ -433,7 +498,12 @@ impl Inner {
 
     /// Insert one claim per message (unordered); returns the messages whose claim was
     /// inserted (the others are held by another consumer).
-    async fn insert_claims(&self, queue: &str, batch: Vec<Document>, deadline: DateTime) -> Result<Vec<Document>> {
+    async fn insert_claims(
+        &self,
+        queue: &str,
+        batch: Vec<Document>,
+        deadline: DateTime,
+    ) -> Result<Vec<Document>> {
         let claims: Vec<Document> = batch
             .iter()
             .map(|m| {
@@ -456,12 +526,9 @@ impl Inner {
             Ok(_) => Ok(batch),
             Err(e) if is_duplicate(&e) => {
                 let failed: HashSet<usize> = match e.kind.as_ref() {
-                    mongodb::error::ErrorKind::InsertMany(m) => m
-                        .write_errors
-                        .iter()
-                        .flatten()
-                        .map(|w| w.index)
-                        .collect(),
+                    mongodb::error::ErrorKind::InsertMany(m) => {
+                        m.write_errors.iter().flatten().map(|w| w.index).collect()
+                    }
                     _ => (0..batch.len()).collect(),
                 };
                 Ok(batch
@@ -489,7 +556,8 @@ impl Inner {
 
     /// Hand back expired claims, at most every quarter of the visibility timeout.
     async fn maybe_restore_expired(&self) {
-        let every = (self.settings.visibility_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let every =
+            (self.settings.visibility_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
         {
             let mut last = self.last_restore.lock().unwrap_or_else(|p| p.into_inner());
             if last.is_some_and(|t| t.elapsed() < every) {
@@ -536,6 +604,7 @@ impl Inner {
             restored += 1;
         }
         if restored > 0 {
+            self.forget_candidates();
             info!(restored, "expired claims handed back");
             self.arrived.notify_waiters();
         }
@@ -583,6 +652,7 @@ impl Inner {
             .delete_many(doc! {"_id": {"$in": ids}})
             .await
             .map_err(|e| mongo_error(e, "requeue"))?;
+        self.forget_candidates();
         self.arrived.notify_waiters();
         Ok(())
     }
@@ -850,6 +920,7 @@ impl VirtualBackend for MongoBackend {
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {
+        self.inner.forget_candidates();
         let deleted = self
             .inner
             .messages
@@ -897,6 +968,7 @@ impl VirtualBackend for MongoBackend {
                 .map_err(failed)?;
         }
         inner.fanout.remove_queue(queue);
+        inner.forget_candidates();
         inner
             .declared
             .lock()
@@ -973,7 +1045,10 @@ impl Receipts for MongoBackend {
 
     /// Every quarter of the visibility timeout, 100 ms to 60 s.
     fn renewal_interval(&self) -> Option<Duration> {
-        Some((self.inner.settings.visibility_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(60)))
+        Some(
+            (self.inner.settings.visibility_timeout / 4)
+                .clamp(Duration::from_millis(100), Duration::from_secs(60)),
+        )
     }
 }
 
@@ -1035,7 +1110,9 @@ impl StoredBindings for MongoBackend {
                 .and_then(|a| millis_argument(&a, "x-expires"));
             data.insert(
                 "expire_at",
-                expires.map_or(Bson::Null, |ms| Bson::DateTime(datetime_after(Duration::from_millis(ms)))),
+                expires.map_or(Bson::Null, |ms| {
+                    Bson::DateTime(datetime_after(Duration::from_millis(ms)))
+                }),
             );
         }
         inner
@@ -1145,7 +1222,10 @@ mod tests {
     #[test]
     fn receipts_round_trip() {
         let oid = ObjectId::new();
-        assert_eq!(id_of(&receipt_of(&Bson::ObjectId(oid))).unwrap(), Bson::ObjectId(oid));
+        assert_eq!(
+            id_of(&receipt_of(&Bson::ObjectId(oid))).unwrap(),
+            Bson::ObjectId(oid)
+        );
         let other = Bson::String("abc".into());
         assert_eq!(id_of(&receipt_of(&other)).unwrap(), other);
         assert!(id_of("nope").is_err());
@@ -1156,6 +1236,9 @@ mod tests {
         let mut m = kombu_core::RawMessage::new("x");
         m.properties_mut().priority = Some(7);
         assert_eq!(stored_priority(&Envelope::new(m, "", "q")), 2);
-        assert_eq!(stored_priority(&Envelope::new(kombu_core::RawMessage::new("x"), "", "q")), 9);
+        assert_eq!(
+            stored_priority(&Envelope::new(kombu_core::RawMessage::new("x"), "", "q")),
+            9
+        );
     }
 }

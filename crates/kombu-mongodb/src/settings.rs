@@ -57,7 +57,6 @@ pub(crate) struct Settings {
     pub(crate) ttl: bool,
     pub(crate) capped_queue_size: i64,
     pub(crate) calc_queue_size: bool,
-    pub(crate) ssl: bool,
     pub(crate) connect_timeout: Duration,
     pub(crate) polling_interval: Duration,
     /// How long a claim lasts without renewal: a consumer that died gives its messages back
@@ -81,12 +80,18 @@ fn invalid(message: impl Into<String>) -> Error {
 }
 
 fn boolean(options: &ConnectOptions, key: &str, default: bool) -> Result<bool> {
-    match options.transport_options.get(key).map(|v| v.trim().to_ascii_lowercase()) {
+    match options
+        .transport_options
+        .get(key)
+        .map(|v| v.trim().to_ascii_lowercase())
+    {
         None => Ok(default),
         Some(v) => match v.as_str() {
             "1" | "true" | "yes" | "on" => Ok(true),
             "0" | "false" | "no" | "off" | "" => Ok(false),
-            _ => Err(invalid(format!("transport option {key} must be a boolean, got {v:?}"))),
+            _ => Err(invalid(format!(
+                "transport option {key} must be a boolean, got {v:?}"
+            ))),
         },
     }
 }
@@ -202,7 +207,6 @@ impl Settings {
             ttl: boolean(options, "ttl", false)?,
             capped_queue_size,
             calc_queue_size: boolean(options, "calc_queue_size", true)?,
-            ssl,
             connect_timeout,
             polling_interval,
             visibility_timeout,
@@ -254,8 +258,18 @@ mod tests {
     fn collection_names_are_kombus() {
         let s = settings("mongodb://h1/db");
         assert_eq!(
-            [s.messages.as_str(), s.routing.as_str(), s.broadcast.as_str(), s.queues.as_str()],
-            ["messages", "messages.routing", "messages.broadcast", "messages.queues"]
+            [
+                s.messages.as_str(),
+                s.routing.as_str(),
+                s.broadcast.as_str(),
+                s.queues.as_str()
+            ],
+            [
+                "messages",
+                "messages.routing",
+                "messages.broadcast",
+                "messages.queues"
+            ]
         );
     }
 }

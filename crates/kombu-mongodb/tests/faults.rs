@@ -45,13 +45,19 @@ async fn oversized_document_is_limit_exceeded_before_sending() {
     let producer = conn.producer();
     // 13 MiB of body is over 17 MiB once base64-encoded in the envelope.
     let err = producer
-        .publish_bytes(vec![b'x'; 13 * 1024 * 1024], PublishOptions::new().routing_key("big"))
+        .publish_bytes(
+            vec![b'x'; 13 * 1024 * 1024],
+            PublishOptions::new().routing_key("big"),
+        )
         .await
         .expect_err("oversized publish must fail");
     assert_eq!(err.kind(), ErrorKind::LimitExceeded, "{err}");
     // Nothing was stored; positive control: a large message under the limit is stored.
     producer
-        .publish_bytes(vec![b'y'; 4 * 1024 * 1024], PublishOptions::new().routing_key("big"))
+        .publish_bytes(
+            vec![b'y'; 4 * 1024 * 1024],
+            PublishOptions::new().routing_key("big"),
+        )
         .await
         .expect("4 MiB fits");
     let got = kombu_testkit::interop::take(&conn, Queue::new("big"), 1).await;
@@ -173,7 +179,10 @@ async fn sigkill_with_messages_in_flight_loses_none() {
     let claims = db.collection::<Document>("kombu_rs.claims");
     // Right after the kill the messages are claimed: held, not lost and not free.
     assert_eq!(
-        claims.count_documents(doc! {"queue": "crash"}).await.expect("count"),
+        claims
+            .count_documents(doc! {"queue": "crash"})
+            .await
+            .expect("count"),
         20
     );
     // Every one comes back after the claim deadline, marked redelivered.
@@ -181,7 +190,11 @@ async fn sigkill_with_messages_in_flight_loses_none() {
     assert_eq!(numbers(&got), (0..20).collect::<Vec<i64>>());
     assert!(got.iter().all(|m| m.redelivered()), "claimed before: redelivered");
     conn.close().await.expect("close");
-    assert_eq!(claims.count_documents(doc! {}).await.expect("count"), 0, "acked: nothing kept");
+    assert_eq!(
+        claims.count_documents(doc! {}).await.expect("count"),
+        0,
+        "acked: nothing kept"
+    );
     let left = db
         .collection::<Document>("messages")
         .count_documents(doc! {})

@@ -73,7 +73,9 @@ async fn rust_fanout_reaches_a_python_subscriber() {
     assert!(child.wait().expect("python").success());
     assert_eq!(
         bodies,
-        (0..3).map(|n| json!({"kind": "fanout", "n": n})).collect::<Vec<_>>()
+        (0..3)
+            .map(|n| json!({"kind": "fanout", "n": n}))
+            .collect::<Vec<_>>()
     );
     conn.close().await.expect("close");
 }
@@ -86,7 +88,10 @@ async fn documents_are_kombus_as_pymongo_reads_them() {
     let topic = Exchange::topic("layout.topic");
     let channel = conn.default_channel().await.expect("channel");
     conn.maybe_declare(
-        &Queue::new("layout").exchange(topic.clone()).routing_key("a.*.c").into(),
+        &Queue::new("layout")
+            .exchange(topic.clone())
+            .routing_key("a.*.c")
+            .into(),
         channel.as_ref(),
     )
     .await

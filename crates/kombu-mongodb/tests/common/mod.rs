@@ -113,7 +113,12 @@ impl Server {
     /// The server without a database: `mongodb://127.0.0.1:P`.
     pub fn base(&self) -> String {
         match &self.external {
-            Some(url) => url.split('?').next().unwrap_or(url).trim_end_matches('/').to_owned(),
+            Some(url) => url
+                .split('?')
+                .next()
+                .unwrap_or(url)
+                .trim_end_matches('/')
+                .to_owned(),
             None => format!("mongodb://127.0.0.1:{}", self.port),
         }
     }
@@ -134,7 +139,9 @@ impl Server {
 
     /// A driver client on the server, to look at and write what kombu-rs would not.
     pub async fn client(&self) -> mongodb::Client {
-        mongodb::Client::with_uri_str(self.base()).await.expect("driver client")
+        mongodb::Client::with_uri_str(self.base())
+            .await
+            .expect("driver client")
     }
 
     /// Stop the server (SIGKILL; its files stay).
