@@ -25,7 +25,42 @@ def database(url):
     return client[parsed.path.strip("/") or "kombu_default"]
 
 
+def reopen_dead_broadcast_cursors():
+    """Kombu's fanout consumer reads one tailable cursor that it never reopens. FerretDB 1.x
+    closes a tailable cursor once it has returned everything (mongod keeps it open), and
+    so does mongod when the capped collection is empty at the first read (Kombu's known
+    flaw): then Kombu's consumer sees nothing, ever. A test-harness workaround: a dead
+    cursor is opened again at Kombu's own offset. Kombu's documents and offsets are
+    unchanged."""
+    from kombu.transport import mongodb as kombu_mongodb
+    from pymongo.cursor import CursorType
+
+    class ReopeningBroadcastCursor(kombu_mongodb.BroadcastCursor):
+        def __init__(self, cursor, exchange):
+            self._exchange = exchange
+            super().__init__(cursor)
+
+        def __next__(self):
+            try:
+                return super().__next__()
+            except StopIteration:
+                if self._cursor.alive:
+                    raise
+                self._cursor = self._cursor.collection.find(
+                    {"queue": self._exchange}, cursor_type=CursorType.TAILABLE
+                ).skip(self._offset)
+                return super().__next__()
+
+    def create_broadcast_cursor(self, exchange, routing_key, pattern, queue):
+        cursor = self.broadcast.find(filter={"queue": exchange}, cursor_type=CursorType.TAILABLE)
+        ret = self._broadcast_cursors[queue] = ReopeningBroadcastCursor(cursor, exchange)
+        return ret
+
+    kombu_mongodb.Channel._create_broadcast_cursor = create_broadcast_cursor
+
+
 def fanout_consume(url, exchange, queue, count):
+    reopen_dead_broadcast_cursors()
     count = int(count)
     got = []
     with Connection(url) as conn:
@@ -73,7 +108,25 @@ def inspect(url, queue):
     print(json.dumps({"collection": "messages.broadcast", "capped": bool(options.get("capped"))}), flush=True)
 
 
+def tolerate_missing_ttl_indexes():
+    """FerretDB 1.x has no TTL indexes (`expireAfterSeconds` is NotImplemented, code 238),
+    and Kombu's ttl=True creates three at connect: a test-harness workaround for that
+    server only (a real mongod creates them)."""
+    create_index = pymongo.collection.Collection.create_index
+
+    def create_index_or_skip_ttl(self, keys, **kwargs):
+        try:
+            return create_index(self, keys, **kwargs)
+        except pymongo.errors.OperationFailure as exc:
+            if "expireAfterSeconds" in kwargs and exc.code == 238:
+                return None
+            raise
+
+    pymongo.collection.Collection.create_index = create_index_or_skip_ttl
+
+
 def ttl_publish(url, queue):
+    tolerate_missing_ttl_indexes()
     with Connection(url, transport_options={"ttl": True}) as conn:
         q = Queue(queue, queue_arguments={"x-message-ttl": 600000})
         q(conn.default_channel).declare()

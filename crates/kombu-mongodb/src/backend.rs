@@ -153,6 +153,8 @@ struct Inner {
     declared: Mutex<HashMap<String, FieldTable>>,
     /// When expired claims were last handed back.
     last_restore: Mutex<Option<Instant>>,
+    /// A `Decode` error met while other messages were claimed: reported by the next take.
+    deferred_error: Mutex<Option<Error>>,
     /// Per queue: when the last sorted query ran, and its candidates not yet tried.
     candidates: Mutex<HashMap<String, (Instant, std::collections::VecDeque<Document>)>>,
     closed: AtomicBool,
@@ -232,6 +234,7 @@ impl MongoBackend {
             declared: Mutex::new(HashMap::new()),
             last_restore: Mutex::new(None),
             candidates: Mutex::new(HashMap::new()),
+            deferred_error: Mutex::new(None),
             closed: AtomicBool::new(false),
             capabilities,
             settings,
@@ -271,9 +274,20 @@ impl Inner {
         create_index(&self.claims, doc! {"queue": 1}, None).await?;
         if self.settings.ttl {
             let ttl = || Some(IndexOptions::builder().expire_after(Duration::ZERO).build());
-            create_index(&self.messages, doc! {"expire_at": 1}, ttl()).await?;
-            create_index(&self.routing, doc! {"expire_at": 1}, ttl()).await?;
-            create_index(&self.queues, doc! {"expire_at": 1}, ttl()).await?;
+            for collection in [&self.messages, &self.routing, &self.queues] {
+                match create_index(collection, doc! {"expire_at": 1}, ttl()).await {
+                    Ok(()) => {}
+                    // NotImplemented: a server without TTL indexes (FerretDB 1.x). The
+                    // `expire_at` fields are still written (Kombu's layout); nothing expires.
+                    Err(e)
+                        if e.message().contains("expireAfterSeconds")
+                            || e.message().contains("NotImplemented") =>
+                    {
+                        warn!(collection = collection.name(), error = %e, "the server has no TTL indexes: expire_at is written but nothing expires");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         Ok(())
     }
@@ -391,6 +405,14 @@ impl Inner {
     /// kombu-rs consumer has it), then delete the messages won from `messages`. Both are
     /// writes of single documents, atomic on every server (no `findAndModify`).
     async fn claim(&self, queue: &str, max: usize, out: &mut Vec<Claimed>) -> Result<()> {
+        if let Some(e) = self
+            .deferred_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            return Err(e);
+        }
         self.maybe_restore_expired().await;
         let mut claimed = 0usize;
         let mut first_error: Option<Error> = None;
@@ -488,8 +510,9 @@ impl Inner {
         match first_error {
             Some(e) if claimed == 0 => Err(e),
             Some(e) => {
-                // Deliver what was claimed; the next take reports the rest.
+                // Deliver what was claimed; the next take reports the error.
                 warn!(error = %e, "malformed message parked while claiming others");
+                *self.deferred_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 Ok(())
             }
             None => Ok(()),

@@ -62,7 +62,11 @@ async fn rust_fanout_reaches_a_python_subscriber() {
         producer
             .publish(
                 &json!({"kind": "fanout", "n": n}),
-                PublishOptions::new().exchange(exchange.clone()),
+                // Declared by the publisher, as Kombu needs it (its exchange types live in
+                // process memory): a fanout publish goes to the capped collection.
+                PublishOptions::new()
+                    .exchange(exchange.clone())
+                    .declare(exchange.clone()),
             )
             .await
             .expect("publish");
