@@ -157,7 +157,7 @@ impl Settings {
             .filter(|(k, _)| !OWN_OPTIONS.contains(&k.as_str()))
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        if ssl && !url.query().iter().any(|(k, _)| k == "tls" || k == "ssl") {
+        if ssl && !url.query().iter().any(|(k, _)| k.eq_ignore_ascii_case("tls")) {
             query.push("tls=true".to_owned());
         }
         let query = if query.is_empty() {
