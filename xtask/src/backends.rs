@@ -134,6 +134,7 @@ pub(crate) const FERRETDB_SERVER: ServerSpec = ServerSpec {
         "--log-level=warn",
     ],
     build: Some(crate::ferretdb::ensure_built),
+    url_env: Some("KOMBU_TEST_MONGODB_URL"),
     url: "mongodb://127.0.0.1:{port}/kombu_conformance",
     ready_timeout: Duration::from_secs(60),
     ..ServerSpec::DEFAULT
@@ -304,6 +305,21 @@ impl Provision {
                 })
             }
             Self::Server(spec) => {
+                if let Some(url) = spec
+                    .url_env
+                    .and_then(|var| std::env::var(var).ok())
+                    .filter(|url| !url.trim().is_empty())
+                {
+                    println!(
+                        "xtask: {name}: using the server of {}",
+                        spec.url_env.unwrap_or_default()
+                    );
+                    return Ok(Provisioned {
+                        url,
+                        server: None,
+                        data_dir: None,
+                    });
+                }
                 let server = spec
                     .start(root, name)
                     .map_err(|e| Error::new(format!("cannot provision backend `{name}`: {e}")))?;
@@ -394,6 +410,9 @@ pub(crate) struct ServerSpec {
     /// A server built from source instead of installed (FerretDB, with Go): returns the
     /// path of the (cached) program, building it first when needed.
     pub(crate) build: Option<fn(&Path) -> Result<PathBuf>>,
+    /// An environment variable that may name a running server to use instead of starting
+    /// one (`KOMBU_TEST_MONGODB_URL`: a real `mongod` rather than FerretDB).
+    pub(crate) url_env: Option<&'static str>,
     /// Broker URL template (`redis://127.0.0.1:{port}/0`).
     pub(crate) url: &'static str,
     /// How long the server may take to accept connections.
@@ -412,6 +431,7 @@ impl ServerSpec {
         search_dirs: &[],
         requires: &[],
         build: None,
+        url_env: None,
         url: "",
         ready_timeout: Duration::from_secs(30),
     };
