@@ -653,7 +653,7 @@ impl Inner {
             })
             .collect();
         let mut docs = Vec::with_capacity(items.len());
-        for ((queue, envelope, receipt), id) in items.iter().zip(&ids) {
+        for (_, envelope, receipt) in items {
             let payload = envelope.to_json();
             let doc = match stored.get(*receipt) {
                 Some(doc) => redelivered(doc.clone(), Some(payload)),
@@ -661,7 +661,6 @@ impl Inner {
                 // the copy kept in the queue is delivered again; nothing to put.
                 None => continue,
             };
-            let _ = (queue, id);
             docs.push(doc);
         }
         if !docs.is_empty() {
@@ -918,11 +917,10 @@ impl VirtualBackend for MongoBackend {
                 _ => 0,
             };
             let error = mongo_error(e, "batch publish");
-            for (n, slot) in slots.iter().enumerate().skip(first_failed) {
+            for slot in slots.iter().skip(first_failed) {
                 outcomes[*slot] = Err(Error::new(error.kind(), error.message().to_owned())
                     .set_recoverable(error.is_recoverable())
                     .with_context("queue", &puts[*slot].0));
-                let _ = n;
             }
         }
         inner.arrived.notify_waiters();
