@@ -111,7 +111,34 @@ pub(crate) static BACKENDS: &[Backend] = &[
         test_name: "conformance",
         provision: Provision::Server(ZOOKEEPER_SERVER),
     },
+    Backend {
+        name: "mongodb",
+        crate_name: "kombu-mongodb",
+        test_name: "conformance",
+        provision: Provision::Server(FERRETDB_SERVER),
+    },
 ];
+
+/// A throwaway FerretDB (a MongoDB-wire server; SQLite files in the temp dir) on loopback,
+/// built from its Go module and cached under the target directory (see [`crate::ferretdb`]).
+/// Short claim deadlines (`visibility_timeout`) keep the crash behaviours fast.
+pub(crate) const FERRETDB_SERVER: ServerSpec = ServerSpec {
+    program: "ferretdb",
+    args: &[
+        "--listen-addr=127.0.0.1:{port}",
+        "--handler=sqlite",
+        "--sqlite-url=file:{data_dir}/",
+        "--state-dir={data_dir}",
+        "--debug-addr=-",
+        "--telemetry=disable",
+        "--log-level=warn",
+    ],
+    build: Some(crate::ferretdb::ensure_built),
+    url_env: Some("KOMBU_TEST_MONGODB_URL"),
+    url: "mongodb://127.0.0.1:{port}/kombu_conformance",
+    ready_timeout: Duration::from_secs(60),
+    ..ServerSpec::DEFAULT
+};
 
 /// A throwaway standalone ZooKeeper (`../shared/reference/infra.md`): Debian's `zookeeper`
 /// jars run by `java` with a `zoo.cfg` of its own (loopback port, data in the temp dir, no
@@ -278,6 +305,21 @@ impl Provision {
                 })
             }
             Self::Server(spec) => {
+                if let Some(url) = spec
+                    .url_env
+                    .and_then(|var| std::env::var(var).ok())
+                    .filter(|url| !url.trim().is_empty())
+                {
+                    println!(
+                        "xtask: {name}: using the server of {}",
+                        spec.url_env.unwrap_or_default()
+                    );
+                    return Ok(Provisioned {
+                        url,
+                        server: None,
+                        data_dir: None,
+                    });
+                }
                 let server = spec
                     .start(root, name)
                     .map_err(|e| Error::new(format!("cannot provision backend `{name}`: {e}")))?;
@@ -365,6 +407,12 @@ pub(crate) struct ServerSpec {
     /// Files the server needs besides `program` (the jars of a Java server run by `java`):
     /// when one is missing, the `apt` packages are installed even if `program` exists.
     pub(crate) requires: &'static [&'static str],
+    /// A server built from source instead of installed (FerretDB, with Go): returns the
+    /// path of the (cached) program, building it first when needed.
+    pub(crate) build: Option<fn(&Path) -> Result<PathBuf>>,
+    /// An environment variable that may name a running server to use instead of starting
+    /// one (`KOMBU_TEST_MONGODB_URL`: a real `mongod` rather than FerretDB).
+    pub(crate) url_env: Option<&'static str>,
     /// Broker URL template (`redis://127.0.0.1:{port}/0`).
     pub(crate) url: &'static str,
     /// How long the server may take to accept connections.
@@ -382,6 +430,8 @@ impl ServerSpec {
         pip: &[],
         search_dirs: &[],
         requires: &[],
+        build: None,
+        url_env: None,
         url: "",
         ready_timeout: Duration::from_secs(30),
     };
@@ -486,6 +536,9 @@ impl ServerSpec {
 
     /// Path of `program`, installing its apt or pip packages first if it is missing.
     pub(crate) fn ensure_installed(&self, root: &Path, name: &str) -> Result<PathBuf> {
+        if let Some(build) = self.build {
+            return build(root).map_err(|e| Error::new(format!("backend `{name}`: {e}")));
+        }
         let has_requirements = || self.requires.iter().all(|file| Path::new(file).is_file());
         if let Some(path) = self.find_program(root).filter(|_| has_requirements()) {
             return Ok(path);

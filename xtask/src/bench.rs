@@ -229,6 +229,18 @@ static GROUPS: &[BenchGroup] = &[
         url_query: "",
     },
     BenchGroup {
+        transport: "mongodb",
+        title: "mongodb — a throwaway FerretDB (MongoDB-wire, SQLite files) on loopback (`mongodb://`)",
+        provision: Provision::Server(crate::backends::FERRETDB_SERVER),
+        baseline: None,
+        python_url: same_url,
+        // Every publish and ack is a SQLite write behind FerretDB; Python Kombu's consumer
+        // polls once a second when its queue is empty.
+        max_messages: Some(2_000),
+        max_latency_samples: Some(200),
+        url_query: "",
+    },
+    BenchGroup {
         transport: "sqs",
         title: "sqs — a throwaway moto server on loopback (`sqs://`; SigV4-signed HTTP as to AWS; \
                 moto serves a few hundred requests per second)",

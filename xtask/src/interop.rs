@@ -11,11 +11,11 @@ use crate::util::{self, cargo, describe, fail, run_streaming, Result};
 use crate::venv;
 
 pub(crate) const USAGE: &str = "\
-cargo xtask interop [--backends sqlite,redis,amqp,sqs,zookeeper]
+cargo xtask interop [--backends sqlite,redis,amqp,sqs,zookeeper,mongodb]
 
 Runs the interop tests (Python Kombu 5.7 publishes, kombu-rs consumes, and the
 reverse) of the given backends (default: all that have them: sqlite, redis, amqp, sqs,
-zookeeper).";
+zookeeper, mongodb).";
 
 /// Backends with interop tests: (name, crate).
 const INTEROP: &[(&str, &str)] = &[
@@ -24,6 +24,7 @@ const INTEROP: &[(&str, &str)] = &[
     ("amqp", "kombu-amqp"),
     ("sqs", "kombu-sqs"),
     ("zookeeper", "kombu-zookeeper"),
+    ("mongodb", "kombu-mongodb"),
 ];
 
 pub(crate) fn run(mut args: Args) -> Result<bool> {
@@ -62,6 +63,9 @@ pub(crate) fn run(mut args: Args) -> Result<bool> {
     }
     if selected.iter().any(|(name, _)| *name == "zookeeper") {
         crate::backends::ZOOKEEPER_SERVER.ensure_installed(&root, "zookeeper")?;
+    }
+    if selected.iter().any(|(name, _)| *name == "mongodb") {
+        crate::backends::FERRETDB_SERVER.ensure_installed(&root, "mongodb")?;
     }
     let mut ok = true;
     for (name, crate_name) in selected {

@@ -8,6 +8,7 @@
 mod backends;
 mod bench;
 mod cli;
+mod ferretdb;
 mod interop;
 mod matrix;
 mod util;

@@ -174,7 +174,7 @@ pub(crate) fn run(args: Args) -> Result<bool> {
     if options.workspace_tests {
         // The interop tests (Rust ⇄ Python Kombu) run among the workspace tests.
         banner(
-            "python venv, redis-server, rabbitmq-server and openssl for the interop, restart and TLS tests",
+            "python venv, redis-server, rabbitmq-server, zookeeper, FerretDB and openssl for the interop, restart and TLS tests",
         );
         let venv = venv::ensure_bench_venv(&root, "xtask")?;
         // The Redis interop, crash and restart tests start their own redis-server.
@@ -184,6 +184,8 @@ pub(crate) fn run(args: Args) -> Result<bool> {
         crate::backends::RABBITMQ_SERVER.ensure_installed(&root, "amqp")?;
         // The ZooKeeper interop and fault tests start their own ZooKeeper.
         crate::backends::ZOOKEEPER_SERVER.ensure_installed(&root, "zookeeper")?;
+        // The MongoDB interop and fault tests start their own FerretDB (built once, cached).
+        crate::backends::FERRETDB_SERVER.ensure_installed(&root, "mongodb")?;
         rows.push(Row {
             name: "workspace".into(),
             result: Some(workspace_tests(&root, &venv)?),

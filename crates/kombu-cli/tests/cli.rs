@@ -108,6 +108,7 @@ fn transports_lists_every_compiled_transport_with_capabilities() {
             "amqp",
             "amqp-amiquip",
             "memory",
+            "mongodb",
             "redis",
             "sqlite",
             "sqs",

@@ -28,6 +28,9 @@ pub enum Broker {
     /// Kombu's ZooKeeper transport: priorities served higher first (the node names sort
     /// `9 - priority`), no queue argument.
     Zookeeper,
+    /// Kombu's MongoDB transport: priorities served higher first (documents store
+    /// `9 - priority`, sorted ascending), no queue argument.
+    Mongodb,
 }
 
 impl Broker {
@@ -35,14 +38,14 @@ impl Broker {
     pub fn priority_order(self) -> Vec<i64> {
         match self {
             Broker::Redis => vec![0, 5, 9],
-            Broker::Amqp | Broker::Zookeeper => vec![9, 5, 0],
+            Broker::Amqp | Broker::Zookeeper | Broker::Mongodb => vec![9, 5, 0],
             Broker::Sqs => vec![9, 0, 5],
         }
     }
 
     fn max_priority(self) -> Option<u8> {
         match self {
-            Broker::Redis | Broker::Sqs | Broker::Zookeeper => None,
+            Broker::Redis | Broker::Sqs | Broker::Zookeeper | Broker::Mongodb => None,
             Broker::Amqp => Some(10),
         }
     }

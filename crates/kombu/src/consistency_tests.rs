@@ -153,21 +153,25 @@ fn declared_aliases_resolve_and_nothing_else() {
     if cfg!(feature = "sqs") {
         assert_eq!(lookup("sqs").map(|d| d.name).ok(), Some("sqs"));
     }
+    if cfg!(feature = "mongodb") {
+        for scheme in ["mongodb", "mongodb+srv", "srv"] {
+            assert_eq!(lookup(scheme).map(|d| d.name).ok(), Some("mongodb"), "{scheme}");
+        }
+    }
     for (scheme, feature) in [
         ("sqla+sqlite", "sqlite"),
         ("redis", "redis"),
         ("amqps", "amqp"),
         ("zookeeper", "zookeeper"),
         ("sqs", "sqs"),
+        ("mongodb", "mongodb"),
+        ("srv", "mongodb"),
     ] {
         if !cfg_feature(feature) {
             let err = lookup(scheme).unwrap_err();
             assert!(err.to_string().contains(&format!("`{feature}` feature")), "{err}");
         }
     }
-    // A planned transport has no feature yet, so no hint names one.
-    let err = lookup("mongodb").unwrap_err();
-    assert!(!err.to_string().contains("to use mongodb://"), "{err}");
 }
 
 /// One test, with every feature on, that fails when the descriptors, the facade's Cargo

@@ -146,6 +146,9 @@ transport_table! {
     kombu_zookeeper if "zookeeper" {
         "zookeeper" => DESCRIPTOR ["zookeeper"],
     }
+    kombu_mongodb if "mongodb" {
+        "mongodb" => DESCRIPTOR ["mongodb", "mongodb+srv", "srv"],
+    }
 }
 
 /// The transports registered in this build.
