@@ -918,9 +918,7 @@ impl VirtualBackend for MongoBackend {
             };
             let error = mongo_error(e, "batch publish");
             for slot in slots.iter().skip(first_failed) {
-                outcomes[*slot] = Err(Error::new(error.kind(), error.message().to_owned())
-                    .set_recoverable(error.is_recoverable())
-                    .with_context("queue", &puts[*slot].0));
+                outcomes[*slot] = Err(error.duplicate().with_context("queue", &puts[*slot].0));
             }
         }
         inner.arrived.notify_waiters();
