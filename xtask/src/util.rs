@@ -66,11 +66,33 @@ pub(crate) fn cargo(root: &Path) -> Command {
     command
 }
 
-/// The command line of `command`, for messages.
+/// The command line of `command`, for messages, with URL passwords masked.
 pub(crate) fn describe(command: &Command) -> String {
     let mut words = vec![display_program(command.get_program())];
-    words.extend(command.get_args().map(|arg| arg.to_string_lossy().into_owned()));
+    words.extend(
+        command
+            .get_args()
+            .map(|arg| redact_password(&arg.to_string_lossy())),
+    );
     words.join(" ")
+}
+
+/// `scheme://user:password@host…` → `scheme://user:****@host…`: command lines are printed,
+/// and a URL argument may carry a broker's credentials.
+pub(crate) fn redact_password(text: &str) -> String {
+    let Some(scheme_end) = text.find("://") else {
+        return text.to_owned();
+    };
+    let start = scheme_end + 3;
+    let rest = &text[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return text.to_owned();
+    };
+    let Some(colon) = authority[..at].find(':') else {
+        return text.to_owned();
+    };
+    format!("{}:****{}", &text[..start + colon], &text[start + at..])
 }
 
 /// The file name of a program path (`/usr/bin/cargo` → `cargo`).
@@ -361,6 +383,33 @@ mod tests {
         assert_eq!(format_utc(0), "1970-01-01 00:00 UTC");
         assert_eq!(format_utc(951_782_400), "2000-02-29 00:00 UTC");
         assert_eq!(format_utc(1_776_000_000 + 3_600 + 120), "2026-04-12 14:22 UTC");
+    }
+
+    #[test]
+    fn printed_command_lines_mask_url_passwords() {
+        let mut command = Command::new("/usr/bin/python");
+        command.args([
+            "--url",
+            "sqs://key:s3cret@127.0.0.1:4566?region=eu",
+            "--size",
+            "100",
+        ]);
+        assert_eq!(
+            describe(&command),
+            "python --url sqs://key:****@127.0.0.1:4566?region=eu --size 100"
+        );
+        assert_eq!(
+            redact_password("amqp://guest:guest@h:5672//"),
+            "amqp://guest:****@h:5672//"
+        );
+        assert_eq!(redact_password("redis://:pw@h:6379/0"), "redis://:****@h:6379/0");
+        // Nothing to mask: no password, an `@` outside the authority, no URL.
+        assert_eq!(redact_password("redis://user@h/0"), "redis://user@h/0");
+        assert_eq!(
+            redact_password("mongodb://h/db?x=a:b@c"),
+            "mongodb://h/db?x=a:b@c"
+        );
+        assert_eq!(redact_password("--messages"), "--messages");
     }
 
     #[test]
