@@ -27,8 +27,8 @@ const PERSISTENT: CreateOptions<'static> = CreateMode::Persistent.with_acls(Acls
 const SEQUENTIAL: CreateOptions<'static> = CreateMode::PersistentSequential.with_acls(Acls::anyone_all());
 const EPHEMERAL: CreateOptions<'static> = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
 
-/// Operations per `multi` request (acks, requeues, batch publishes): well under the server's
-/// packet limit.
+/// Operations per `multi` request (acks, requeues): well under the server's packet limit.
+/// Batch publishes do not use `multi`: their creates are pipelined (see `put_batch`).
 const MULTI_CHUNK: usize = 256;
 /// Bytes a create request adds to its path and data (header, ACL, flags), with room to spare.
 const REQUEST_OVERHEAD: usize = 256;

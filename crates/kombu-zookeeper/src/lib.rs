@@ -65,6 +65,9 @@
 //! * **No message is taken twice** by kombu-rs consumers: creating the claim node is the
 //!   lock. A mixed fleet stays at-least-once for the Rust side (a Python consumer, which
 //!   ignores claims, may still take a message a Rust consumer holds).
+//! * **Batches cost one round trip.** `Producer::batch()` sends every create before awaiting
+//!   the first answer (pipelined on the session, applied in order), and each message still
+//!   gets its own outcome: one oversized message fails alone.
 //! * **Watches, not polling.** An idle consumer lists its queue and the queue's claims with
 //!   child watches and sleeps until one fires (a new message, a released claim); Kombu polls
 //!   every second.
