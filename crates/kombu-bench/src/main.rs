@@ -86,6 +86,7 @@ impl Args {
             prefetch: self.prefetch,
             latency_samples: self.latency_samples,
             batch: self.batch,
+            concurrency: 1,
         }
     }
 

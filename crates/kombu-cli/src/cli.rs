@@ -257,6 +257,13 @@ pub(crate) struct PublishArgs {
     #[arg(short = 'n', long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) count: u64,
+
+    /// Send up to N messages together (`Producer::batch`: one round trip for the lot where
+    /// the broker allows; each message still confirmed). --lines sends what stdin has
+    /// ready, never waiting to fill a batch. 1 publishes one message at a time.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) batch: u64,
 }
 
 /// `kombu consume`.
@@ -479,8 +486,13 @@ pub(crate) struct BenchArgs {
     /// Publish in batches of N (`Producer::batch`: N messages in flight together, one
     /// outcome each) instead of one publish at a time.
     #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "concurrency")]
     pub(crate) batch: u64,
+    /// Keep N single-message publishes in flight from each producer (`Producer::publish`
+    /// futures run together on one connection) instead of awaiting each before the next.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) concurrency: u64,
     /// Print one JSON object (the report `cargo xtask bench` reads) instead of a summary.
     #[arg(long)]
     pub(crate) json: bool,

@@ -67,7 +67,7 @@ fn run(cli: Cli) -> CliResult {
         .enable_all()
         .build()
         .map_err(|e| CliError::other(format!("cannot start the tokio runtime: {e}")))?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match command {
             Command::Publish(args) => publish::run(&global, args).await,
             Command::Consume(args) => consume::run(&global, args).await,
@@ -78,5 +78,9 @@ fn run(cli: Cli) -> CliResult {
             Command::Bench(args) => bench::run(&global, args).await,
             Command::Transports(args) => transports::run(&args),
         }
-    })
+    });
+    // Commands close their connections before returning; what may remain is a blocking
+    // stdin read (`publish --lines` that failed mid-stream), which must not hold the exit.
+    runtime.shutdown_background();
+    result
 }

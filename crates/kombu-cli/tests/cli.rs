@@ -541,3 +541,35 @@ fn topic_routing_purge_delete_and_timeouts() {
     kombu(&["--url", url, "stats", "images"]).error_line(1, "not-found: no such queue (queue=images)");
     kombu(&["--url", url, "purge", "images"]).error_line(1, "not-found");
 }
+
+#[test]
+fn publish_sends_lines_and_copies_in_batches_and_keeps_their_order() {
+    let url = &sqlite_url("batches");
+    let lines: String = (1..=250).map(|n| format!("{{\"n\": {n}}}\n")).collect();
+    let run = kombu_with_stdin(
+        &["--url", url, "publish", "--declare-queue", "q", "--lines", "--batch", "100"],
+        lines.as_bytes(),
+    );
+    run.success();
+    assert!(run.stdout.starts_with("published 250 messages"), "{}", run.stdout);
+    let copies = kombu(&[
+        "--url", url, "publish", "--routing-key", "q", "--count", "230", "--batch", "100", "{\"n\": 0}",
+    ]);
+    copies.success();
+    assert!(copies.stdout.starts_with("published 230 messages"), "{}", copies.stdout);
+    assert_eq!(count(url, "q"), 480);
+
+    let consumed = kombu(&["--url", url, "consume", "q", "--count", "480", "--json"]);
+    consumed.success();
+    let numbers: Vec<u64> = consumed
+        .json_lines()
+        .iter()
+        .map(|m| {
+            let body: Value = serde_json::from_str(m["body"].as_str().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("{e}: {m}"));
+            body["n"].as_u64().unwrap_or_else(|| panic!("{m}"))
+        })
+        .collect();
+    let expected: Vec<u64> = (1..=250).chain(std::iter::repeat_n(0, 230)).collect();
+    assert_eq!(numbers, expected, "lines in order, then the copies");
+}

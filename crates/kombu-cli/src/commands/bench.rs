@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use kombu::{Connection, Consumer, Exchange, Producer, PublishOptions, Queue};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -50,6 +51,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: BenchArgs) -> CliResult {
         prefetch: args.prefetch,
         latency_samples: args.latency_samples,
         batch: args.batch,
+        concurrency: args.concurrency,
     };
     let report = report(
         format!("kombu-rs {url}"),
@@ -133,9 +135,28 @@ async fn phases(
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     let batch = usize::try_from(args.batch).unwrap_or(usize::MAX);
+    let concurrency = usize::try_from(args.concurrency).unwrap_or(usize::MAX);
     for (producer, bodies) in producers.iter().cloned().zip(shares) {
         let (options, counter) = (options.clone(), progress.counter());
         tasks.spawn(async move {
+            if concurrency > 1 {
+                // `concurrency` publishes in flight at a time, each awaited on its own.
+                let mut in_flight = futures_util::stream::FuturesUnordered::new();
+                for b in &bodies {
+                    if in_flight.len() >= concurrency {
+                        if let Some(published) = in_flight.next().await {
+                            published?;
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    in_flight.push(producer.publish(b, options.clone()));
+                }
+                while let Some(published) = in_flight.next().await {
+                    published?;
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                return Ok(());
+            }
             if batch <= 1 {
                 for b in &bodies {
                     producer.publish(b, options.clone()).await?;

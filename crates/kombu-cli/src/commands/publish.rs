@@ -95,43 +95,82 @@ pub(crate) async fn run(global: &GlobalArgs, args: PublishArgs) -> CliResult {
 
 async fn publish_all(connection: &Connection, plan: &Plan, args: &PublishArgs) -> CliResult<u64> {
     let producer = connection.producer().exchange(plan.exchange.clone());
-    let mut published = 0;
+    let mut sender = BatchSender {
+        producer: &producer,
+        options: &plan.options,
+        published: 0,
+    };
+    let batch = usize::try_from(args.batch).unwrap_or(usize::MAX);
     if args.lines {
         if args.body.as_deref().is_some_and(|b| b != "-") {
             return Err(CliError::other(
                 "--lines reads the bodies from stdin: give `-` or no BODY",
             ));
         }
-        // Line by line as it arrives, so `tail -f log | kombu publish --lines` streams.
-        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            let n = stdin
-                .read_until(b'\n', &mut line)
-                .await
-                .map_err(|e| CliError::other(format!("cannot read stdin: {e}")))?;
-            if n == 0 {
-                break;
+        // Line by line as it arrives, so `tail -f log | kombu publish --lines` streams: a
+        // reader task queues the lines, and each batch takes what is queued (at least one,
+        // at most --batch), never waiting for a batch to fill. While a batch is in flight
+        // the next one gathers.
+        let (lines, mut queued) = tokio::sync::mpsc::channel::<Vec<u8>>(batch.max(1));
+        let reader = tokio::spawn(read_lines(lines));
+        let mut bodies = Vec::with_capacity(batch);
+        while let Some(line) = queued.recv().await {
+            bodies.push(Prepared::new(args, &line)?);
+            while bodies.len() < batch {
+                match queued.try_recv() {
+                    Ok(line) => bodies.push(Prepared::new(args, &line)?),
+                    Err(_) => break,
+                }
             }
-            let body = line
-                .strip_suffix(b"\n")
-                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-                .unwrap_or(&line);
-            if body.is_empty() {
-                continue;
-            }
-            published += publish_body(&producer, &plan.options, args, body).await?;
+            sender.send(&bodies, args.count).await?;
+            bodies.clear();
         }
+        reader
+            .await
+            .map_err(|e| CliError::other(format!("the stdin reader failed: {e}")))??;
     } else {
         let body = match args.body.as_deref() {
             Some("-") => read_stdin().await?,
             Some(text) => text.as_bytes().to_vec(),
             None => return Err(CliError::other("give a BODY, `-` for stdin, or --lines")),
         };
-        published += publish_body(&producer, &plan.options, args, &body).await?;
+        let body = Prepared::new(args, &body)?;
+        let mut left = args.count;
+        while left > 0 {
+            let n = left.min(args.batch);
+            sender.send(std::slice::from_ref(&body), n).await?;
+            left -= n;
+        }
     }
-    Ok(published)
+    Ok(sender.published)
+}
+
+/// Reads stdin line by line into `lines` (line ends and empty lines dropped).
+async fn read_lines(lines: tokio::sync::mpsc::Sender<Vec<u8>>) -> CliResult<()> {
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    loop {
+        let mut line = Vec::new();
+        let n = stdin
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(|e| CliError::other(format!("cannot read stdin: {e}")))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.ends_with(b"\n") {
+            line.pop();
+            if line.ends_with(b"\r") {
+                line.pop();
+            }
+        }
+        if line.is_empty() {
+            continue;
+        }
+        if lines.send(line).await.is_err() {
+            // The publisher stopped (it failed and says why).
+            return Ok(());
+        }
+    }
 }
 
 async fn read_stdin() -> CliResult<Vec<u8>> {
@@ -144,40 +183,77 @@ async fn read_stdin() -> CliResult<Vec<u8>> {
     Ok(body)
 }
 
-/// Publishes `body` `args.count` times with the chosen serializer; returns how many.
-async fn publish_body(
-    producer: &Producer,
-    options: &PublishOptions,
-    args: &PublishArgs,
-    body: &[u8],
-) -> CliResult<u64> {
-    let utf8 = || {
-        std::str::from_utf8(body).map_err(|_| {
-            CliError::other(format!(
-                "the body is not UTF-8, which serializer {} needs (use --serializer raw for bytes)",
-                args.serializer.as_str()
-            ))
+/// One body in the form its serializer takes.
+enum Prepared {
+    Bytes(Vec<u8>),
+    Text(String),
+    Value(Json),
+}
+
+impl Prepared {
+    fn new(args: &PublishArgs, body: &[u8]) -> CliResult<Prepared> {
+        let utf8 = || {
+            std::str::from_utf8(body).map_err(|_| {
+                CliError::other(format!(
+                    "the body is not UTF-8, which serializer {} needs (use --serializer raw for bytes)",
+                    args.serializer.as_str()
+                ))
+            })
+        };
+        Ok(match args.serializer {
+            SerializerName::Raw => Prepared::Bytes(body.to_vec()),
+            SerializerName::Text => Prepared::Text(utf8()?.to_owned()),
+            SerializerName::Json | SerializerName::Msgpack | SerializerName::Yaml => {
+                let text = utf8()?;
+                Prepared::Value(
+                    serde_json::from_str::<Json>(text).unwrap_or_else(|_| Json::String(text.to_owned())),
+                )
+            }
         })
-    };
-    match args.serializer {
-        SerializerName::Raw => {
-            for _ in 0..args.count {
-                producer.publish_bytes(body.to_vec(), options.clone()).await?;
-            }
-        }
-        SerializerName::Text => {
-            let text = utf8()?;
-            for _ in 0..args.count {
-                producer.publish_text(text, options.clone()).await?;
-            }
-        }
-        SerializerName::Json | SerializerName::Msgpack | SerializerName::Yaml => {
-            let text = utf8()?;
-            let value = serde_json::from_str::<Json>(text).unwrap_or_else(|_| Json::String(text.to_owned()));
-            for _ in 0..args.count {
-                producer.publish(&value, options.clone()).await?;
-            }
-        }
     }
-    Ok(args.count)
+}
+
+/// Sends batches and counts what was confirmed.
+struct BatchSender<'a> {
+    producer: &'a Producer,
+    options: &'a PublishOptions,
+    published: u64,
+}
+
+impl BatchSender<'_> {
+    /// Publishes each of `bodies` `times` times, as one batch. A failure ends the run: its
+    /// error says how many messages were confirmed before it and how many of this batch
+    /// failed (nothing is dropped silently).
+    async fn send(&mut self, bodies: &[Prepared], times: u64) -> CliResult<()> {
+        let mut batch = self.producer.batch();
+        for body in bodies {
+            for _ in 0..times {
+                match body {
+                    Prepared::Bytes(bytes) => batch.add_bytes(bytes.clone(), self.options.clone()),
+                    Prepared::Text(text) => batch.add_text(text, self.options.clone()),
+                    Prepared::Value(value) => batch.add(value, self.options.clone()),
+                };
+            }
+        }
+        let size = batch.len() as u64;
+        let outcome = batch.send().await;
+        let confirmed = outcome.confirmed() as u64;
+        self.published += confirmed;
+        if confirmed == size {
+            return Ok(());
+        }
+        let failed = size - confirmed;
+        let published = self.published;
+        Err(outcome
+            .into_result()
+            .err()
+            .map(|e| {
+                e.with_context("failed_in_batch", failed)
+                    .with_context("published", published)
+            })
+            .map_or_else(
+                || CliError::other("a batch reported a failure without an error"),
+                CliError::from,
+            ))
+    }
 }

@@ -47,6 +47,9 @@ pub(crate) struct Workload {
     pub(crate) latency_samples: u64,
     /// Messages per publish batch in phase 1 (1: one publish at a time).
     pub(crate) batch: u64,
+    /// Single publishes in flight at a time per producer in phase 1 (1: each awaited before
+    /// the next).
+    pub(crate) concurrency: u64,
 }
 
 /// What `--json` prints: one object. `cargo xtask bench` reads `name`, `transport`, `messages`,
@@ -67,6 +70,8 @@ pub(crate) struct Report {
     latency_samples: u64,
     /// Messages per publish batch (1: one publish at a time).
     batch: u64,
+    /// Publishes in flight at a time per producer (1: one after another).
+    concurrency: u64,
     /// Wall-clock seconds of the publish phase.
     publish_s: f64,
     /// Wall-clock seconds of the consume phase.
@@ -123,6 +128,7 @@ pub(crate) fn report(
         prefetch: workload.prefetch,
         latency_samples: workload.latency_samples,
         batch: workload.batch,
+        concurrency: workload.concurrency,
         publish_s: publish.as_secs_f64(),
         consume_s: consume.as_secs_f64(),
         publish_msgs_per_s: n / publish.as_secs_f64(),
@@ -134,10 +140,19 @@ pub(crate) fn report(
     }
 }
 
+/// How phase 1 published, when not one message at a time.
+fn publishing(r: &Report) -> String {
+    match (r.batch, r.concurrency) {
+        (b, _) if b > 1 => format!(", batches of {b}"),
+        (_, c) if c > 1 => format!(", {c} publishes in flight"),
+        _ => String::new(),
+    }
+}
+
 /// The report for people.
 pub(crate) fn summary(r: &Report) -> String {
     format!(
-        "{}: {} messages of ~{} bytes, {} producer(s), {} consumer(s), prefetch {}\n\
+        "{}: {} messages of ~{} bytes, {} producer(s), {} consumer(s), prefetch {}{}\n\
          publish      {:>12.0} msg/s  ({:.3} s)\n\
          consume+ack  {:>12.0} msg/s  ({:.3} s)\n\
          total        {:>12.0} msg/s\n\
@@ -148,6 +163,7 @@ pub(crate) fn summary(r: &Report) -> String {
         r.producers,
         r.consumers,
         r.prefetch,
+        publishing(r),
         r.publish_msgs_per_s,
         r.publish_s,
         r.consume_msgs_per_s,
