@@ -9,7 +9,11 @@
 //! * the raw baseline (optional): `kombu-bench <name> --url <url>`, the same
 //!   message flow over a bare driver without Kombu, i.e. the ceiling (the
 //!   bench-only package `kombu-bench`, built in release mode);
-//! * Python Kombu: `tests/python/bench_kombu.py --url <python url>`.
+//! * Python Kombu: `tests/python/bench_kombu.py --url <python url>`;
+//! * batches: kombu-rs and the raw baseline again, publishing in batches of
+//!   `--batch` messages (`kombu bench --batch N`: `Producer::batch`; the raw
+//!   drivers pipeline N sends, then await them). Python Kombu has no batch
+//!   API, so batch publishing is compared with its one-at-a-time publish.
 //!
 //! Adding a transport (redis, amqp, ...) means adding one [`BenchGroup`];
 //! server-backed ones reuse [`Provision::Server`] from the test matrix to get a
@@ -33,6 +37,7 @@ use crate::venv::{self, Venv};
 /// Help text of the subcommand.
 pub(crate) const USAGE: &str = "\
 cargo xtask bench [--messages N] [--latency-samples M] [--size BYTES] [--rounds R]
+                  [--batch N] [--groups memory,redis,...]
 
 Ensures the Python venv .venv (Kombu from tests/python/requirements.txt), builds
 the kombu CLI and kombu-bench in release mode, runs kombu-rs (`kombu bench`),
@@ -47,7 +52,13 @@ Options:
   --size BYTES          approximate serialized JSON body size (default 100)
   --rounds R            run every entry of a group R times, interleaved
                         (kombu-rs, raw, Python, then again), and report the
-                        median of each number (default 3)";
+                        median of each number (default 3)
+  --batch N             also run kombu-rs and the raw baseline publishing in
+                        batches of N (default 100; 1 leaves the batch entries out)
+  --groups a,b          run only these groups (memory, sqlite, redis, amqp,
+                        amqp-noconfirm, zookeeper, mongodb, sqs); the report then
+                        goes to target/bench-<groups>.md, and docs/BENCHMARKS.md
+                        is left as it is";
 
 /// Where the report goes, relative to the workspace root.
 const REPORT: &str = "docs/BENCHMARKS.md";
@@ -62,6 +73,8 @@ struct Options {
     size: u64,
     /// Interleaved repetitions of every entry; the report shows medians.
     rounds: u64,
+    /// Messages per batch of the batch entries (1: no batch entries).
+    batch: u64,
 }
 
 impl Default for Options {
@@ -71,6 +84,7 @@ impl Default for Options {
             latency_samples: 2_000,
             size: 100,
             rounds: 3,
+            batch: 100,
         }
     }
 }
@@ -89,18 +103,33 @@ impl Options {
     }
 }
 
-fn parse_options(mut args: Args) -> Result<Options> {
+/// The options, and the groups asked for with `--groups` (empty: all).
+fn parse_options(mut args: Args) -> Result<(Options, Vec<String>)> {
     let mut options = Options::default();
+    let mut groups = Vec::new();
     while let Some(flag) = args.next_flag()? {
         match flag.as_str() {
             "--messages" => options.messages = positive(&args.value(&flag)?, &flag)?,
             "--latency-samples" => options.latency_samples = positive(&args.value(&flag)?, &flag)?,
             "--size" => options.size = positive(&args.value(&flag)?, &flag)?,
             "--rounds" => options.rounds = positive(&args.value(&flag)?, &flag)?,
+            "--batch" => options.batch = positive(&args.value(&flag)?, &flag)?,
+            "--groups" => {
+                for name in args.value(&flag)?.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    if !GROUPS.iter().any(|g| g.transport == name) {
+                        let known: Vec<&str> = GROUPS.iter().map(|g| g.transport).collect();
+                        return fail(format!(
+                            "--groups: no group {name:?} (there are: {})",
+                            known.join(", ")
+                        ));
+                    }
+                    groups.push(name.to_owned());
+                }
+            }
             _ => return args.unknown(&flag),
         }
     }
-    Ok(options)
+    Ok((options, groups))
 }
 
 /// One transport's benchmarks.
@@ -134,6 +163,7 @@ impl BenchGroup {
             latency_samples: cap(options.latency_samples, self.max_latency_samples),
             size: options.size,
             rounds: options.rounds,
+            batch: options.batch,
         }
     }
 }
@@ -259,6 +289,16 @@ enum Role {
     KombuRs,
     Baseline,
     Python,
+    /// kombu-rs publishing in batches.
+    KombuRsBatch,
+    /// The raw baseline publishing in batches.
+    BaselineBatch,
+}
+
+impl Role {
+    fn is_batch(self) -> bool {
+        matches!(self, Role::KombuRsBatch | Role::BaselineBatch)
+    }
 }
 
 /// What each benchmark program prints: one JSON object on stdout.
@@ -285,6 +325,8 @@ struct GroupResult {
     runs: Vec<(Role, Measurement)>,
     /// Every round's total msg/s per entry, in the order they ran (the spread behind a median).
     round_totals: Vec<(Role, Vec<f64>)>,
+    /// Every round's publish msg/s per entry (the batch entries are paired on publish).
+    round_publish: Vec<(Role, Vec<f64>)>,
 }
 
 impl GroupResult {
@@ -344,6 +386,34 @@ impl GroupResult {
         })
     }
 
+    /// The batch publish ratios round by round (`None` without batch entries or rounds).
+    fn paired_batches(&self) -> Option<String> {
+        let publish = |role: Role| {
+            self.round_publish
+                .iter()
+                .find(|(r, _)| *r == role)
+                .map(|(_, t)| t.as_slice())
+        };
+        let batches = publish(Role::KombuRsBatch)?;
+        if batches.len() < 2 {
+            return None;
+        }
+        let mut parts = Vec::new();
+        if let Some(py) = publish(Role::Python) {
+            parts.push(format!("kombu-rs batches ÷ Python Kombu {}", paired_series(batches, py)));
+        }
+        if let Some(single) = publish(Role::KombuRs) {
+            parts.push(format!(
+                "kombu-rs batches ÷ kombu-rs one at a time {}",
+                paired_series(batches, single)
+            ));
+        }
+        if let (Some(raw), Some(name)) = (publish(Role::BaselineBatch), self.group.baseline) {
+            parts.push(format!("raw {name} batches ÷ kombu-rs batches {}", paired_series(raw, batches)));
+        }
+        Some(format!("publish ratios round by round: {}", parts.join("; ")))
+    }
+
     /// Ratio lines: kombu-rs ÷ Python Kombu, and raw baseline ÷ kombu-rs.
     fn ratios(&self) -> Vec<String> {
         let mut lines = Vec::new();
@@ -355,6 +425,32 @@ impl GroupResult {
             lines.push(format!(
                 "raw {name} ÷ kombu-rs: {} (how many times faster the raw channel is)",
                 ratio_triplet(raw, rs)
+            ));
+        }
+        if let Some(batches) = self.get(Role::KombuRsBatch) {
+            let mut parts = Vec::new();
+            if let Some(py) = self.get(Role::Python) {
+                parts.push(format!(
+                    "{} Python Kombu's publish (one at a time: it has no batch API)",
+                    ratio(batches.publish_msgs_per_s, py.publish_msgs_per_s)
+                ));
+            }
+            if let Some(single) = kombu {
+                parts.push(format!(
+                    "{} its own one-at-a-time publish",
+                    ratio(batches.publish_msgs_per_s, single.publish_msgs_per_s)
+                ));
+            }
+            if let (Some(raw), Some(name)) = (self.get(Role::BaselineBatch), self.group.baseline) {
+                parts.push(format!(
+                    "raw {name} batches ÷ kombu-rs batches {}",
+                    ratio(raw.publish_msgs_per_s, batches.publish_msgs_per_s)
+                ));
+            }
+            lines.push(format!(
+                "kombu-rs publishing in batches of {}: {}",
+                self.workload.batch,
+                parts.join("; ")
             ));
         }
         lines
@@ -396,7 +492,7 @@ fn ratio(a: f64, b: f64) -> String {
 
 /// Runs the subcommand.
 pub(crate) fn run(args: Args) -> Result<bool> {
-    let options = parse_options(args)?;
+    let (options, only) = parse_options(args)?;
     let root = util::workspace_root();
 
     let venv = venv::ensure_bench_venv(&root, "bench")?;
@@ -422,7 +518,9 @@ pub(crate) fn run(args: Args) -> Result<bool> {
 
     let mut results = Vec::new();
     for group in GROUPS {
-        results.push(run_group(&root, group, &options, &bins, &venv)?);
+        if only.is_empty() || only.iter().any(|name| name == group.transport) {
+            results.push(run_group(&root, group, &options, &bins, &venv)?);
+        }
     }
 
     println!();
@@ -432,13 +530,18 @@ pub(crate) fn run(args: Args) -> Result<bool> {
 
     let machine = Machine::probe(&root, &venv);
     let report = markdown(&options, &machine, &util::utc_now(), &results);
-    let path = root.join(REPORT);
+    let path = if only.is_empty() {
+        root.join(REPORT)
+    } else {
+        // A partial run must not replace the full report.
+        util::target_dir(&root).join(format!("bench-{}.md", only.join("-")))
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::new(format!("cannot create {}: {e}", dir.display())))?;
     }
     std::fs::write(&path, report).map_err(|e| Error::new(format!("cannot write {}: {e}", path.display())))?;
-    println!("bench: wrote {REPORT}");
+    println!("bench: wrote {}", path.display());
     Ok(true)
 }
 
@@ -465,12 +568,12 @@ fn run_group(
     let options = &group.workload(options);
     let entry = |role: Role| -> Command {
         let mut command = match role {
-            Role::KombuRs => {
+            Role::KombuRs | Role::KombuRsBatch => {
                 let mut kombu = Command::new(&bins.kombu);
                 kombu.args(["--url", &url, "bench"]);
                 kombu
             }
-            Role::Baseline => {
+            Role::Baseline | Role::BaselineBatch => {
                 let mut raw = Command::new(&bins.baseline);
                 raw.args([group.baseline.unwrap_or_default(), "--url", &url]);
                 raw
@@ -484,6 +587,9 @@ fn run_group(
             }
         };
         command.args(options.flags());
+        if role.is_batch() {
+            command.args(["--batch".to_owned(), options.batch.to_string()]);
+        }
         if role != Role::Python {
             command.arg("--json");
         }
@@ -495,6 +601,12 @@ fn run_group(
         roles.push(Role::Baseline);
     }
     roles.push(Role::Python);
+    if options.batch > 1 {
+        roles.push(Role::KombuRsBatch);
+        if group.baseline.is_some() {
+            roles.push(Role::BaselineBatch);
+        }
+    }
 
     // Interleaved rounds: a slow spell of the machine hits every entry alike instead of one.
     let mut measured: Vec<(Role, Vec<Measurement>)> = roles.iter().map(|r| (*r, Vec::new())).collect();
@@ -512,6 +624,9 @@ fn run_group(
                 .map_err(|e| Error::new(format!("`{}`: {e}", describe(&command))))?;
             measurement.name =
                 shorten_temp_paths(&measurement.name, &util::target_dir(root).join("xtask-tmp"));
+            if role.is_batch() {
+                measurement.name = format!("{} — batches of {}", measurement.name, options.batch);
+            }
             if measurement.messages != options.messages || measurement.size != options.size {
                 println!(
                     "bench: warning: {} reports messages={} size={}, asked for {} and {}",
@@ -533,6 +648,10 @@ fn run_group(
         .iter()
         .map(|(role, rounds)| (*role, rounds.iter().map(|m| m.total_msgs_per_s).collect()))
         .collect();
+    let round_publish = measured
+        .iter()
+        .map(|(role, rounds)| (*role, rounds.iter().map(|m| m.publish_msgs_per_s).collect()))
+        .collect();
     let mut runs = Vec::new();
     for (role, rounds) in measured {
         if let Some(m) = median_measurement(rounds) {
@@ -545,6 +664,7 @@ fn run_group(
         workload: *options,
         runs,
         round_totals,
+        round_publish,
     })
 }
 
@@ -671,7 +791,7 @@ fn terminal_table(result: &GroupResult) -> String {
     for line in crate::util::text_table(&rows) {
         let _ = writeln!(out, "{line}");
     }
-    for line in result.ratios().into_iter().chain(result.paired()) {
+    for line in result.ratios().into_iter().chain(result.paired()).chain(result.paired_batches()) {
         let _ = writeln!(out, "{line}");
     }
     out
@@ -731,12 +851,14 @@ fn markdown(options: &Options, machine: &Machine, date: &str, results: &[GroupRe
         latency_samples,
         size,
         rounds,
+        batch,
     } = *options;
     let Options {
         messages: default_messages,
         latency_samples: default_samples,
         size: default_size,
         rounds: default_rounds,
+        batch: default_batch,
     } = Options::default();
     let mut md = String::new();
     let _ = write!(
@@ -747,17 +869,20 @@ fn markdown(options: &Options, machine: &Machine, date: &str, results: &[GroupRe
          _Generated by `cargo xtask bench`; edits are overwritten._\n\n\
          ## How to reproduce\n\n\
          ```sh\n\
-         cargo xtask bench [--messages N] [--latency-samples M] [--size BYTES] [--rounds R]\n\
+         cargo xtask bench [--messages N] [--latency-samples M] [--size BYTES] [--rounds R] [--batch N]\n\
          ```\n\n\
          Defaults: {default_messages} messages, {default_samples} latency samples, {default_size}-byte \
-         bodies, {default_rounds} rounds; the flags of this run are \
+         bodies, {default_rounds} rounds, batches of {default_batch}; the flags of this run are \
          under [Run](#run). \
          It creates the Python venv `.venv` with the pinned `tests/python/requirements.txt` if needed, \
          builds the `kombu` CLI and the raw baselines (`cargo build --release -p kombu-cli -p \
          kombu-bench`), and for every transport runs `kombu --url <url> bench`, the raw baseline \
          `kombu-bench <name> --url <url>` (a bare driver, from the bench-only `kombu-bench` \
          package) and \
-         `{PYTHON_BENCH} --url <url>`. \
+         `{PYTHON_BENCH} --url <url>`; then kombu-rs and the raw baseline again with `--batch N`, \
+         publishing N messages together (kombu-rs: `Producer::batch`, every message still \
+         confirmed; raw: N pipelined sends, then their replies), which Python Kombu, having no \
+         batch API, is compared with by its one-at-a-time publish. \
          Every entry of a group runs once per round, the entries interleaved (kombu-rs, raw, \
          Python, then again), so a slow spell of the machine falls on all of them; every number \
          in the tables is the median over the rounds, and the ratios are taken between medians. \
@@ -765,7 +890,7 @@ fn markdown(options: &Options, machine: &Machine, date: &str, results: &[GroupRe
          of a round ran back to back, so each such pair saw the same state of the machine.\n\n\
          ## Run\n\n\
          - Date: {date}\n\
-         - Command: `cargo xtask bench --messages {messages} --latency-samples {latency_samples} --size {size} --rounds {rounds}`\n\n\
+         - Command: `cargo xtask bench --messages {messages} --latency-samples {latency_samples} --size {size} --rounds {rounds} --batch {batch}`\n\n\
          ## Machine\n\n\
          - CPUs (`nproc`): {}\n\
          - CPU model: {}\n\
@@ -808,7 +933,7 @@ fn markdown(options: &Options, machine: &Machine, date: &str, results: &[GroupRe
                 let _ = writeln!(md, "- {line}");
             }
         }
-        for line in result.spread().into_iter().chain(result.paired()) {
+        for line in result.spread().into_iter().chain(result.paired()).chain(result.paired_batches()) {
             let _ = writeln!(md, "- {line}");
         }
     }
@@ -860,7 +985,27 @@ mod tests {
                 (Role::Baseline, vec![2_000_000.0, 1_900_000.0, 2_100_000.0]),
                 (Role::Python, vec![27_777.7, 27_000.0, 28_000.0]),
             ],
+            round_publish: vec![
+                (Role::KombuRs, vec![1_000_000.0, 900_000.0, 1_100_000.0]),
+                (Role::Python, vec![50_000.0, 45_000.0, 55_000.0]),
+            ],
         }
+    }
+
+    /// `memory_result` with batch entries.
+    fn memory_result_with_batches() -> GroupResult {
+        let mut result = memory_result();
+        result.runs.push((
+            Role::KombuRsBatch,
+            measurement("kombu-rs memory:// — batches of 100", 3_000_000.0, 500_000.0, 400_000.0),
+        ));
+        result.runs.push((
+            Role::BaselineBatch,
+            measurement("raw mpsc — batches of 100", 6_000_000.0, 4_000_000.0, 2_400_000.0),
+        ));
+        result.round_publish.push((Role::KombuRsBatch, vec![3_000_000.0, 2_700_000.0, 3_300_000.0]));
+        result.round_publish.push((Role::BaselineBatch, vec![6_000_000.0, 5_400_000.0, 6_600_000.0]));
+        result
     }
 
     #[test]
@@ -887,7 +1032,7 @@ mod tests {
 
     #[test]
     fn parses_options() -> Result<()> {
-        assert_eq!(parse_options(args(&[]))?, Options::default());
+        assert_eq!(parse_options(args(&[]))?, (Options::default(), Vec::new()));
         let o = parse_options(args(&[
             "--messages",
             "20",
@@ -896,16 +1041,26 @@ mod tests {
             "64",
             "--rounds",
             "1",
+            "--batch",
+            "50",
+            "--groups",
+            "redis,amqp",
         ]))?;
         assert_eq!(
             o,
-            Options {
-                messages: 20,
-                latency_samples: 5,
-                size: 64,
-                rounds: 1,
-            }
+            (
+                Options {
+                    messages: 20,
+                    latency_samples: 5,
+                    size: 64,
+                    rounds: 1,
+                    batch: 50,
+                },
+                vec!["redis".to_owned(), "amqp".to_owned()]
+            )
         );
+        assert!(parse_options(args(&["--groups", "redis,kafka"])).is_err());
+        assert!(parse_options(args(&["--batch", "0"])).is_err());
         assert!(parse_options(args(&["--rounds", "0"])).is_err());
         assert!(parse_options(args(&["--messages", "lots"])).is_err());
         assert!(parse_options(args(&["--size", "0"])).is_err());
@@ -977,6 +1132,7 @@ mod tests {
             latency_samples: 5,
             size: 64,
             rounds: 2,
+            batch: 10,
         };
         assert_eq!(sqlite.workload(&small), small);
         assert_eq!(GROUPS[0].workload(&Options::default()), Options::default());
@@ -1009,6 +1165,23 @@ mod tests {
             )
         );
         assert_eq!(paired_series(&[2.0, 3.0], &[1.0, 0.0]), "2.00× (median 2.00×)");
+        assert_eq!(memory_result().paired_batches(), None);
+
+        let batches = memory_result_with_batches();
+        assert_eq!(
+            batches.ratios()[2],
+            "kombu-rs publishing in batches of 100: 60.00× Python Kombu's publish (one at a time: \
+             it has no batch API); 3.00× its own one-at-a-time publish; raw mpsc batches ÷ kombu-rs batches 2.00×"
+        );
+        assert_eq!(
+            batches.paired_batches().as_deref(),
+            Some(
+                "publish ratios round by round: kombu-rs batches ÷ Python Kombu 60.00× / 60.00× / \
+                 60.00× (median 60.00×); kombu-rs batches ÷ kombu-rs one at a time 3.00× / 3.00× / \
+                 3.00× (median 3.00×); raw mpsc batches ÷ kombu-rs batches 2.00× / 2.00× / 2.00× \
+                 (median 2.00×)"
+            )
+        );
     }
 
     #[test]
@@ -1037,12 +1210,13 @@ mod tests {
                 measurement("kombu-rs sqlite:///tmp/bench.db", 2_000.0, 2_000.0, 1_000.0),
             )],
             round_totals: vec![(Role::KombuRs, vec![1_000.0])],
+            round_publish: vec![(Role::KombuRs, vec![2_000.0])],
         };
         let md = markdown(
             &Options::default(),
             &machine,
             "2026-01-02 03:04 UTC",
-            &[memory_result(), sqlite_result],
+            &[memory_result_with_batches(), sqlite_result],
         );
         for needle in [
             "# kombu-rs benchmarks\n",
@@ -1057,7 +1231,10 @@ mod tests {
             "| kombu-rs memory:// | 1,000,000 | 500,000 | 333,333 | 0.012 | 0.500 |\n",
             "- kombu-rs ÷ Python Kombu: publish 20.00×",
             "- total msg/s in each of the 3 rounds: kombu-rs memory:// 333,333 / 300,000 / 350,000; raw mpsc 2,000,000 / 1,900,000 / 2,100,000; Python Kombu 5.7 memory:// 27,778 / 27,000 / 28,000\n",
-            "--size 100 --rounds 3`",
+            "--size 100 --rounds 3 --batch 100`",
+            "| kombu-rs memory:// — batches of 100 | 3,000,000 |",
+            "- kombu-rs publishing in batches of 100: 60.00×",
+            "- publish ratios round by round: kombu-rs batches ÷ Python Kombu 60.00×",
             "`kombu --url <url> bench`",
             "Workload of this group: 5000 messages, 1000 latency samples, 100-byte bodies.\n\n| run |",
         ] {
