@@ -17,6 +17,24 @@ async fn broker_restart_mid_stream_loses_no_confirmed_message() {
     common::restart::broker_restart_mid_stream(RabbitNode::url).await;
 }
 
+/// Issue 19's broker-lost-mid-batch check: batches published (confirms on) while the node
+/// restarts report each message's outcome, lose nothing confirmed, and a retry of only the
+/// failed ones completes the set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_across_a_restart_lose_nothing_confirmed() {
+    let node = tokio::task::spawn_blocking(RabbitNode::start)
+        .await
+        .expect("node");
+    let url = node.url(); // confirms are on by default
+    let mut node = node;
+    let node = kombu_testkit::faults::batches_across_a_restart(&url, move || {
+        node.restart();
+        node
+    })
+    .await;
+    drop(node);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_queue_ends_its_consumer_with_not_found_and_spares_the_others() {
     let node = RabbitNode::start();

@@ -39,12 +39,14 @@
 //! broker serves the whole suite. The cross-process behaviours start the test binary again
 //! as a second process.
 //!
-//! Beside the suite: [`interop`] (the Rust side of the scenarios shared with Python Kombu) and
+//! Beside the suite: [`interop`] (the Rust side of the scenarios shared with Python Kombu),
+//! [`faults`] (scenarios for crates whose tests can restart their broker) and
 //! [`tls`] (a test certificate authority and server certificate for TLS tests).
 #![forbid(unsafe_code)]
 
 mod behaviours;
 mod child;
+pub mod faults;
 mod harness;
 pub mod interop;
 pub mod tls;

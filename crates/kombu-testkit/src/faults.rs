@@ -1,0 +1,174 @@
+//! Fault scenarios for transport crates whose tests can restart their broker (the
+//! conformance suite cannot: it gets a URL, not a server).
+//!
+//! ```ignore
+//! // tests/restart.rs of a transport crate with a throwaway server
+//! let server = MyServer::start();
+//! let url = server.url();
+//! kombu_testkit::faults::batches_across_a_restart(&url, move || { server.restart(); server }).await;
+//! ```
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use kombu::{Connection, PublishOptions, Queue, RetryPolicy};
+use serde_json::{json, Value};
+
+/// Every wait of a scenario ends by then.
+const BOUND: Duration = Duration::from_secs(120);
+/// Messages per batch.
+const BATCH: u64 = 50;
+/// Batches sent before the restart begins.
+const BEFORE: u64 = 5;
+/// Batches that must be fully confirmed after the restart before publishing stops.
+const AFTER: u64 = 5;
+
+/// Batches published one after another while the broker restarts (`restart` runs on a
+/// blocking thread after the fifth batch; what it returns, e.g. the server handle, is given
+/// back at the end).
+///
+/// Checks, per message: a batch reports each message's own outcome; every failure is
+/// recoverable (the broker went away) — never a silent drop; every message reported
+/// confirmed is consumed afterwards (nothing confirmed is lost); sending only the failed
+/// ones again (one batch, with a retry policy) confirms them all, and they arrive too. Each
+/// message may arrive more than once (at-least-once), never zero times.
+///
+/// # Panics
+///
+/// When a check fails (it is a test).
+#[allow(clippy::expect_used, clippy::panic, reason = "a test scenario fails loudly")]
+pub async fn batches_across_a_restart<S: Send + 'static>(
+    url: &str,
+    restart: impl FnOnce() -> S + Send + 'static,
+) -> S {
+    let queue = Queue::new(format!("batch-restart-{}", uuid::Uuid::new_v4().simple()));
+    let options = PublishOptions::new()
+        .routing_key(queue.name.clone())
+        .declare(queue.clone());
+    let conn = Connection::new(url).expect("connection");
+    let producer = conn.producer();
+
+    let mut confirmed = BTreeSet::new();
+    let mut failed = Vec::new();
+    let mut restart = Some(restart);
+    let mut restarting = None;
+    let mut server = None;
+    let mut clean_after_restart = 0;
+    let deadline = Instant::now() + BOUND;
+    let mut next = 0u64;
+    while clean_after_restart < AFTER {
+        assert!(
+            Instant::now() < deadline,
+            "publishing batches across the restart took over {BOUND:?}: {} confirmed, {} failed",
+            confirmed.len(),
+            failed.len()
+        );
+        if next == BEFORE * BATCH {
+            let restart = restart.take().expect("one restart");
+            restarting = Some(tokio::task::spawn_blocking(restart));
+        }
+        if let Some(handle) = restarting.take_if(|h| h.is_finished()) {
+            server = Some(handle.await.expect("the restart panicked"));
+        }
+        let mut batch = producer.batch();
+        let first = next;
+        for n in first..first + BATCH {
+            batch.add(&json!({ "n": n }), options.clone());
+        }
+        next += BATCH;
+        let outcome = tokio::time::timeout(BOUND, batch.send())
+            .await
+            .unwrap_or_else(|_| panic!("a batch hung for over {BOUND:?}"));
+        assert_eq!(
+            outcome.results().len() as u64,
+            BATCH,
+            "one outcome per message"
+        );
+        let mut all_ok = true;
+        for (n, result) in (first..).zip(outcome.into_results()) {
+            match result {
+                Ok(()) => {
+                    confirmed.insert(n);
+                }
+                Err(e) => {
+                    assert!(
+                        e.is_recoverable(),
+                        "message {n} failed with an error that is not recoverable: {e}"
+                    );
+                    failed.push(n);
+                    all_ok = false;
+                }
+            }
+        }
+        if server.is_some() && all_ok {
+            clean_after_restart += 1;
+        }
+        if !all_ok {
+            // The broker is away: do not spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let server = server.expect("the restart finished");
+
+    // Only what failed is sent again.
+    let retried = failed.len();
+    if !failed.is_empty() {
+        let mut batch = producer.batch();
+        let retry = RetryPolicy::default()
+            .max_retries(20)
+            .interval_start(Duration::from_millis(200))
+            .interval_step(Duration::from_millis(200));
+        for n in &failed {
+            batch.add(&json!({ "n": n }), options.clone().retry(retry.clone()));
+        }
+        let outcome = tokio::time::timeout(BOUND, batch.send())
+            .await
+            .unwrap_or_else(|_| panic!("the retry batch hung for over {BOUND:?}"));
+        if let Some((i, e)) = outcome.failures().next() {
+            panic!("sending the failed messages again failed (message {}): {e}", failed[i]);
+        }
+    }
+
+    // Everything arrives: what was confirmed at once and what was sent again.
+    let mut consumer = conn
+        .consumer([queue.clone()])
+        .prefetch_count(100)
+        .build()
+        .await
+        .expect("consumer");
+    consumer.consume().await.expect("consume");
+    let mut received = BTreeSet::new();
+    let deadline = Instant::now() + BOUND;
+    while (received.len() as u64) < next {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = match consumer.recv_timeout(left.min(Duration::from_secs(5))).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == kombu::ErrorKind::Timeout && Instant::now() < deadline => continue,
+            Err(e) => {
+                let lost: Vec<&u64> = confirmed.iter().filter(|n| !received.contains(*n)).collect();
+                panic!(
+                    "{} of {next} messages arrived ({e}); confirmed but not arrived: {lost:?}",
+                    received.len()
+                );
+            }
+        };
+        let body: Value = message.decode().expect("json body");
+        received.insert(body["n"].as_u64().expect("n"));
+        message.ack().await.expect("ack");
+    }
+    assert_eq!(
+        received,
+        (0..next).collect::<BTreeSet<_>>(),
+        "every message arrived"
+    );
+    eprintln!(
+        "batches across a restart: {next} messages in batches of {BATCH}, {} confirmed at once, \
+         {retried} failed (recoverable) and were sent again",
+        confirmed.len()
+    );
+    consumer.close().await.expect("close consumer");
+    let channel = conn.channel().await.expect("channel");
+    let _ = channel.delete_queue(&queue.name, Default::default()).await;
+    conn.close().await.expect("close");
+    server
+}
