@@ -5,7 +5,11 @@
 //! pipelined batch caused it cannot be told from the close. So before a batch is sent, each
 //! exchange it names that this connection has not declared is checked once with a passive
 //! declare; the messages for a missing one fail alone with `NotFound` and are never sent, and
-//! the rest go out together (their confirms awaited together).
+//! the rest go out together (their confirms awaited together). A check that found the
+//! exchange is trusted for a few seconds (`Topology::knows_exchange`), so a producer sending
+//! many batches to an exchange another process declared pays one round trip per few seconds,
+//! not one per batch; should the exchange vanish within that window, that batch fails as a
+//! whole with `NotFound` and the next one checks again.
 
 use std::collections::HashMap;
 
@@ -26,32 +30,42 @@ pub(crate) async fn publish_batch(
     let mut missing: HashMap<String, Error> = HashMap::new();
     for (_, options) in &batch {
         let name = options.exchange();
-        if name.is_empty() || missing.contains_key(name) || topology.has_exchange(name) {
+        if name.is_empty() || missing.contains_key(name) || topology.knows_exchange(name) {
             continue;
         }
         match channel
             .declare_exchange(&Exchange::direct(name), DeclareOptions::passive())
             .await
         {
+            Ok(()) => topology.note_checked(name, true),
             Err(e) if e.kind() == ErrorKind::NotFound => {
+                topology.note_checked(name, false);
                 missing.insert(name.to_owned(), e.with_context("exchange", name));
             }
-            // Present (or unknown: the publish itself will tell).
-            _ => {}
+            // Unknown: the publish itself will tell.
+            Err(_) => {}
         }
     }
     let mut sends = Vec::with_capacity(batch.len());
     let mut refused = Vec::with_capacity(batch.len());
+    let mut sent_to = Vec::with_capacity(batch.len());
     for (message, options) in batch {
         match missing.get(options.exchange()) {
             Some(e) => refused.push(Some(e.duplicate())),
             None => {
                 refused.push(None);
+                sent_to.push(options.exchange().to_owned());
                 sends.push(channel.publish(message, options));
             }
         }
     }
-    let mut sent = join_all(sends).await.into_iter();
+    let sent = join_all(sends).await;
+    for (result, name) in sent.iter().zip(&sent_to) {
+        if matches!(result, Err(e) if e.kind() == ErrorKind::NotFound) {
+            topology.note_checked(name, false);
+        }
+    }
+    let mut sent = sent.into_iter();
     refused
         .into_iter()
         .map(|refusal| match refusal {

@@ -9,7 +9,9 @@
 //! consumer is used again. The record holds kombu-rs types only, so both drivers share it
 //! (the lapin driver in `session`, the amiquip driver on its connection thread).
 
+use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use kombu_core::{Exchange, ExchangeBinding, FieldTable, QueueBinding};
 
@@ -38,7 +40,13 @@ pub(crate) enum Declaration {
 #[derive(Debug, Default)]
 pub(crate) struct Topology {
     entries: Mutex<Vec<Declaration>>,
+    /// Exchanges declared by others that a passive check found present, and when: a batch
+    /// checks such an exchange at most once per [`CHECK_VALID_FOR`], not before every batch.
+    checked: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a passive check of an exchange this connection did not declare is trusted.
+const CHECK_VALID_FOR: Duration = Duration::from_secs(5);
 
 impl Topology {
     fn entries_mut(&self) -> std::sync::MutexGuard<'_, Vec<Declaration>> {
@@ -71,8 +79,29 @@ impl Topology {
             .any(|d| matches!(d, Declaration::Exchange(e) if e.name == name))
     }
 
+    /// Whether the exchange `name` is known to exist: declared by this connection, or found
+    /// by a passive check within the last few seconds.
+    pub(crate) fn knows_exchange(&self, name: &str) -> bool {
+        if self.has_exchange(name) {
+            return true;
+        }
+        let checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        checked.get(name).is_some_and(|at| at.elapsed() < CHECK_VALID_FOR)
+    }
+
+    /// A passive check found the exchange `name` present (`true`) or missing (`false`).
+    pub(crate) fn note_checked(&self, name: &str, present: bool) {
+        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        if present {
+            checked.insert(name.to_owned(), Instant::now());
+        } else {
+            checked.remove(name);
+        }
+    }
+
     /// Forget a deleted exchange and the bindings to and from it.
     pub(crate) fn forget_exchange(&self, name: &str) {
+        self.note_checked(name, false);
         self.entries_mut().retain(|d| match d {
             Declaration::Exchange(e) => e.name != name,
             Declaration::Binding(b) => b.exchange != name,
