@@ -4,6 +4,9 @@
     interop_kombu.py consume URL QUEUE COUNT [TIMEOUT]
                                                consume and ack COUNT messages, one JSON
                                                line per message on stdout
+    interop_kombu.py drain URL QUEUE IDLE      print {"ready": true} once consuming, then
+                                               consume and ack until no message came for
+                                               IDLE seconds, one JSON line per message
 
 Messages published here are `{"n": i, "text": "héllo ✓", "from": "python"}` with
 header `x-origin: python` and priority `i % 10`, to the default exchange with the
@@ -32,6 +35,44 @@ def publish(url, queue_name, count):
                 priority=i % 10,
             )
     print(json.dumps({"published": count}), flush=True)
+
+
+def message_line(body, message):
+    return {
+        "body": body,
+        "content_type": message.content_type,
+        "content_encoding": message.content_encoding,
+        "headers": message.headers,
+        "delivery_info": {
+            "exchange": message.delivery_info.get("exchange"),
+            "routing_key": message.delivery_info.get("routing_key"),
+        },
+        "redelivered": bool(message.delivery_info.get("redelivered")),
+    }
+
+
+def drain(url, queue_name, idle):
+    """Compete with other consumers: take what comes until the queue stays quiet."""
+    last = [time.monotonic()]
+
+    def on_message(body, message):
+        print(json.dumps(message_line(body, message)), flush=True)
+        message.ack()
+        last[0] = time.monotonic()
+
+    with Connection(url) as conn:
+        conn.transport.polling_interval = 0.05
+        with conn.Consumer([Queue(queue_name)], callbacks=[on_message], accept=["json"]):
+            print(json.dumps({"ready": True}), flush=True)
+            last[0] = time.monotonic()
+            while time.monotonic() - last[0] < idle:
+                try:
+                    conn.drain_events(timeout=0.2)
+                except TimeoutError:
+                    pass
+                except OSError as e:  # socket.timeout on older Pythons
+                    if "timed out" not in str(e):
+                        raise
 
 
 def consume(url, queue_name, count, timeout):
@@ -74,9 +115,12 @@ def consume(url, queue_name, count, timeout):
 
 
 def main(argv):
-    if len(argv) < 5 or argv[1] not in ("publish", "consume"):
+    if len(argv) < 5 or argv[1] not in ("publish", "consume", "drain"):
         print(__doc__, file=sys.stderr)
         return 64
+    if argv[1] == "drain":
+        drain(argv[2], argv[3], float(argv[4]))
+        return 0
     command, url, queue, count = argv[1], argv[2], argv[3], int(argv[4])
     if command == "publish":
         publish(url, queue, count)

@@ -437,3 +437,115 @@ pub async fn python_fanout_reaches_rust_subscribers(url: &str) {
     a.close().await.expect("close");
     b.close().await.expect("close");
 }
+
+/// A Python Kombu consumer and a kombu-rs consumer compete for one queue while kombu-rs
+/// publishes `messages` messages to it, paced so both get some: every message is consumed
+/// by one side or the other (nothing is lost in a mixed fleet), and each side gets at least
+/// one (the positive control that they did compete). A message may reach both sides: Python
+/// Kombu ignores kombu-rs's claims, so a mixed fleet is at-least-once. Returns (messages
+/// Rust took, messages Python took, messages both took).
+pub async fn competing_with_a_python_consumer(url: &str, python_url: &str, messages: u64) -> (u64, u64, u64) {
+    use std::collections::BTreeSet;
+    use std::io::{BufRead as _, BufReader};
+    use std::process::Stdio;
+
+    let name = format!("compete-{}", uuid::Uuid::new_v4().simple());
+    let queue = Queue::new(name.clone());
+    let conn = Connection::new(url).expect("connection");
+    // The queue exists before either consumer starts.
+    conn.channel()
+        .await
+        .expect("channel")
+        .declare_queue(&queue, Default::default())
+        .await
+        .expect("declare");
+
+    let mut child = Command::new(python())
+        .arg(workspace_root().join("tests/python/interop_kombu.py"))
+        .args(["drain", python_url, &name, "5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = lines_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the Python consumer said it is ready");
+    assert!(ready.contains("ready"), "{ready}");
+
+    let mut consumer = conn
+        .consumer([queue.clone()])
+        .prefetch_count(10)
+        .build()
+        .await
+        .expect("consumer");
+    consumer.consume().await.expect("consume");
+
+    // Publish in small batches with pauses, while both consume.
+    let publisher = tokio::spawn({
+        let conn = conn.clone();
+        let name = name.clone();
+        async move {
+            let producer = conn.producer();
+            for first in (0..messages).step_by(10) {
+                let mut batch = producer.batch();
+                for n in first..(first + 10).min(messages) {
+                    batch.add(&json!({ "n": n }), PublishOptions::new().routing_key(name.clone()));
+                }
+                batch.send().await.into_result().expect("publish");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+
+    let mut rust = BTreeSet::new();
+    let mut idle_since = std::time::Instant::now();
+    // Until the publisher is done and the queue stayed quiet for 3 s here too.
+    while !publisher.is_finished() || idle_since.elapsed() < Duration::from_secs(3) {
+        match consumer.recv_timeout(Duration::from_millis(200)).await {
+            Ok(m) => {
+                let body: Value = m.decode().expect("json");
+                rust.insert(body["n"].as_u64().expect("n"));
+                m.ack().await.expect("ack");
+                idle_since = std::time::Instant::now();
+            }
+            Err(e) if e.kind() == kombu::ErrorKind::Timeout => {}
+            Err(e) => panic!("the kombu-rs consumer failed: {e}"),
+        }
+    }
+    publisher.await.expect("publisher");
+    consumer.close().await.expect("close");
+
+    let status = child.wait().expect("python exits");
+    assert!(status.success(), "the Python consumer failed: {status}");
+    reader.join().expect("reader");
+    let mut python_took = BTreeSet::new();
+    for line in lines_rx.try_iter() {
+        let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
+        python_took.insert(value["body"]["n"].as_u64().expect("n"));
+    }
+    let all: BTreeSet<u64> = rust.union(&python_took).copied().collect();
+    let lost: Vec<u64> = (0..messages).filter(|n| !all.contains(n)).collect();
+    assert!(lost.is_empty(), "consumed by neither side: {lost:?}");
+    assert!(!rust.is_empty(), "kombu-rs took no message (no competition happened)");
+    assert!(!python_took.is_empty(), "Python Kombu took no message (no competition happened)");
+    let both = rust.intersection(&python_took).count() as u64;
+    eprintln!(
+        "competing consumers: {messages} messages; kombu-rs took {}, Python Kombu took {}, both took {both}",
+        rust.len(),
+        python_took.len()
+    );
+    let channel = conn.channel().await.expect("channel");
+    let _ = channel.delete_queue(&name, Default::default()).await;
+    conn.close().await.expect("close");
+    (rust.len() as u64, python_took.len() as u64, both)
+}
