@@ -1,8 +1,8 @@
 //! The SQS backend: queues by URL, Kombu's message body, receipts, long polling.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials as AwsCredentials, Region};
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
@@ -27,12 +27,43 @@ pub(crate) const SQS_MAX_MESSAGE: usize = 256 * 1024;
 /// SQS's batch size (receive, send, delete, change visibility).
 pub(crate) const SQS_BATCH: usize = 10;
 
+/// How long a queue's RedrivePolicy (or its absence) is trusted before it is read again
+/// (Kombu's `redrive_policy_cache_ttl`).
+const REDRIVE_POLICY_TTL: Duration = Duration::from_secs(300);
+
 /// A resolved queue: its URL and the client that may use it (predefined queues may have
-/// their own credentials and region).
+/// their own credentials and region, and a backoff policy).
 #[derive(Clone, Debug)]
 pub(crate) struct Target {
     pub(crate) url: Arc<str>,
     pub(crate) client: Client,
+    pub(crate) backoff: Option<Arc<Backoff>>,
+}
+
+/// A predefined queue's `backoff_policy` for its `backoff_tasks` (both given, as Kombu needs).
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    policy: BTreeMap<u32, u32>,
+    tasks: Vec<String>,
+}
+
+/// What a reject without requeue does to a held message (Kombu 5.7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OnReject {
+    /// Deleted, unless its queue has a RedrivePolicy: then left for SQS to move to the
+    /// dead-letter queue after `maxReceiveCount` receives.
+    Discard,
+    /// A task of the queue's `backoff_tasks`: never deleted; visible again after the policy's
+    /// seconds for its receive count (`None`: the policy has no entry for that count, and the
+    /// message comes back after its visibility timeout).
+    Backoff(Option<u32>),
+}
+
+/// A message this connection holds: its queue, and what a reject does to it.
+#[derive(Clone, Debug)]
+struct Held {
+    target: Target,
+    on_reject: OnReject,
 }
 
 pub(crate) struct SqsBackend {
@@ -43,7 +74,9 @@ pub(crate) struct SqsBackend {
     /// Queue URLs by canonical name (Kombu's `_queue_cache`).
     urls: Mutex<HashMap<String, Target>>,
     /// Receipts held by this connection → their queue (renewal needs the URL).
-    held: Mutex<HashMap<String, Target>>,
+    held: Mutex<HashMap<String, Held>>,
+    /// Queue URL → whether it has a RedrivePolicy, and when that was read.
+    redrive: Mutex<HashMap<Arc<str>, (bool, Instant)>>,
     pub(crate) batcher: SendBatcher,
     capabilities: Capabilities,
 }
@@ -307,11 +340,18 @@ impl SqsBackend {
                     default_credentials.as_ref().ok_or_else(missing)?,
                 ),
             };
+            let backoff = (!q.backoff_policy.is_empty() && !q.backoff_tasks.is_empty()).then(|| {
+                Arc::new(Backoff {
+                    policy: q.backoff_policy.clone(),
+                    tasks: q.backoff_tasks.clone(),
+                })
+            });
             predefined.insert(
                 settings.canonical_queue_name(name),
                 Target {
                     url: Arc::from(q.url.as_str()),
                     client: queue_client,
+                    backoff,
                 },
             );
         }
@@ -321,6 +361,7 @@ impl SqsBackend {
             predefined,
             urls: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
+            redrive: Mutex::new(HashMap::new()),
             batcher: SendBatcher::default(),
             capabilities,
         })
@@ -363,6 +404,7 @@ impl SqsBackend {
         let target = Target {
             url: Arc::from(url),
             client: self.client.clone(),
+            backoff: None,
         };
         lock(&self.urls).insert(name, target.clone());
         Ok(target)
@@ -520,14 +562,26 @@ impl SqsBackend {
         };
         // SQS counts receives: a message received before (requeued, or back after its
         // visibility timeout) is a redelivery.
-        if message
+        let receive_count = message
             .attributes()
             .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-            .and_then(|n| n.parse::<u64>().ok())
-            .is_some_and(|n| n > 1)
-        {
+            .and_then(|n| n.trim().parse::<u32>().ok());
+        if receive_count.is_some_and(|n| n > 1) {
             envelope.redelivered = true;
         }
+        let on_reject = match &target.backoff {
+            Some(backoff)
+                if envelope
+                    .message
+                    .headers
+                    .get("task")
+                    .and_then(Value::as_str)
+                    .is_some_and(|task| backoff.tasks.iter().any(|t| t == task)) =>
+            {
+                OnReject::Backoff(receive_count.and_then(|n| backoff.policy.get(&n).copied()))
+            }
+            _ => OnReject::Discard,
+        };
         let props = envelope.message.properties_mut();
         let mut sqs = FieldTable::new();
         if let Some(id) = message.message_id() {
@@ -562,7 +616,13 @@ impl SqsBackend {
         props
             .extra
             .insert("sqs_queue".into(), Value::String(target.url.to_string()));
-        lock(&self.held).insert(receipt.to_owned(), target.clone());
+        lock(&self.held).insert(
+            receipt.to_owned(),
+            Held {
+                target: target.clone(),
+                on_reject,
+            },
+        );
         Ok(Some(Claimed::held(envelope, receipt)))
     }
 
@@ -664,7 +724,7 @@ impl SqsBackend {
         let held = lock(&self.held);
         let mut groups: Vec<(Target, Vec<&'a str>)> = Vec::new();
         for r in receipts {
-            if let Some(t) = held.get(r) {
+            if let Some(Held { target: t, .. }) = held.get(r) {
                 match groups.iter_mut().find(|(g, _)| g.url == t.url) {
                     Some((_, list)) => list.push(r),
                     None => groups.push((t.clone(), vec![r])),
@@ -672,6 +732,96 @@ impl SqsBackend {
             }
         }
         groups
+    }
+}
+
+impl SqsBackend {
+    /// Whether the queue has a RedrivePolicy (`GetQueueAttributes`, trusted for
+    /// [`REDRIVE_POLICY_TTL`]). When it cannot be read the answer is `true`, as Kombu's: a
+    /// rejected message is then left on the queue rather than lost.
+    async fn has_redrive_policy(&self, target: &Target) -> bool {
+        let now = Instant::now();
+        if let Some((has, read_at)) = lock(&self.redrive).get(&target.url).copied() {
+            if now.duration_since(read_at) < REDRIVE_POLICY_TTL {
+                return has;
+            }
+        }
+        let result = target
+            .client
+            .get_queue_attributes()
+            .queue_url(&*target.url)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let has = out
+                    .attributes()
+                    .is_some_and(|a| a.contains_key(&QueueAttributeName::RedrivePolicy));
+                lock(&self.redrive).insert(target.url.clone(), (has, now));
+                has
+            }
+            Err(e) => {
+                let e = sdk_error("GetQueueAttributes", e);
+                warn!(
+                    error = %e,
+                    queue = %target.url,
+                    "could not read the queue's redrive policy; the rejected message is left on the queue"
+                );
+                if e.kind() == ErrorKind::PreconditionFailed {
+                    // Access denied: asking again at once would be denied again.
+                    lock(&self.redrive).insert(target.url.clone(), (true, now));
+                }
+                true
+            }
+        }
+    }
+
+    /// Settle messages rejected without requeue as Kombu 5.7 does; returns the receipts to
+    /// delete. A backoff task's message gets the policy's visibility instead; a message of a
+    /// queue with a RedrivePolicy is left for SQS to dead-letter. Either way this connection
+    /// stops holding (and renewing) it.
+    async fn settle_rejects<'a>(&self, receipts: Vec<&'a str>) -> Vec<&'a str> {
+        let held: Vec<(&'a str, Held)> = {
+            let held = lock(&self.held);
+            receipts
+                .into_iter()
+                .filter_map(|r| held.get(r).map(|h| (r, h.clone())))
+                .collect()
+        };
+        let mut delete = Vec::new();
+        let mut left = Vec::new();
+        // (queue, seconds) → receipts, for ChangeMessageVisibilityBatch.
+        let mut backoff: Vec<(Target, u32, Vec<&'a str>)> = Vec::new();
+        for (receipt, h) in held {
+            match h.on_reject {
+                OnReject::Backoff(Some(secs)) => {
+                    match backoff
+                        .iter_mut()
+                        .find(|(t, s, _)| t.url == h.target.url && *s == secs)
+                    {
+                        Some((_, _, list)) => list.push(receipt),
+                        None => backoff.push((h.target, secs, vec![receipt])),
+                    }
+                }
+                OnReject::Backoff(None) => left.push(receipt),
+                OnReject::Discard => {
+                    if self.has_redrive_policy(&h.target).await {
+                        left.push(receipt);
+                    } else {
+                        delete.push(receipt);
+                    }
+                }
+            }
+        }
+        for (target, secs, receipts) in &backoff {
+            if let Err(e) = self.change_visibility(target, receipts, *secs).await {
+                warn!(error = %e, "could not apply the backoff policy to a rejected message");
+            }
+            left.extend(receipts.iter().copied());
+        }
+        self.forget_receipts(left);
+        delete
     }
 }
 
@@ -815,8 +965,23 @@ impl VirtualBackend for SqsBackend {
 }
 
 impl Receipts for SqsBackend {
+    /// Acks are deleted (`DeleteMessageBatch`); rejects without requeue as Kombu 5.7 settles
+    /// them (see [`SqsBackend::settle_rejects`]).
     async fn ack_batch(&self, batch: &[Settle]) -> Result<()> {
-        let groups = self.group_by_target(batch.iter().map(Settle::receipt));
+        let mut delete: Vec<&str> = batch
+            .iter()
+            .filter(|s| !s.rejected())
+            .map(Settle::receipt)
+            .collect();
+        if batch.iter().any(Settle::rejected) {
+            let rejects = batch
+                .iter()
+                .filter(|s| s.rejected())
+                .map(Settle::receipt)
+                .collect();
+            delete.extend(self.settle_rejects(rejects).await);
+        }
+        let groups = self.group_by_target(delete);
         let mut first_error = None;
         for (target, receipts) in &groups {
             for chunk in receipts.chunks(SQS_BATCH) {

@@ -52,6 +52,7 @@
 //! | crash-safe acks | yes: a message is deleted when acknowledged; a dead consumer's messages come back after `visibility_timeout` |
 //! | long tasks | the visibility of held messages is extended every `visibility_timeout / 3` while the consumer lives (`ChangeMessageVisibilityBatch`) |
 //! | requeue, recover, close | `ChangeMessageVisibility(Batch)` to 0: available again at once |
+//! | reject without requeue | as Kombu 5.7: deleted, unless the queue has a RedrivePolicy (read with `GetQueueAttributes`, trusted 300 s; unreadable counts as present): then left for SQS to move to the dead-letter queue after `maxReceiveCount` receives. A predefined queue's `backoff_tasks` (`headers.task`) are never deleted: their visibility becomes `backoff_policy[ApproximateReceiveCount]` seconds |
 //! | order | FIFO queues keep order per group; standard queues do not (`fifo_order` false) |
 //! | delivery | at least once on standard queues (`exactly_once_delivery` false) |
 //! | counts | approximate (`ApproximateNumberOfMessages`) |
@@ -67,7 +68,7 @@
 //! | `wait_time_seconds` | 10 | long polling (0–20) |
 //! | `polling_interval` | 1 | seconds between short polls when `wait_time_seconds=0` |
 //! | `queue_name_prefix` | `""` | |
-//! | `predefined_queues` | none | JSON `{name: {url, access_key_id, secret_access_key, region, backoff_policy, backoff_tasks}}`: only these queues are used, by URL; nothing is created, listed or deleted |
+//! | `predefined_queues` | none | JSON `{name: {url, access_key_id, secret_access_key, region, backoff_policy, backoff_tasks}}`: only these queues are used, by URL; nothing is created, listed or deleted. `backoff_policy` (`{receive count: seconds}`) applies to a rejected message of the queue whose `headers.task` is in `backoff_tasks` |
 //! | `sqs_base64_encoding` | true | |
 //! | `fetch_message_attributes` | `["ApproximateReceiveCount"]` | JSON list (system attributes) or `{"MessageSystemAttributeNames": […], "MessageAttributeNames": […]}` |
 //! | `sqs-creation-attributes` | none | JSON object of `CreateQueue` attributes |
@@ -93,6 +94,10 @@
 //! * **Acks are batched**: `DeleteMessageBatch` for all acks queued meanwhile; publishes to a
 //!   queue that wait at the same time go out as `SendMessageBatch` groups of 10, each
 //!   publish answered by its own entry (a refused entry is that publish's error).
+//! * **Backoff follows the queue a message came from**: Kombu looks the predefined queue up
+//!   by the message's routing key (the same name for Celery's default routing), kombu-rs by
+//!   the queue it was received from. Backoff applies to `reject(requeue=false)`; a requeue
+//!   makes the message visible at once, as every requeue here does.
 //! * **Predefined queues never call `ListQueues`** or `GetQueueUrl`; other queues are looked
 //!   up by exact name with `GetQueueUrl` (no 1,000-queue listing limit).
 //! * **Foreign bodies are not garbled**: only a body that decodes to a Kombu envelope is
@@ -107,9 +112,6 @@
 //!
 //! * Fanout through SNS (`supports_fanout`, `predefined_exchanges`): fanout exchanges are
 //!   `Unsupported`, and `supports_fanout=true` is an `Unsupported` error at connect.
-//! * `backoff_policy` / `backoff_tasks` of predefined queues are parsed and checked but not
-//!   applied, and `reject(requeue=false)` always deletes the message (Kombu 5.7 leaves it for
-//!   a queue's RedrivePolicy or applies the backoff).
 //! * Credentials come from the URL, the options or the environment only: no profile files,
 //!   web identity, STS role (`sts_role_arn` is an `Unsupported` error) or instance metadata.
 //! * The envelope's `delivery_tag` stays the producer's uuid4 (Kombu overwrites it with the

@@ -41,12 +41,10 @@ pub(crate) struct PredefinedQueue {
     pub(crate) url: String,
     pub(crate) credentials: Option<Credentials>,
     pub(crate) region: Option<String>,
-    /// `backoff_policy`: receive count → visibility timeout in seconds. Parsed and checked,
-    /// not applied yet (see the crate docs).
-    #[allow(dead_code, reason = "parsed for Kombu compatibility; not applied yet")]
+    /// `backoff_policy`: receive count → visibility timeout in seconds, applied when a
+    /// message of one of `backoff_tasks` is rejected.
     pub(crate) backoff_policy: BTreeMap<u32, u32>,
-    /// `backoff_tasks`: the task names the backoff policy applies to.
-    #[allow(dead_code, reason = "parsed for Kombu compatibility; not applied yet")]
+    /// `backoff_tasks`: the task names (`headers.task`) the backoff policy applies to.
     pub(crate) backoff_tasks: Vec<String>,
 }
 

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::Moto;
+use common::{raw_client, Moto};
 use kombu::{Connection, ErrorKind, PublishOptions, Queue};
 use serde_json::{json, Value};
 
@@ -26,20 +26,6 @@ async fn publish_numbers(conn: &Connection, queue: &str, count: usize) {
             .await
             .expect("publish");
     }
-}
-
-/// An SQS client on the moto server, to put what kombu-rs would never write.
-fn raw_client(moto: &Moto) -> aws_sdk_sqs::Client {
-    let config = aws_sdk_sqs::Config::builder()
-        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .endpoint_url(format!("http://127.0.0.1:{}", moto.port))
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .build();
-    aws_sdk_sqs::Client::from_conf(config)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -184,7 +184,7 @@ impl<B: VirtualBackend> ChannelInner<B> {
         if no_ack {
             let Claimed { envelope, receipt } = claimed;
             if let Some(receipt) = receipt {
-                self.settle(queue, receipt);
+                self.settle(queue, receipt, false);
             }
             return Delivery {
                 message: envelope.message,
@@ -209,10 +209,11 @@ impl<B: VirtualBackend> ChannelInner<B> {
 
     /// Settle a message the broker holds: queued for the connection's batched writer, or
     /// written from a task of its own when the writer is gone.
-    fn settle(&self, queue: &Arc<str>, receipt: String) {
+    fn settle(&self, queue: &Arc<str>, receipt: String, rejected: bool) {
         let settle = Settle {
             queue: queue.clone(),
             receipt,
+            rejected,
         };
         let unsent = match &self.settlement {
             Some(settlement) => settlement.push(settle),
@@ -393,7 +394,7 @@ impl<B: VirtualBackend> Acknowledger for ChannelInner<B> {
     async fn ack(&self, tag: u64) -> Result<()> {
         let u = self.take_unacked(tag)?;
         if let Some(receipt) = u.claimed.receipt {
-            self.settle(&u.queue, receipt);
+            self.settle(&u.queue, receipt, false);
         }
         Ok(())
     }
@@ -406,7 +407,7 @@ impl<B: VirtualBackend> Acknowledger for ChannelInner<B> {
             Err(e) => return Some(Err(e)),
         };
         if let Some(receipt) = u.claimed.receipt {
-            self.settle(&u.queue, receipt);
+            self.settle(&u.queue, receipt, false);
         }
         Some(Ok(()))
     }
@@ -422,7 +423,7 @@ impl<B: VirtualBackend> Acknowledger for ChannelInner<B> {
                 restore(&*self.backend, &u.queue, claimed).await
             }
             (false, Some(receipt)) => {
-                self.settle(&u.queue, receipt);
+                self.settle(&u.queue, receipt, true);
                 Ok(())
             }
             (false, None) => Ok(()),
