@@ -79,6 +79,13 @@ pub(crate) struct SqsBackend {
     redrive: Mutex<HashMap<Arc<str>, (bool, Instant)>>,
     pub(crate) batcher: SendBatcher,
     capabilities: Capabilities,
+    /// SNS fanout, when `supports_fanout` is on.
+    #[cfg(feature = "sns")]
+    fanout: Option<crate::sns::Fanout>,
+    /// Always empty: SNS copies a fanout message into each queue, where it is received as
+    /// any other message (the core's native-fanout path needs a buffer all the same).
+    #[cfg(feature = "sns")]
+    broadcast: kombu_core::virtual_transport::BroadcastBuffer,
 }
 
 impl std::fmt::Debug for SqsBackend {
@@ -89,11 +96,19 @@ impl std::fmt::Debug for SqsBackend {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn build_client(settings: &Settings, region: &str, credentials: &Credentials) -> Client {
+/// What every AWS client of a connection is built from: the credentials, the HTTP client
+/// (rustls with ring where `tls` is on) and the timeouts.
+pub(crate) fn client_parts(
+    credentials: &Credentials,
+) -> (
+    AwsCredentials,
+    aws_sdk_sqs::config::SharedHttpClient,
+    aws_sdk_sqs::config::timeout::TimeoutConfig,
+) {
     let creds = AwsCredentials::new(
         credentials.access_key_id.clone(),
         credentials.secret_access_key.expose().to_owned(),
@@ -114,6 +129,11 @@ fn build_client(settings: &Settings, region: &str, credentials: &Credentials) ->
     let timeouts = aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(5))
         .build();
+    (creds, http, timeouts)
+}
+
+fn build_client(settings: &Settings, region: &str, credentials: &Credentials) -> Client {
+    let (creds, http, timeouts) = client_parts(credentials);
     let mut config = aws_sdk_sqs::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(region.to_owned()))
@@ -132,6 +152,15 @@ fn build_client(settings: &Settings, region: &str, credentials: &Credentials) ->
 /// Map an SDK error to a kombu error: transport failures are recoverable `Connection` errors,
 /// service errors by their code.
 pub(crate) fn sdk_error<E, R>(op: &'static str, err: SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    sdk_error_of("SQS", op, err)
+}
+
+/// [`sdk_error`] for a service by name (SQS, SNS).
+pub(crate) fn sdk_error_of<E, R>(service: &'static str, op: &'static str, err: SdkError<E, R>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
@@ -172,7 +201,7 @@ where
         },
         _ => (ErrorKind::Connection, true),
     };
-    let mut message = format!("SQS {op} failed");
+    let mut message = format!("{service} {op} failed");
     if let Some(c) = &code {
         message.push_str(&format!(": {c}"));
     }
@@ -180,7 +209,7 @@ where
         message.push_str(&format!(" ({d})"));
     }
     if kind == ErrorKind::Connection {
-        message.push_str(" — is the SQS endpoint reachable?");
+        message.push_str(&format!(" — is the {service} endpoint reachable?"));
     }
     Error::new(kind, message)
         .set_recoverable(recoverable)
@@ -355,7 +384,19 @@ impl SqsBackend {
                 },
             );
         }
+        #[cfg(feature = "sns")]
+        let fanout = if settings.supports_fanout {
+            Some(crate::sns::Fanout::new(&settings, default_credentials.as_ref())?)
+        } else {
+            None
+        };
         Ok(SqsBackend {
+            #[cfg(feature = "sns")]
+            fanout,
+            #[cfg(feature = "sns")]
+            broadcast: kombu_core::virtual_transport::BroadcastBuffer::new(Arc::new(
+                tokio::sync::Notify::new(),
+            )),
             settings,
             client,
             predefined,
@@ -934,6 +975,13 @@ impl VirtualBackend for SqsBackend {
             Err(e) => return Err(e),
         };
         self.forget(queue);
+        #[cfg(feature = "sns")]
+        if let Some(fanout) = &self.fanout {
+            // Kombu unsubscribes a deleted queue from its fanout topics.
+            if let Err(e) = fanout.unsubscribe_queue(queue).await {
+                warn!(error = %e, queue, "could not unsubscribe a deleted queue from its SNS topics");
+            }
+        }
         match target.client.delete_queue().queue_url(&*target.url).send().await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -959,8 +1007,88 @@ impl VirtualBackend for SqsBackend {
         Some(self)
     }
 
+    #[cfg(feature = "sns")]
+    fn stored_bindings(&self) -> Option<&impl kombu_core::virtual_transport::StoredBindings> {
+        self.fanout.as_ref().map(|_| self)
+    }
+
+    #[cfg(feature = "sns")]
+    fn native_fanout(&self) -> Option<&impl kombu_core::virtual_transport::NativeFanout> {
+        self.fanout.as_ref().map(|_| self)
+    }
+
     fn claiming_wait(&self) -> Option<&impl ClaimingWait> {
         Some(self)
+    }
+}
+
+/// Fanout exchanges as SNS topics: declaring one creates its topic, binding a queue
+/// subscribes it; nothing is stored for other exchange types (they route in the publishing
+/// process, as without SNS).
+#[cfg(feature = "sns")]
+impl kombu_core::virtual_transport::StoredBindings for SqsBackend {
+    async fn declare_exchange(&self, exchange: &kombu_core::Exchange) -> Result<()> {
+        match &self.fanout {
+            Some(fanout) if exchange.kind == kombu_core::ExchangeType::Fanout => {
+                fanout.topic(&self.settings, &exchange.name).await.map(|_| ())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn delete_exchange(&self, _exchange: &str) -> Result<()> {
+        // Kombu leaves the topic (other processes may publish to it).
+        Ok(())
+    }
+
+    async fn store_binding(
+        &self,
+        exchange: &kombu_core::Exchange,
+        binding: &kombu_core::virtual_transport::StoredBinding,
+    ) -> Result<()> {
+        match &self.fanout {
+            Some(fanout) if exchange.kind == kombu_core::ExchangeType::Fanout => {
+                let target = self.resolve(&binding.queue, true).await?;
+                fanout
+                    .subscribe(&self.settings, &exchange.name, &binding.queue, &target)
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn load_bindings(
+        &self,
+        _exchange: &str,
+    ) -> Result<Option<kombu_core::virtual_transport::StoredRoutes>> {
+        Ok(None)
+    }
+
+    async fn remove_binding(
+        &self,
+        exchange: &str,
+        binding: &kombu_core::virtual_transport::StoredBinding,
+    ) -> Result<()> {
+        match &self.fanout {
+            Some(fanout) => fanout.unsubscribe(exchange, &binding.queue).await,
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(feature = "sns")]
+impl kombu_core::virtual_transport::NativeFanout for SqsBackend {
+    async fn put_fanout(&self, exchange: &str, envelope: Envelope, _routing_key: &str) -> Result<()> {
+        match &self.fanout {
+            Some(fanout) => fanout.publish(&self.settings, exchange, &envelope).await,
+            None => Err(Error::unsupported(
+                "fanout exchanges on SQS need the transport option supports_fanout=true",
+            )),
+        }
+    }
+
+    fn broadcast_buffer(&self) -> &kombu_core::virtual_transport::BroadcastBuffer {
+        &self.broadcast
     }
 }
 

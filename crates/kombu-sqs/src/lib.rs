@@ -48,7 +48,7 @@
 //!
 //! | capability | |
 //! |---|---|
-//! | exchanges | direct and topic (routed in the publishing process, as Kombu does); fanout `Unsupported` (SNS fanout is not implemented yet) |
+//! | exchanges | direct and topic (routed in the publishing process, as Kombu does); fanout through SNS with the `sns` feature and `supports_fanout=true` (see below), else `Unsupported` (the connection's capabilities report fanout only then) |
 //! | crash-safe acks | yes: a message is deleted when acknowledged; a dead consumer's messages come back after `visibility_timeout` |
 //! | long tasks | the visibility of held messages is extended every `visibility_timeout / 3` while the consumer lives (`ChangeMessageVisibilityBatch`) |
 //! | requeue, recover, close | `ChangeMessageVisibility(Batch)` to 0: available again at once |
@@ -77,11 +77,33 @@
 //! | `port` | none | the endpoint's port when the URL has none |
 //! | `access_key_id`, `secret_access_key`, `session_token` | none | credentials when the URL has none; then `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN` |
 //! | `body_encoding` | `base64` | the envelope's inner body encoding |
+//! | `supports_fanout` | false | fanout exchanges through SNS (feature `sns`; without it `true` is an `Unsupported` error at connect) |
+//! | `predefined_exchanges` | none | JSON `{name: {arn, access_key_id, secret_access_key, region}}`: only these SNS topics are used, by ARN; none is created, and another fanout exchange is a `NotFound` error |
 //!
-//! `supports_fanout=true` and `sts_role_arn` are `Unsupported` errors (not implemented);
+//! `sts_role_arn` is an `Unsupported` error (not implemented);
 //! `client-config`, `regioninfo` are accepted without effect; any other option is an
 //! `InvalidArgument` error. Credentials never appear in `Debug` or `Display` output. No
 //! instance-metadata (IMDS) lookup is ever made.
+//!
+//! ## Fanout through SNS (feature `sns`, `supports_fanout=true`)
+//!
+//! Kombu 5.7's layout, so Python and Rust publishers and consumers share fanout exchanges:
+//!
+//! * A fanout exchange is an SNS topic named `canonical_queue_name(exchange)` (a FIFO topic
+//!   when that ends `.fifo`), tagged `ManagedBy=Celery/Kombu`; declaring the exchange creates
+//!   it (`CreateTopic` returns an existing topic's ARN).
+//! * Binding a queue to it subscribes the queue (`Subscribe`, protocol `sqs`,
+//!   `RawMessageDelivery=true`) and adds the topic to the queue policy's `KombuManaged`
+//!   statement (`SQS:SendMessage` from `sns.amazonaws.com` for that topic ARN), keeping the
+//!   policy's other statements. Unbinding or deleting the queue unsubscribes it.
+//! * A publish to it is one `Publish` of the JSON envelope (not base64), the
+//!   `message_attributes` property as `String` message attributes, and on a `.fifo` exchange
+//!   `MessageGroupId` (property, else `default`) and `MessageDeduplicationId` (property,
+//!   else a uuid4). SNS puts a copy in every subscribed queue, received as any message.
+//!
+//! Kombu subscribes a queue when it starts consuming it; kombu-rs when the queue is bound,
+//! so a message published between binding and consuming is not missed. Kombu's cleanup of
+//! subscriptions whose queue was deleted (on exchange declare) is not done.
 //!
 //! ## Better than Kombu
 //!
@@ -98,6 +120,8 @@
 //!   by the message's routing key (the same name for Celery's default routing), kombu-rs by
 //!   the queue it was received from. Backoff applies to `reject(requeue=false)`; a requeue
 //!   makes the message visible at once, as every requeue here does.
+//! * **A queue bound to two fanout exchanges receives from both**: the `KombuManaged` policy
+//!   statement lists every topic (Kombu's holds only the last one bound).
 //! * **Predefined queues never call `ListQueues`** or `GetQueueUrl`; other queues are looked
 //!   up by exact name with `GetQueueUrl` (no 1,000-queue listing limit).
 //! * **Foreign bodies are not garbled**: only a body that decodes to a Kombu envelope is
@@ -110,8 +134,6 @@
 //!
 //! ## Not yet implemented
 //!
-//! * Fanout through SNS (`supports_fanout`, `predefined_exchanges`): fanout exchanges are
-//!   `Unsupported`, and `supports_fanout=true` is an `Unsupported` error at connect.
 //! * Credentials come from the URL, the options or the environment only: no profile files,
 //!   web identity, STS role (`sts_role_arn` is an `Unsupported` error) or instance metadata.
 //! * The envelope's `delivery_tag` stays the producer's uuid4 (Kombu overwrites it with the
@@ -126,11 +148,16 @@
 //!
 //! * `tls` (default): HTTPS through rustls with ring (no aws-lc, no OpenSSL) and the
 //!   platform's root certificates. Without it only `http://` endpoints work.
+//! * `sns`: fanout exchanges through SNS (`aws-sdk-sns`, with the same lean features as
+//!   aws-sdk-sqs), turned on per connection by `supports_fanout=true`. The kombu facade's
+//!   feature `sqs-sns`.
 #![forbid(unsafe_code)]
 
 mod backend;
 mod batch;
 mod settings;
+#[cfg(feature = "sns")]
+mod sns;
 
 use std::sync::Arc;
 
@@ -180,7 +207,12 @@ fn connect(options: ConnectOptions) -> ConnectFuture {
         } else {
             BodyEncoding::Utf8
         };
-        let backend = backend::SqsBackend::new(settings, CAPABILITIES)?;
+        // Fanout works only through SNS: built with `sns` and turned on per connection.
+        let capabilities = Capabilities {
+            exchange_fanout: cfg!(feature = "sns") && settings.supports_fanout,
+            ..CAPABILITIES
+        };
+        let backend = backend::SqsBackend::new(settings, capabilities)?;
         let transport: Arc<dyn Transport> = Arc::new(
             VirtualTransport::new(Arc::new(backend), BrokerState::new()).with_body_encoding(encoding),
         );

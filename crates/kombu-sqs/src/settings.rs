@@ -48,6 +48,19 @@ pub(crate) struct PredefinedQueue {
     pub(crate) backoff_tasks: Vec<String>,
 }
 
+/// One entry of `predefined_exchanges`: an SNS topic that exists already, by ARN, with its
+/// own credentials and region where given (nothing is created for it).
+#[derive(Debug, Clone)]
+#[cfg_attr(
+    not(feature = "sns"),
+    allow(dead_code, reason = "fanout needs the `sns` feature")
+)]
+pub(crate) struct PredefinedExchange {
+    pub(crate) arn: String,
+    pub(crate) credentials: Option<Credentials>,
+    pub(crate) region: Option<String>,
+}
+
 /// Which attributes a receive asks for (`fetch_message_attributes`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FetchAttributes {
@@ -74,6 +87,14 @@ pub(crate) struct Settings {
     pub(crate) queue_tags: BTreeMap<String, String>,
     /// `body_encoding` of the inner envelope (Kombu's virtual transport option).
     pub(crate) body_base64: bool,
+    /// `supports_fanout`: fanout exchanges through SNS topics (feature `sns`).
+    pub(crate) supports_fanout: bool,
+    /// `predefined_exchanges`: only these topics are used, by ARN.
+    #[cfg_attr(
+        not(feature = "sns"),
+        allow(dead_code, reason = "fanout needs the `sns` feature")
+    )]
+    pub(crate) predefined_exchanges: BTreeMap<String, PredefinedExchange>,
 }
 
 /// Options Kombu has that change nothing here; accepted so Kombu/Celery configurations work.
@@ -268,6 +289,42 @@ fn predefined_queues(value: Option<Json>) -> Result<BTreeMap<String, PredefinedQ
     Ok(out)
 }
 
+fn predefined_exchanges(value: Option<Json>) -> Result<BTreeMap<String, PredefinedExchange>> {
+    let Some(value) = value else {
+        return Ok(BTreeMap::new());
+    };
+    let Json::Object(map) = value else {
+        return Err(invalid(
+            "predefined_exchanges must be a JSON object of exchange name → settings",
+        ));
+    };
+    let mut out = BTreeMap::new();
+    for (name, entry) in map {
+        let Json::Object(entry) = entry else {
+            return Err(invalid(format!(
+                "predefined_exchanges[{name:?}] must be an object"
+            )));
+        };
+        let text = |k: &str| entry.get(k).and_then(Json::as_str);
+        let arn = text("arn")
+            .ok_or_else(|| invalid(format!("predefined_exchanges[{name:?}] needs an arn")))?
+            .to_owned();
+        out.insert(
+            name,
+            PredefinedExchange {
+                arn,
+                credentials: credentials_of(
+                    text("access_key_id"),
+                    text("secret_access_key"),
+                    text("session_token"),
+                ),
+                region: text("region").map(str::to_owned),
+            },
+        );
+    }
+    Ok(out)
+}
+
 impl Settings {
     pub(crate) fn from_options(options: &ConnectOptions) -> Result<Settings> {
         let url = &options.url;
@@ -283,9 +340,15 @@ impl Settings {
                 return Err(invalid(format!("unknown SQS transport option {key:?}")));
             }
         }
-        if opts.get("supports_fanout").map(|v| truthy(v)).transpose()? == Some(true) {
+        let supports_fanout = opts
+            .get("supports_fanout")
+            .map(|v| truthy(v))
+            .transpose()?
+            .unwrap_or(false);
+        if supports_fanout && !cfg!(feature = "sns") {
             return Err(Error::unsupported(
-                "fanout through SNS (supports_fanout) is not implemented by kombu-sqs yet",
+                "fanout through SNS (supports_fanout=true) needs kombu-sqs built with its feature \
+                 `sns` (the kombu facade's feature `sqs-sns`)",
             ));
         }
         if opts.contains_key("sts_role_arn") {
@@ -382,6 +445,8 @@ impl Settings {
             creation_attributes,
             queue_tags: string_map("queue_tags", json_option(options, "queue_tags")?)?,
             body_base64,
+            supports_fanout,
+            predefined_exchanges: predefined_exchanges(json_option(options, "predefined_exchanges")?)?,
         })
     }
 
@@ -457,8 +522,14 @@ mod tests {
         assert!(!s.base64_encoding);
         let err = settings("sqs://k:s@localhost?nope=1").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
-        let err = settings("sqs://k:s@localhost?supports_fanout=true").unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        let fanout = settings("sqs://k:s@localhost?supports_fanout=true");
+        if cfg!(feature = "sns") {
+            assert!(fanout.unwrap().supports_fanout);
+        } else {
+            let err = fanout.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unsupported);
+            assert!(err.to_string().contains("sqs-sns"), "{err}");
+        }
         let err = settings("sqs://k:s@localhost?wait_time_seconds=21").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     }
