@@ -174,6 +174,8 @@ where
         }
         SdkError::ServiceError(_) => match code.as_deref() {
             Some(c) if is_missing_queue(c) => (ErrorKind::NotFound, false),
+            // SNS: a topic or subscription that does not exist.
+            Some("NotFound" | "NotFoundException") => (ErrorKind::NotFound, false),
             Some("QueueAlreadyExists" | "QueueNameExists") => (ErrorKind::NotEquivalent, false),
             Some("QueueDeletedRecently") => (ErrorKind::PreconditionFailed, true),
             Some(
@@ -183,7 +185,8 @@ where
                 | "SignatureDoesNotMatch"
                 | "UnrecognizedClientException"
                 | "MissingAuthenticationToken"
-                | "ExpiredToken",
+                | "ExpiredToken"
+                | "AuthorizationError",
             ) => (ErrorKind::PreconditionFailed, false),
             Some("MessageTooLong" | "BatchRequestTooLong" | "TooManyEntriesInBatchRequest") => {
                 (ErrorKind::LimitExceeded, false)

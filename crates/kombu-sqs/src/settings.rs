@@ -557,4 +557,25 @@ mod tests {
         assert_eq!(s.creation_attributes["MessageRetentionPeriod"], "600");
         assert!(!format!("{s:?}").contains("\"b\""));
     }
+
+    #[test]
+    fn predefined_exchanges_are_read() {
+        let mut o = ConnectOptions::new("sqs://k:s@localhost".parse().unwrap());
+        o.transport_options.insert(
+            "predefined_exchanges".into(),
+            r#"{"ex": {"arn": "arn:aws:sns:eu-west-1:1:ex", "access_key_id": "a", "secret_access_key": "sekrit", "region": "eu-west-1"}}"#.into(),
+        );
+        let s = Settings::from_options(&o).unwrap();
+        let e = &s.predefined_exchanges["ex"];
+        assert_eq!(e.arn, "arn:aws:sns:eu-west-1:1:ex");
+        assert_eq!(e.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(e.credentials.as_ref().unwrap().access_key_id, "a");
+        assert!(!format!("{s:?}").contains("sekrit"));
+        o.transport_options
+            .insert("predefined_exchanges".into(), r#"{"ex": {}}"#.into());
+        assert_eq!(
+            Settings::from_options(&o).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+    }
 }

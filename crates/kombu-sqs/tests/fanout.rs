@@ -86,3 +86,46 @@ async fn fanout_is_unsupported_without_supports_fanout() {
         .expect("a direct exchange");
     conn.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predefined_exchanges_are_used_by_arn_and_no_topic_is_created() {
+    let moto = Moto::start();
+    // A topic made beforehand (here by a connection that may create topics).
+    let maker = Connection::new(&moto.url_with("supports_fanout=true")).expect("connection");
+    maker
+        .channel()
+        .await
+        .expect("channel")
+        .declare_exchange(&Exchange::fanout("made"), DeclareOptions::default())
+        .await
+        .expect("topic created");
+    maker.close().await.expect("close");
+    let mut options = kombu::ConnectionOptions::default();
+    options.transport_options.insert(
+        "predefined_exchanges".into(),
+        json!({"made": {"arn": "arn:aws:sns:us-east-1:123456789012:made"}}).to_string(),
+    );
+    let conn = Connection::with_options(&moto.url_with("supports_fanout=true"), options).expect("connection");
+    let exchange = Exchange::fanout("made");
+    let queue = Queue::new("made-q").exchange(exchange.clone()).routing_key("");
+    declare(&conn, &queue).await;
+    conn.producer()
+        .exchange(exchange)
+        .publish(&json!("by arn"), PublishOptions::new())
+        .await
+        .expect("publish");
+    assert_eq!(
+        take_one(&conn, &queue).await.decode::<String>().unwrap(),
+        "by arn"
+    );
+    // Any other fanout exchange is an error: nothing is created.
+    let err = conn
+        .channel()
+        .await
+        .expect("channel")
+        .declare_exchange(&Exchange::fanout("unknown"), DeclareOptions::default())
+        .await
+        .expect_err("an exchange missing from predefined_exchanges");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    conn.close().await.expect("close");
+}
