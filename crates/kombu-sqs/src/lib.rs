@@ -176,7 +176,7 @@ use std::sync::Arc;
 
 use kombu_core::registry::{ConnectFuture, TransportDescriptor};
 use kombu_core::virtual_transport::{BrokerState, VirtualTransport};
-use kombu_core::{BodyEncoding, Capabilities, ConnectOptions, Transport};
+use kombu_core::{BodyEncoding, Capabilities, ConnectOptions, ExchangeType, Transport};
 
 /// The URL schemes this transport serves (Kombu's `sqs`; `SQS` is the same scheme).
 pub const SCHEMES: &[&str] = &["sqs"];
@@ -196,6 +196,14 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     max_message_size: Some(MAX_MESSAGE_SIZE),
     cross_process: true,
     ..Capabilities::NONE
+};
+
+/// How to turn fanout on, in the `Unsupported` error of a fanout exchange.
+const FANOUT_HINT: &str = if cfg!(feature = "sns") {
+    "fanout on SQS goes through SNS: set the transport option supports_fanout=true"
+} else {
+    "fanout on SQS goes through SNS: build kombu-sqs with its feature `sns` (kombu's `sqs-sns`) \
+     and set the transport option supports_fanout=true"
 };
 
 /// The registry entry of the SQS transport.
@@ -226,9 +234,12 @@ fn connect(options: ConnectOptions) -> ConnectFuture {
             ..CAPABILITIES
         };
         let backend = backend::SqsBackend::new(settings, capabilities)?;
-        let transport: Arc<dyn Transport> = Arc::new(
-            VirtualTransport::new(Arc::new(backend), BrokerState::new()).with_body_encoding(encoding),
-        );
+        let mut transport =
+            VirtualTransport::new(Arc::new(backend), BrokerState::new()).with_body_encoding(encoding);
+        if !capabilities.exchange_fanout {
+            transport = transport.with_unsupported_hint(ExchangeType::Fanout, FANOUT_HINT);
+        }
+        let transport: Arc<dyn Transport> = Arc::new(transport);
         Ok(transport)
     })
 }

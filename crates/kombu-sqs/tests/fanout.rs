@@ -79,6 +79,10 @@ async fn fanout_is_unsupported_without_supports_fanout() {
         .await
         .expect_err("a fanout exchange without supports_fanout");
     assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(
+        err.to_string().contains("supports_fanout=true"),
+        "says how to turn it on: {err}"
+    );
     // Positive control: a direct exchange works on the same channel.
     channel
         .declare_exchange(&Exchange::direct("yes"), DeclareOptions::default())

@@ -281,3 +281,33 @@ async fn server_restart_mid_stream_then_the_consumer_resumes() {
     assert_eq!(after, vec![0, 1]);
     conn.close().await.expect("close");
 }
+
+/// Built without `sns`: a fanout exchange is `Unsupported`, and the error names the feature
+/// and the option that turn it on (no request is made: the capabilities decide).
+#[cfg(not(feature = "sns"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_without_the_sns_feature_says_how_to_turn_it_on() {
+    use kombu::transport::DeclareOptions;
+    use kombu::Exchange;
+    let moto = Moto::start();
+    let conn = Connection::new(&moto.url()).expect("connection");
+    let channel = conn.channel().await.expect("channel");
+    let err = channel
+        .declare_exchange(&Exchange::fanout("fan"), DeclareOptions::default())
+        .await
+        .expect_err("fanout without SNS");
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("sqs-sns"), "{err}");
+    // Positive control: a topic exchange works.
+    channel
+        .declare_exchange(&Exchange::topic("top"), DeclareOptions::default())
+        .await
+        .expect("topic exchange");
+    let err = Connection::new(&moto.url_with("supports_fanout=true"))
+        .expect("connection")
+        .channel()
+        .await
+        .expect_err("supports_fanout=true without the feature");
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("sqs-sns"), "{err}");
+}

@@ -23,7 +23,7 @@ use super::settlement::Settlement;
 use super::state::BrokerState;
 use super::unacked::{restore, restore_all, Stashed, Unacked, UnackedMap};
 use crate::capabilities::Capabilities;
-use crate::entity::{Exchange, Queue};
+use crate::entity::{Exchange, ExchangeType, Queue};
 use crate::envelope::{BodyEncoding, Envelope};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{AckHandle, Acknowledger, Delivery, DeliveryInfo, RawMessage};
@@ -48,6 +48,7 @@ pub(super) struct ChannelInner<B: VirtualBackend> {
     pub(super) backend: Arc<B>,
     pub(super) state: Arc<BrokerState>,
     pub(super) body_encoding: BodyEncoding,
+    unsupported_hint: Option<(ExchangeType, &'static str)>,
     pub(super) open: AtomicBool,
     next_tag: AtomicU64,
     prefetch: AtomicU16,
@@ -85,12 +86,14 @@ impl<B: VirtualBackend> VirtualChannel<B> {
         backend: Arc<B>,
         state: Arc<BrokerState>,
         body_encoding: BodyEncoding,
+        unsupported_hint: Option<(ExchangeType, &'static str)>,
         settlement: Option<Settlement>,
     ) -> Self {
         let inner = Arc::new_cyclic(|self_ref| ChannelInner {
             backend,
             state,
             body_encoding,
+            unsupported_hint,
             open: AtomicBool::new(true),
             next_tag: AtomicU64::new(1),
             prefetch: AtomicU16::new(0),
@@ -480,7 +483,11 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
         }
         let caps = inner.backend.capabilities();
         if !caps.supports_exchange_type(exchange.kind) {
-            return Err(Error::unsupported(format!("{} exchanges", exchange.kind))
+            let message = match inner.unsupported_hint {
+                Some((kind, hint)) if kind == exchange.kind => format!("{} exchanges: {hint}", exchange.kind),
+                _ => format!("{} exchanges", exchange.kind),
+            };
+            return Err(Error::unsupported(message)
                 .with_context("transport", inner.backend.name())
                 .with_context("exchange", &exchange.name));
         }
