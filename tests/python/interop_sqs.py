@@ -15,6 +15,16 @@ with PREFIX):
 * attrs: queue PREFIX-attrs, one message with the SQS message attribute color=blue.
 * predefined: queue PREFIX-pre, created here with boto3 and used through predefined_queues
   (by URL, never listed or created by Kombu).
+
+SNS fanout (transport option supports_fanout=True):
+
+    interop_sqs.py fanout-publish URL EXCHANGE          publish {"kind": "fanout"} to the
+                                                        fanout exchange EXCHANGE (an SNS topic)
+    interop_sqs.py fanout-subscribe URL EXCHANGE Q...   bind the queues to EXCHANGE and start
+                                                        consuming them (Kombu subscribes a queue
+                                                        to the topic when it consumes it)
+    interop_sqs.py fanout-consume URL EXCHANGE Q...     one message from each queue, one JSON
+                                                        line each
 """
 
 import json
@@ -22,7 +32,7 @@ import sys
 import time
 
 import boto3
-from kombu import Connection, Queue
+from kombu import Connection, Exchange, Queue
 
 from interop_scenarios import describe
 
@@ -124,6 +134,51 @@ def consume(url, prefix):
         print(json.dumps(line), flush=True)
 
 
+def fanout_options():
+    return {"region": "us-east-1", "wait_time_seconds": 1, "supports_fanout": True}
+
+
+def fanout_queues(exchange, names):
+    ex = Exchange(exchange, type="fanout")
+    return ex, [Queue(name, exchange=ex, routing_key="") for name in names]
+
+
+def fanout_publish(url, exchange):
+    with Connection(url, transport_options=fanout_options()) as conn:
+        ex, _ = fanout_queues(exchange, [])
+        conn.Producer(serializer="json").publish({"kind": "fanout", "from": "python"}, exchange=ex, declare=[ex])
+    print(json.dumps({"published": True}), flush=True)
+
+
+def fanout_subscribe(url, exchange, *names):
+    with Connection(url, transport_options=fanout_options()) as conn:
+        _, queues = fanout_queues(exchange, names)
+        with conn.Consumer(queues, callbacks=[], accept=ACCEPT):
+            try:
+                conn.drain_events(timeout=0.5)
+            except (TimeoutError, OSError):
+                pass
+    print(json.dumps({"subscribed": list(names)}), flush=True)
+
+
+def fanout_consume(url, exchange, *names):
+    lines = []
+    with Connection(url, transport_options=fanout_options()) as conn:
+        _, queues = fanout_queues(exchange, names)
+        for queue in queues:
+            for line in drain(conn, queue, 1, "fanout"):
+                line["queue"] = queue.name
+                lines.append(line)
+    for line in lines:
+        print(json.dumps(line), flush=True)
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"publish": publish, "consume": consume}[command](*args)
+    {
+        "publish": publish,
+        "consume": consume,
+        "fanout-publish": fanout_publish,
+        "fanout-subscribe": fanout_subscribe,
+        "fanout-consume": fanout_consume,
+    }[command](*args)

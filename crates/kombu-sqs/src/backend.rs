@@ -1,8 +1,8 @@
 //! The SQS backend: queues by URL, Kombu's message body, receipts, long polling.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials as AwsCredentials, Region};
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
@@ -27,12 +27,43 @@ pub(crate) const SQS_MAX_MESSAGE: usize = 256 * 1024;
 /// SQS's batch size (receive, send, delete, change visibility).
 pub(crate) const SQS_BATCH: usize = 10;
 
+/// How long a queue's RedrivePolicy (or its absence) is trusted before it is read again
+/// (Kombu's `redrive_policy_cache_ttl`).
+const REDRIVE_POLICY_TTL: Duration = Duration::from_secs(300);
+
 /// A resolved queue: its URL and the client that may use it (predefined queues may have
-/// their own credentials and region).
+/// their own credentials and region, and a backoff policy).
 #[derive(Clone, Debug)]
 pub(crate) struct Target {
     pub(crate) url: Arc<str>,
     pub(crate) client: Client,
+    pub(crate) backoff: Option<Arc<Backoff>>,
+}
+
+/// A predefined queue's `backoff_policy` for its `backoff_tasks` (both given, as Kombu needs).
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    policy: BTreeMap<u32, u32>,
+    tasks: Vec<String>,
+}
+
+/// What a reject without requeue does to a held message (Kombu 5.7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OnReject {
+    /// Deleted, unless its queue has a RedrivePolicy: then left for SQS to move to the
+    /// dead-letter queue after `maxReceiveCount` receives.
+    Discard,
+    /// A task of the queue's `backoff_tasks`: never deleted; visible again after the policy's
+    /// seconds for its receive count (`None`: the policy has no entry for that count, and the
+    /// message comes back after its visibility timeout).
+    Backoff(Option<u32>),
+}
+
+/// A message this connection holds: its queue, and what a reject does to it.
+#[derive(Clone, Debug)]
+struct Held {
+    target: Target,
+    on_reject: OnReject,
 }
 
 pub(crate) struct SqsBackend {
@@ -43,9 +74,18 @@ pub(crate) struct SqsBackend {
     /// Queue URLs by canonical name (Kombu's `_queue_cache`).
     urls: Mutex<HashMap<String, Target>>,
     /// Receipts held by this connection → their queue (renewal needs the URL).
-    held: Mutex<HashMap<String, Target>>,
+    held: Mutex<HashMap<String, Held>>,
+    /// Queue URL → whether it has a RedrivePolicy, and when that was read.
+    redrive: Mutex<HashMap<Arc<str>, (bool, Instant)>>,
     pub(crate) batcher: SendBatcher,
     capabilities: Capabilities,
+    /// SNS fanout, when `supports_fanout` is on.
+    #[cfg(feature = "sns")]
+    fanout: Option<crate::sns::Fanout>,
+    /// Always empty: SNS copies a fanout message into each queue, where it is received as
+    /// any other message (the core's native-fanout path needs a buffer all the same).
+    #[cfg(feature = "sns")]
+    broadcast: kombu_core::virtual_transport::BroadcastBuffer,
 }
 
 impl std::fmt::Debug for SqsBackend {
@@ -56,11 +96,19 @@ impl std::fmt::Debug for SqsBackend {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn build_client(settings: &Settings, region: &str, credentials: &Credentials) -> Client {
+/// What every AWS client of a connection is built from: the credentials, the HTTP client
+/// (rustls with ring where `tls` is on) and the timeouts.
+pub(crate) fn client_parts(
+    credentials: &Credentials,
+) -> (
+    AwsCredentials,
+    aws_sdk_sqs::config::SharedHttpClient,
+    aws_sdk_sqs::config::timeout::TimeoutConfig,
+) {
     let creds = AwsCredentials::new(
         credentials.access_key_id.clone(),
         credentials.secret_access_key.expose().to_owned(),
@@ -81,6 +129,11 @@ fn build_client(settings: &Settings, region: &str, credentials: &Credentials) ->
     let timeouts = aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(5))
         .build();
+    (creds, http, timeouts)
+}
+
+fn build_client(settings: &Settings, region: &str, credentials: &Credentials) -> Client {
+    let (creds, http, timeouts) = client_parts(credentials);
     let mut config = aws_sdk_sqs::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(region.to_owned()))
@@ -103,6 +156,15 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
+    sdk_error_of("SQS", op, err)
+}
+
+/// [`sdk_error`] for a service by name (SQS, SNS).
+pub(crate) fn sdk_error_of<E, R>(service: &'static str, op: &'static str, err: SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
     let code = err.code().map(str::to_owned);
     let detail = err.message().map(str::to_owned);
     let (kind, recoverable) = match &err {
@@ -112,6 +174,8 @@ where
         }
         SdkError::ServiceError(_) => match code.as_deref() {
             Some(c) if is_missing_queue(c) => (ErrorKind::NotFound, false),
+            // SNS: a topic or subscription that does not exist.
+            Some("NotFound" | "NotFoundException") => (ErrorKind::NotFound, false),
             Some("QueueAlreadyExists" | "QueueNameExists") => (ErrorKind::NotEquivalent, false),
             Some("QueueDeletedRecently") => (ErrorKind::PreconditionFailed, true),
             Some(
@@ -121,7 +185,8 @@ where
                 | "SignatureDoesNotMatch"
                 | "UnrecognizedClientException"
                 | "MissingAuthenticationToken"
-                | "ExpiredToken",
+                | "ExpiredToken"
+                | "AuthorizationError",
             ) => (ErrorKind::PreconditionFailed, false),
             Some("MessageTooLong" | "BatchRequestTooLong" | "TooManyEntriesInBatchRequest") => {
                 (ErrorKind::LimitExceeded, false)
@@ -139,7 +204,7 @@ where
         },
         _ => (ErrorKind::Connection, true),
     };
-    let mut message = format!("SQS {op} failed");
+    let mut message = format!("{service} {op} failed");
     if let Some(c) = &code {
         message.push_str(&format!(": {c}"));
     }
@@ -147,7 +212,7 @@ where
         message.push_str(&format!(" ({d})"));
     }
     if kind == ErrorKind::Connection {
-        message.push_str(" — is the SQS endpoint reachable?");
+        message.push_str(&format!(" — is the {service} endpoint reachable?"));
     }
     Error::new(kind, message)
         .set_recoverable(recoverable)
@@ -307,20 +372,40 @@ impl SqsBackend {
                     default_credentials.as_ref().ok_or_else(missing)?,
                 ),
             };
+            let backoff = (!q.backoff_policy.is_empty() && !q.backoff_tasks.is_empty()).then(|| {
+                Arc::new(Backoff {
+                    policy: q.backoff_policy.clone(),
+                    tasks: q.backoff_tasks.clone(),
+                })
+            });
             predefined.insert(
                 settings.canonical_queue_name(name),
                 Target {
                     url: Arc::from(q.url.as_str()),
                     client: queue_client,
+                    backoff,
                 },
             );
         }
+        #[cfg(feature = "sns")]
+        let fanout = if settings.supports_fanout {
+            Some(crate::sns::Fanout::new(&settings, default_credentials.as_ref())?)
+        } else {
+            None
+        };
         Ok(SqsBackend {
+            #[cfg(feature = "sns")]
+            fanout,
+            #[cfg(feature = "sns")]
+            broadcast: kombu_core::virtual_transport::BroadcastBuffer::new(Arc::new(
+                tokio::sync::Notify::new(),
+            )),
             settings,
             client,
             predefined,
             urls: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
+            redrive: Mutex::new(HashMap::new()),
             batcher: SendBatcher::default(),
             capabilities,
         })
@@ -363,6 +448,7 @@ impl SqsBackend {
         let target = Target {
             url: Arc::from(url),
             client: self.client.clone(),
+            backoff: None,
         };
         lock(&self.urls).insert(name, target.clone());
         Ok(target)
@@ -520,14 +606,26 @@ impl SqsBackend {
         };
         // SQS counts receives: a message received before (requeued, or back after its
         // visibility timeout) is a redelivery.
-        if message
+        let receive_count = message
             .attributes()
             .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-            .and_then(|n| n.parse::<u64>().ok())
-            .is_some_and(|n| n > 1)
-        {
+            .and_then(|n| n.trim().parse::<u32>().ok());
+        if receive_count.is_some_and(|n| n > 1) {
             envelope.redelivered = true;
         }
+        let on_reject = match &target.backoff {
+            Some(backoff)
+                if envelope
+                    .message
+                    .headers
+                    .get("task")
+                    .and_then(Value::as_str)
+                    .is_some_and(|task| backoff.tasks.iter().any(|t| t == task)) =>
+            {
+                OnReject::Backoff(receive_count.and_then(|n| backoff.policy.get(&n).copied()))
+            }
+            _ => OnReject::Discard,
+        };
         let props = envelope.message.properties_mut();
         let mut sqs = FieldTable::new();
         if let Some(id) = message.message_id() {
@@ -562,7 +660,13 @@ impl SqsBackend {
         props
             .extra
             .insert("sqs_queue".into(), Value::String(target.url.to_string()));
-        lock(&self.held).insert(receipt.to_owned(), target.clone());
+        lock(&self.held).insert(
+            receipt.to_owned(),
+            Held {
+                target: target.clone(),
+                on_reject,
+            },
+        );
         Ok(Some(Claimed::held(envelope, receipt)))
     }
 
@@ -664,7 +768,7 @@ impl SqsBackend {
         let held = lock(&self.held);
         let mut groups: Vec<(Target, Vec<&'a str>)> = Vec::new();
         for r in receipts {
-            if let Some(t) = held.get(r) {
+            if let Some(Held { target: t, .. }) = held.get(r) {
                 match groups.iter_mut().find(|(g, _)| g.url == t.url) {
                     Some((_, list)) => list.push(r),
                     None => groups.push((t.clone(), vec![r])),
@@ -672,6 +776,96 @@ impl SqsBackend {
             }
         }
         groups
+    }
+}
+
+impl SqsBackend {
+    /// Whether the queue has a RedrivePolicy (`GetQueueAttributes`, trusted for
+    /// [`REDRIVE_POLICY_TTL`]). When it cannot be read the answer is `true`, as Kombu's: a
+    /// rejected message is then left on the queue rather than lost.
+    async fn has_redrive_policy(&self, target: &Target) -> bool {
+        let now = Instant::now();
+        if let Some((has, read_at)) = lock(&self.redrive).get(&target.url).copied() {
+            if now.duration_since(read_at) < REDRIVE_POLICY_TTL {
+                return has;
+            }
+        }
+        let result = target
+            .client
+            .get_queue_attributes()
+            .queue_url(&*target.url)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let has = out
+                    .attributes()
+                    .is_some_and(|a| a.contains_key(&QueueAttributeName::RedrivePolicy));
+                lock(&self.redrive).insert(target.url.clone(), (has, now));
+                has
+            }
+            Err(e) => {
+                let e = sdk_error("GetQueueAttributes", e);
+                warn!(
+                    error = %e,
+                    queue = %target.url,
+                    "could not read the queue's redrive policy; the rejected message is left on the queue"
+                );
+                if e.kind() == ErrorKind::PreconditionFailed {
+                    // Access denied: asking again at once would be denied again.
+                    lock(&self.redrive).insert(target.url.clone(), (true, now));
+                }
+                true
+            }
+        }
+    }
+
+    /// Settle messages rejected without requeue as Kombu 5.7 does; returns the receipts to
+    /// delete. A backoff task's message gets the policy's visibility instead; a message of a
+    /// queue with a RedrivePolicy is left for SQS to dead-letter. Either way this connection
+    /// stops holding (and renewing) it.
+    async fn settle_rejects<'a>(&self, receipts: Vec<&'a str>) -> Vec<&'a str> {
+        let held: Vec<(&'a str, Held)> = {
+            let held = lock(&self.held);
+            receipts
+                .into_iter()
+                .filter_map(|r| held.get(r).map(|h| (r, h.clone())))
+                .collect()
+        };
+        let mut delete = Vec::new();
+        let mut left = Vec::new();
+        // (queue, seconds) → receipts, for ChangeMessageVisibilityBatch.
+        let mut backoff: Vec<(Target, u32, Vec<&'a str>)> = Vec::new();
+        for (receipt, h) in held {
+            match h.on_reject {
+                OnReject::Backoff(Some(secs)) => {
+                    match backoff
+                        .iter_mut()
+                        .find(|(t, s, _)| t.url == h.target.url && *s == secs)
+                    {
+                        Some((_, _, list)) => list.push(receipt),
+                        None => backoff.push((h.target, secs, vec![receipt])),
+                    }
+                }
+                OnReject::Backoff(None) => left.push(receipt),
+                OnReject::Discard => {
+                    if self.has_redrive_policy(&h.target).await {
+                        left.push(receipt);
+                    } else {
+                        delete.push(receipt);
+                    }
+                }
+            }
+        }
+        for (target, secs, receipts) in &backoff {
+            if let Err(e) = self.change_visibility(target, receipts, *secs).await {
+                warn!(error = %e, "could not apply the backoff policy to a rejected message");
+            }
+            left.extend(receipts.iter().copied());
+        }
+        self.forget_receipts(left);
+        delete
     }
 }
 
@@ -784,6 +978,13 @@ impl VirtualBackend for SqsBackend {
             Err(e) => return Err(e),
         };
         self.forget(queue);
+        #[cfg(feature = "sns")]
+        if let Some(fanout) = &self.fanout {
+            // Kombu unsubscribes a deleted queue from its fanout topics.
+            if let Err(e) = fanout.unsubscribe_queue(queue).await {
+                warn!(error = %e, queue, "could not unsubscribe a deleted queue from its SNS topics");
+            }
+        }
         match target.client.delete_queue().queue_url(&*target.url).send().await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -809,14 +1010,109 @@ impl VirtualBackend for SqsBackend {
         Some(self)
     }
 
+    #[cfg(feature = "sns")]
+    fn stored_bindings(&self) -> Option<&impl kombu_core::virtual_transport::StoredBindings> {
+        self.fanout.as_ref().map(|_| self)
+    }
+
+    #[cfg(feature = "sns")]
+    fn native_fanout(&self) -> Option<&impl kombu_core::virtual_transport::NativeFanout> {
+        self.fanout.as_ref().map(|_| self)
+    }
+
     fn claiming_wait(&self) -> Option<&impl ClaimingWait> {
         Some(self)
     }
 }
 
+/// Fanout exchanges as SNS topics: declaring one creates its topic, binding a queue
+/// subscribes it; nothing is stored for other exchange types (they route in the publishing
+/// process, as without SNS).
+#[cfg(feature = "sns")]
+impl kombu_core::virtual_transport::StoredBindings for SqsBackend {
+    async fn declare_exchange(&self, exchange: &kombu_core::Exchange) -> Result<()> {
+        match &self.fanout {
+            Some(fanout) if exchange.kind == kombu_core::ExchangeType::Fanout => {
+                fanout.topic(&self.settings, &exchange.name).await.map(|_| ())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn delete_exchange(&self, _exchange: &str) -> Result<()> {
+        // Kombu leaves the topic (other processes may publish to it).
+        Ok(())
+    }
+
+    async fn store_binding(
+        &self,
+        exchange: &kombu_core::Exchange,
+        binding: &kombu_core::virtual_transport::StoredBinding,
+    ) -> Result<()> {
+        match &self.fanout {
+            Some(fanout) if exchange.kind == kombu_core::ExchangeType::Fanout => {
+                let target = self.resolve(&binding.queue, true).await?;
+                fanout
+                    .subscribe(&self.settings, &exchange.name, &binding.queue, &target)
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn load_bindings(
+        &self,
+        _exchange: &str,
+    ) -> Result<Option<kombu_core::virtual_transport::StoredRoutes>> {
+        Ok(None)
+    }
+
+    async fn remove_binding(
+        &self,
+        exchange: &str,
+        binding: &kombu_core::virtual_transport::StoredBinding,
+    ) -> Result<()> {
+        match &self.fanout {
+            Some(fanout) => fanout.unsubscribe(exchange, &binding.queue).await,
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(feature = "sns")]
+impl kombu_core::virtual_transport::NativeFanout for SqsBackend {
+    async fn put_fanout(&self, exchange: &str, envelope: Envelope, _routing_key: &str) -> Result<()> {
+        match &self.fanout {
+            Some(fanout) => fanout.publish(&self.settings, exchange, &envelope).await,
+            None => Err(Error::unsupported(
+                "fanout exchanges on SQS need the transport option supports_fanout=true",
+            )),
+        }
+    }
+
+    fn broadcast_buffer(&self) -> &kombu_core::virtual_transport::BroadcastBuffer {
+        &self.broadcast
+    }
+}
+
 impl Receipts for SqsBackend {
+    /// Acks are deleted (`DeleteMessageBatch`); rejects without requeue as Kombu 5.7 settles
+    /// them (see [`SqsBackend::settle_rejects`]).
     async fn ack_batch(&self, batch: &[Settle]) -> Result<()> {
-        let groups = self.group_by_target(batch.iter().map(Settle::receipt));
+        let mut delete: Vec<&str> = batch
+            .iter()
+            .filter(|s| !s.rejected())
+            .map(Settle::receipt)
+            .collect();
+        if batch.iter().any(Settle::rejected) {
+            let rejects = batch
+                .iter()
+                .filter(|s| s.rejected())
+                .map(Settle::receipt)
+                .collect();
+            delete.extend(self.settle_rejects(rejects).await);
+        }
+        let groups = self.group_by_target(delete);
         let mut first_error = None;
         for (target, receipts) in &groups {
             for chunk in receipts.chunks(SQS_BATCH) {

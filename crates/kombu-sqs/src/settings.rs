@@ -41,13 +41,24 @@ pub(crate) struct PredefinedQueue {
     pub(crate) url: String,
     pub(crate) credentials: Option<Credentials>,
     pub(crate) region: Option<String>,
-    /// `backoff_policy`: receive count → visibility timeout in seconds. Parsed and checked,
-    /// not applied yet (see the crate docs).
-    #[allow(dead_code, reason = "parsed for Kombu compatibility; not applied yet")]
+    /// `backoff_policy`: receive count → visibility timeout in seconds, applied when a
+    /// message of one of `backoff_tasks` is rejected.
     pub(crate) backoff_policy: BTreeMap<u32, u32>,
-    /// `backoff_tasks`: the task names the backoff policy applies to.
-    #[allow(dead_code, reason = "parsed for Kombu compatibility; not applied yet")]
+    /// `backoff_tasks`: the task names (`headers.task`) the backoff policy applies to.
     pub(crate) backoff_tasks: Vec<String>,
+}
+
+/// One entry of `predefined_exchanges`: an SNS topic that exists already, by ARN, with its
+/// own credentials and region where given (nothing is created for it).
+#[derive(Debug, Clone)]
+#[cfg_attr(
+    not(feature = "sns"),
+    allow(dead_code, reason = "fanout needs the `sns` feature")
+)]
+pub(crate) struct PredefinedExchange {
+    pub(crate) arn: String,
+    pub(crate) credentials: Option<Credentials>,
+    pub(crate) region: Option<String>,
 }
 
 /// Which attributes a receive asks for (`fetch_message_attributes`).
@@ -76,6 +87,14 @@ pub(crate) struct Settings {
     pub(crate) queue_tags: BTreeMap<String, String>,
     /// `body_encoding` of the inner envelope (Kombu's virtual transport option).
     pub(crate) body_base64: bool,
+    /// `supports_fanout`: fanout exchanges through SNS topics (feature `sns`).
+    pub(crate) supports_fanout: bool,
+    /// `predefined_exchanges`: only these topics are used, by ARN.
+    #[cfg_attr(
+        not(feature = "sns"),
+        allow(dead_code, reason = "fanout needs the `sns` feature")
+    )]
+    pub(crate) predefined_exchanges: BTreeMap<String, PredefinedExchange>,
 }
 
 /// Options Kombu has that change nothing here; accepted so Kombu/Celery configurations work.
@@ -270,6 +289,42 @@ fn predefined_queues(value: Option<Json>) -> Result<BTreeMap<String, PredefinedQ
     Ok(out)
 }
 
+fn predefined_exchanges(value: Option<Json>) -> Result<BTreeMap<String, PredefinedExchange>> {
+    let Some(value) = value else {
+        return Ok(BTreeMap::new());
+    };
+    let Json::Object(map) = value else {
+        return Err(invalid(
+            "predefined_exchanges must be a JSON object of exchange name → settings",
+        ));
+    };
+    let mut out = BTreeMap::new();
+    for (name, entry) in map {
+        let Json::Object(entry) = entry else {
+            return Err(invalid(format!(
+                "predefined_exchanges[{name:?}] must be an object"
+            )));
+        };
+        let text = |k: &str| entry.get(k).and_then(Json::as_str);
+        let arn = text("arn")
+            .ok_or_else(|| invalid(format!("predefined_exchanges[{name:?}] needs an arn")))?
+            .to_owned();
+        out.insert(
+            name,
+            PredefinedExchange {
+                arn,
+                credentials: credentials_of(
+                    text("access_key_id"),
+                    text("secret_access_key"),
+                    text("session_token"),
+                ),
+                region: text("region").map(str::to_owned),
+            },
+        );
+    }
+    Ok(out)
+}
+
 impl Settings {
     pub(crate) fn from_options(options: &ConnectOptions) -> Result<Settings> {
         let url = &options.url;
@@ -285,9 +340,15 @@ impl Settings {
                 return Err(invalid(format!("unknown SQS transport option {key:?}")));
             }
         }
-        if opts.get("supports_fanout").map(|v| truthy(v)).transpose()? == Some(true) {
+        let supports_fanout = opts
+            .get("supports_fanout")
+            .map(|v| truthy(v))
+            .transpose()?
+            .unwrap_or(false);
+        if supports_fanout && !cfg!(feature = "sns") {
             return Err(Error::unsupported(
-                "fanout through SNS (supports_fanout) is not implemented by kombu-sqs yet",
+                "fanout through SNS (supports_fanout=true) needs kombu-sqs built with its feature \
+                 `sns` (the kombu facade's feature `sqs-sns`)",
             ));
         }
         if opts.contains_key("sts_role_arn") {
@@ -384,6 +445,8 @@ impl Settings {
             creation_attributes,
             queue_tags: string_map("queue_tags", json_option(options, "queue_tags")?)?,
             body_base64,
+            supports_fanout,
+            predefined_exchanges: predefined_exchanges(json_option(options, "predefined_exchanges")?)?,
         })
     }
 
@@ -459,8 +522,14 @@ mod tests {
         assert!(!s.base64_encoding);
         let err = settings("sqs://k:s@localhost?nope=1").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
-        let err = settings("sqs://k:s@localhost?supports_fanout=true").unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        let fanout = settings("sqs://k:s@localhost?supports_fanout=true");
+        if cfg!(feature = "sns") {
+            assert!(fanout.unwrap().supports_fanout);
+        } else {
+            let err = fanout.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unsupported);
+            assert!(err.to_string().contains("sqs-sns"), "{err}");
+        }
         let err = settings("sqs://k:s@localhost?wait_time_seconds=21").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     }
@@ -487,5 +556,26 @@ mod tests {
         assert_eq!(s.fetch.message, ["x"]);
         assert_eq!(s.creation_attributes["MessageRetentionPeriod"], "600");
         assert!(!format!("{s:?}").contains("\"b\""));
+    }
+
+    #[test]
+    fn predefined_exchanges_are_read() {
+        let mut o = ConnectOptions::new("sqs://k:s@localhost".parse().unwrap());
+        o.transport_options.insert(
+            "predefined_exchanges".into(),
+            r#"{"ex": {"arn": "arn:aws:sns:eu-west-1:1:ex", "access_key_id": "a", "secret_access_key": "sekrit", "region": "eu-west-1"}}"#.into(),
+        );
+        let s = Settings::from_options(&o).unwrap();
+        let e = &s.predefined_exchanges["ex"];
+        assert_eq!(e.arn, "arn:aws:sns:eu-west-1:1:ex");
+        assert_eq!(e.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(e.credentials.as_ref().unwrap().access_key_id, "a");
+        assert!(!format!("{s:?}").contains("sekrit"));
+        o.transport_options
+            .insert("predefined_exchanges".into(), r#"{"ex": {}}"#.into());
+        assert_eq!(
+            Settings::from_options(&o).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::Moto;
+use common::{raw_client, Moto};
 use kombu::{Connection, ErrorKind, PublishOptions, Queue};
 use serde_json::{json, Value};
 
@@ -26,20 +26,6 @@ async fn publish_numbers(conn: &Connection, queue: &str, count: usize) {
             .await
             .expect("publish");
     }
-}
-
-/// An SQS client on the moto server, to put what kombu-rs would never write.
-fn raw_client(moto: &Moto) -> aws_sdk_sqs::Client {
-    let config = aws_sdk_sqs::Config::builder()
-        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .endpoint_url(format!("http://127.0.0.1:{}", moto.port))
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .build();
-    aws_sdk_sqs::Client::from_conf(config)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,4 +280,34 @@ async fn server_restart_mid_stream_then_the_consumer_resumes() {
     after.sort_unstable();
     assert_eq!(after, vec![0, 1]);
     conn.close().await.expect("close");
+}
+
+/// Built without `sns`: a fanout exchange is `Unsupported`, and the error names the feature
+/// and the option that turn it on (no request is made: the capabilities decide).
+#[cfg(not(feature = "sns"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_without_the_sns_feature_says_how_to_turn_it_on() {
+    use kombu::transport::DeclareOptions;
+    use kombu::Exchange;
+    let moto = Moto::start();
+    let conn = Connection::new(&moto.url()).expect("connection");
+    let channel = conn.channel().await.expect("channel");
+    let err = channel
+        .declare_exchange(&Exchange::fanout("fan"), DeclareOptions::default())
+        .await
+        .expect_err("fanout without SNS");
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("sqs-sns"), "{err}");
+    // Positive control: a topic exchange works.
+    channel
+        .declare_exchange(&Exchange::topic("top"), DeclareOptions::default())
+        .await
+        .expect("topic exchange");
+    let err = Connection::new(&moto.url_with("supports_fanout=true"))
+        .expect("connection")
+        .channel()
+        .await
+        .expect_err("supports_fanout=true without the feature");
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("sqs-sns"), "{err}");
 }

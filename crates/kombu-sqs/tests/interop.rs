@@ -225,3 +225,68 @@ async fn rust_sqs_features_consumed_by_python() {
     assert_eq!(of("attrs")[0]["attributes"], json!({"color": "blue"}));
     assert_eq!(of("predefined")[0]["body"], json!({"kind": "predefined"}));
 }
+
+/// SNS fanout: Python Kombu publishes to a fanout exchange (`supports_fanout`), and both
+/// queues kombu-rs bound to it receive the message.
+#[cfg(feature = "sns")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_fanout_consumed_by_rust() {
+    use kombu::Exchange;
+    let moto = Moto::start();
+    let conn = Connection::new(&moto.url_with("supports_fanout=true")).expect("connection");
+    let exchange = Exchange::fanout("pyfan");
+    let queues: Vec<Queue> = ["pyfan-a", "pyfan-b"]
+        .iter()
+        .map(|n| Queue::new(*n).exchange(exchange.clone()).routing_key(""))
+        .collect();
+    let channel = conn.channel().await.expect("channel");
+    for q in &queues {
+        conn.maybe_declare(&q.clone().into(), channel.as_ref())
+            .await
+            .expect("declare and bind (subscribes the queue)");
+    }
+    run_python("interop_sqs.py", &["fanout-publish", &moto.kombu_url(), "pyfan"]);
+    for q in &queues {
+        let got = take(&conn, q.clone(), 1).await;
+        assert_eq!(
+            got[0].decode::<Value>().expect("json"),
+            json!({"kind": "fanout", "from": "python"}),
+            "{}",
+            q.name
+        );
+    }
+    conn.close().await.expect("close");
+}
+
+/// SNS fanout: kombu-rs publishes to a fanout exchange whose queues Python Kombu subscribed
+/// (when it consumed them); Python receives the message on both.
+#[cfg(feature = "sns")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_fanout_consumed_by_python() {
+    use kombu::Exchange;
+    let moto = Moto::start();
+    let url = moto.kombu_url();
+    run_python(
+        "interop_sqs.py",
+        &["fanout-subscribe", &url, "rsfan", "rsfan-a", "rsfan-b"],
+    );
+    let conn = Connection::new(&moto.url_with("supports_fanout=true")).expect("connection");
+    let exchange = Exchange::fanout("rsfan");
+    conn.producer()
+        .exchange(exchange.clone())
+        .publish(
+            &json!({"kind": "fanout", "from": "rust"}),
+            PublishOptions::new().declare(exchange),
+        )
+        .await
+        .expect("publish");
+    conn.close().await.expect("close");
+    let got = json_lines(&run_python(
+        "interop_sqs.py",
+        &["fanout-consume", &url, "rsfan", "rsfan-a", "rsfan-b"],
+    ));
+    assert_eq!(got.len(), 2, "{got:?}");
+    for line in &got {
+        assert_eq!(line["body"], json!({"kind": "fanout", "from": "rust"}), "{line}");
+    }
+}

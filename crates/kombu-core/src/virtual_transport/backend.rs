@@ -80,11 +80,12 @@ pub struct StoredRoutes {
     pub bindings: Vec<StoredBinding>,
 }
 
-/// One acknowledged delivery, for [`Receipts::ack_batch`].
+/// One acknowledged delivery (or one rejected without requeue), for [`Receipts::ack_batch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settle {
     pub(crate) queue: Arc<str>,
     pub(crate) receipt: String,
+    pub(crate) rejected: bool,
 }
 
 /// One held message to give back, for [`Receipts::requeue_batch`].
@@ -126,6 +127,13 @@ impl Settle {
     /// The receipt it was claimed with.
     pub fn receipt(&self) -> &str {
         &self.receipt
+    }
+
+    /// `true` when the delivery was rejected without requeue rather than acknowledged. Most
+    /// brokers settle both alike; one that dead-letters rejected messages itself (SQS with a
+    /// redrive policy) may leave these to the broker.
+    pub fn rejected(&self) -> bool {
+        self.rejected
     }
 }
 
@@ -294,8 +302,8 @@ pub trait VirtualBackend: Send + Sync + 'static {
 /// it holds are renewed every [`renewal_interval`](Self::renewal_interval), so a long task is
 /// never handed to another consumer.
 pub trait Receipts: Send + Sync {
-    /// Settle acknowledged messages (and messages rejected without requeue), in one group
-    /// where the broker can. It may return before the write is done if the backend orders it
+    /// Settle acknowledged messages (and messages rejected without requeue, told apart by
+    /// [`Settle::rejected`]), in one group where the broker can. It may return before the write is done if the backend orders it
     /// before everything the connection does later (SQLite's connection thread runs its
     /// commands in order): closes wait for this future, not for more.
     fn ack_batch(&self, batch: &[Settle]) -> impl Future<Output = Result<()>> + Send;

@@ -23,7 +23,7 @@ use super::settlement::Settlement;
 use super::state::BrokerState;
 use super::unacked::{restore, restore_all, Stashed, Unacked, UnackedMap};
 use crate::capabilities::Capabilities;
-use crate::entity::{Exchange, Queue};
+use crate::entity::{Exchange, ExchangeType, Queue};
 use crate::envelope::{BodyEncoding, Envelope};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{AckHandle, Acknowledger, Delivery, DeliveryInfo, RawMessage};
@@ -48,6 +48,7 @@ pub(super) struct ChannelInner<B: VirtualBackend> {
     pub(super) backend: Arc<B>,
     pub(super) state: Arc<BrokerState>,
     pub(super) body_encoding: BodyEncoding,
+    unsupported_hint: Option<(ExchangeType, &'static str)>,
     pub(super) open: AtomicBool,
     next_tag: AtomicU64,
     prefetch: AtomicU16,
@@ -85,12 +86,14 @@ impl<B: VirtualBackend> VirtualChannel<B> {
         backend: Arc<B>,
         state: Arc<BrokerState>,
         body_encoding: BodyEncoding,
+        unsupported_hint: Option<(ExchangeType, &'static str)>,
         settlement: Option<Settlement>,
     ) -> Self {
         let inner = Arc::new_cyclic(|self_ref| ChannelInner {
             backend,
             state,
             body_encoding,
+            unsupported_hint,
             open: AtomicBool::new(true),
             next_tag: AtomicU64::new(1),
             prefetch: AtomicU16::new(0),
@@ -184,7 +187,7 @@ impl<B: VirtualBackend> ChannelInner<B> {
         if no_ack {
             let Claimed { envelope, receipt } = claimed;
             if let Some(receipt) = receipt {
-                self.settle(queue, receipt);
+                self.settle(queue, receipt, false);
             }
             return Delivery {
                 message: envelope.message,
@@ -209,10 +212,11 @@ impl<B: VirtualBackend> ChannelInner<B> {
 
     /// Settle a message the broker holds: queued for the connection's batched writer, or
     /// written from a task of its own when the writer is gone.
-    fn settle(&self, queue: &Arc<str>, receipt: String) {
+    fn settle(&self, queue: &Arc<str>, receipt: String, rejected: bool) {
         let settle = Settle {
             queue: queue.clone(),
             receipt,
+            rejected,
         };
         let unsent = match &self.settlement {
             Some(settlement) => settlement.push(settle),
@@ -393,7 +397,7 @@ impl<B: VirtualBackend> Acknowledger for ChannelInner<B> {
     async fn ack(&self, tag: u64) -> Result<()> {
         let u = self.take_unacked(tag)?;
         if let Some(receipt) = u.claimed.receipt {
-            self.settle(&u.queue, receipt);
+            self.settle(&u.queue, receipt, false);
         }
         Ok(())
     }
@@ -406,7 +410,7 @@ impl<B: VirtualBackend> Acknowledger for ChannelInner<B> {
             Err(e) => return Some(Err(e)),
         };
         if let Some(receipt) = u.claimed.receipt {
-            self.settle(&u.queue, receipt);
+            self.settle(&u.queue, receipt, false);
         }
         Some(Ok(()))
     }
@@ -422,7 +426,7 @@ impl<B: VirtualBackend> Acknowledger for ChannelInner<B> {
                 restore(&*self.backend, &u.queue, claimed).await
             }
             (false, Some(receipt)) => {
-                self.settle(&u.queue, receipt);
+                self.settle(&u.queue, receipt, true);
                 Ok(())
             }
             (false, None) => Ok(()),
@@ -479,7 +483,11 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
         }
         let caps = inner.backend.capabilities();
         if !caps.supports_exchange_type(exchange.kind) {
-            return Err(Error::unsupported(format!("{} exchanges", exchange.kind))
+            let message = match inner.unsupported_hint {
+                Some((kind, hint)) if kind == exchange.kind => format!("{} exchanges: {hint}", exchange.kind),
+                _ => format!("{} exchanges", exchange.kind),
+            };
+            return Err(Error::unsupported(message)
                 .with_context("transport", inner.backend.name())
                 .with_context("exchange", &exchange.name));
         }

@@ -15,6 +15,7 @@ use super::channel::{ChannelInner, VirtualChannel};
 use super::settlement::Settlement;
 use super::state::BrokerState;
 use crate::capabilities::Capabilities;
+use crate::entity::ExchangeType;
 use crate::envelope::BodyEncoding;
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{Channel, Transport};
@@ -37,6 +38,7 @@ pub struct VirtualTransport<B: VirtualBackend> {
     backend: Arc<B>,
     state: Arc<BrokerState>,
     body_encoding: BodyEncoding,
+    unsupported_hint: Option<(ExchangeType, &'static str)>,
     connected: AtomicBool,
     channels: Arc<ChannelList<B>>,
     settlement: Option<Settlement>,
@@ -71,6 +73,7 @@ impl<B: VirtualBackend> VirtualTransport<B> {
             backend,
             state,
             body_encoding: BodyEncoding::Base64,
+            unsupported_hint: None,
             connected: AtomicBool::new(true),
             channels,
             settlement,
@@ -80,6 +83,13 @@ impl<B: VirtualBackend> VirtualTransport<B> {
     /// How bodies are written into envelopes (Kombu's `body_encoding` transport option).
     pub fn with_body_encoding(mut self, encoding: BodyEncoding) -> Self {
         self.body_encoding = encoding;
+        self
+    }
+
+    /// How to turn on exchange type `kind` where this connection lacks it (a transport option,
+    /// a cargo feature): added to the `Unsupported` error of declaring such an exchange.
+    pub fn with_unsupported_hint(mut self, kind: ExchangeType, hint: &'static str) -> Self {
+        self.unsupported_hint = Some((kind, hint));
         self
     }
 
@@ -97,6 +107,7 @@ impl<B: VirtualBackend> VirtualTransport<B> {
             self.backend.clone(),
             self.state.clone(),
             self.body_encoding,
+            self.unsupported_hint,
             self.settlement.clone(),
         );
         let mut channels = self.channels.lock();

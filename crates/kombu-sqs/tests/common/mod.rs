@@ -87,3 +87,17 @@ impl Drop for Moto {
         self.kill();
     }
 }
+
+/// An SQS client on the moto server, to set up what kombu-rs would never write or create.
+pub fn raw_client(moto: &Moto) -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .endpoint_url(format!("http://127.0.0.1:{}", moto.port))
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
+}
