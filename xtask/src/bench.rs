@@ -115,7 +115,12 @@ fn parse_options(mut args: Args) -> Result<(Options, Vec<String>)> {
             "--rounds" => options.rounds = positive(&args.value(&flag)?, &flag)?,
             "--batch" => options.batch = positive(&args.value(&flag)?, &flag)?,
             "--groups" => {
-                for name in args.value(&flag)?.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                for name in args
+                    .value(&flag)?
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                {
                     if !GROUPS.iter().any(|g| g.transport == name) {
                         let known: Vec<&str> = GROUPS.iter().map(|g| g.transport).collect();
                         return fail(format!(
@@ -400,7 +405,10 @@ impl GroupResult {
         }
         let mut parts = Vec::new();
         if let Some(py) = publish(Role::Python) {
-            parts.push(format!("kombu-rs batches ÷ Python Kombu {}", paired_series(batches, py)));
+            parts.push(format!(
+                "kombu-rs batches ÷ Python Kombu {}",
+                paired_series(batches, py)
+            ));
         }
         if let Some(single) = publish(Role::KombuRs) {
             parts.push(format!(
@@ -409,7 +417,10 @@ impl GroupResult {
             ));
         }
         if let (Some(raw), Some(name)) = (publish(Role::BaselineBatch), self.group.baseline) {
-            parts.push(format!("raw {name} batches ÷ kombu-rs batches {}", paired_series(raw, batches)));
+            parts.push(format!(
+                "raw {name} batches ÷ kombu-rs batches {}",
+                paired_series(raw, batches)
+            ));
         }
         Some(format!("publish ratios round by round: {}", parts.join("; ")))
     }
@@ -791,7 +802,12 @@ fn terminal_table(result: &GroupResult) -> String {
     for line in crate::util::text_table(&rows) {
         let _ = writeln!(out, "{line}");
     }
-    for line in result.ratios().into_iter().chain(result.paired()).chain(result.paired_batches()) {
+    for line in result
+        .ratios()
+        .into_iter()
+        .chain(result.paired())
+        .chain(result.paired_batches())
+    {
         let _ = writeln!(out, "{line}");
     }
     out
@@ -933,7 +949,12 @@ fn markdown(options: &Options, machine: &Machine, date: &str, results: &[GroupRe
                 let _ = writeln!(md, "- {line}");
             }
         }
-        for line in result.spread().into_iter().chain(result.paired()).chain(result.paired_batches()) {
+        for line in result
+            .spread()
+            .into_iter()
+            .chain(result.paired())
+            .chain(result.paired_batches())
+        {
             let _ = writeln!(md, "- {line}");
         }
     }
@@ -997,14 +1018,23 @@ mod tests {
         let mut result = memory_result();
         result.runs.push((
             Role::KombuRsBatch,
-            measurement("kombu-rs memory:// — batches of 100", 3_000_000.0, 500_000.0, 400_000.0),
+            measurement(
+                "kombu-rs memory:// — batches of 100",
+                3_000_000.0,
+                500_000.0,
+                400_000.0,
+            ),
         ));
         result.runs.push((
             Role::BaselineBatch,
             measurement("raw mpsc — batches of 100", 6_000_000.0, 4_000_000.0, 2_400_000.0),
         ));
-        result.round_publish.push((Role::KombuRsBatch, vec![3_000_000.0, 2_700_000.0, 3_300_000.0]));
-        result.round_publish.push((Role::BaselineBatch, vec![6_000_000.0, 5_400_000.0, 6_600_000.0]));
+        result
+            .round_publish
+            .push((Role::KombuRsBatch, vec![3_000_000.0, 2_700_000.0, 3_300_000.0]));
+        result
+            .round_publish
+            .push((Role::BaselineBatch, vec![6_000_000.0, 5_400_000.0, 6_600_000.0]));
         result
     }
 

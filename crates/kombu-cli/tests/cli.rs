@@ -202,7 +202,7 @@ fn consume_needs_an_existing_queue_and_times_out_with_exit_3() {
 }
 
 /// The keys of `kombu bench --json`, which `cargo xtask bench` reads (a subset) and documents.
-const BENCH_KEYS: [&str; 18] = [
+const BENCH_KEYS: [&str; 19] = [
     "name",
     "transport",
     "url",
@@ -213,6 +213,7 @@ const BENCH_KEYS: [&str; 18] = [
     "prefetch",
     "latency_samples",
     "batch",
+    "concurrency",
     "publish_s",
     "consume_s",
     "publish_msgs_per_s",
@@ -547,16 +548,38 @@ fn publish_sends_lines_and_copies_in_batches_and_keeps_their_order() {
     let url = &sqlite_url("batches");
     let lines: String = (1..=250).map(|n| format!("{{\"n\": {n}}}\n")).collect();
     let run = kombu_with_stdin(
-        &["--url", url, "publish", "--declare-queue", "q", "--lines", "--batch", "100"],
+        &[
+            "--url",
+            url,
+            "publish",
+            "--declare-queue",
+            "q",
+            "--lines",
+            "--batch",
+            "100",
+        ],
         lines.as_bytes(),
     );
     run.success();
     assert!(run.stdout.starts_with("published 250 messages"), "{}", run.stdout);
     let copies = kombu(&[
-        "--url", url, "publish", "--routing-key", "q", "--count", "230", "--batch", "100", "{\"n\": 0}",
+        "--url",
+        url,
+        "publish",
+        "--routing-key",
+        "q",
+        "--count",
+        "230",
+        "--batch",
+        "100",
+        "{\"n\": 0}",
     ]);
     copies.success();
-    assert!(copies.stdout.starts_with("published 230 messages"), "{}", copies.stdout);
+    assert!(
+        copies.stdout.starts_with("published 230 messages"),
+        "{}",
+        copies.stdout
+    );
     assert_eq!(count(url, "q"), 480);
 
     let consumed = kombu(&["--url", url, "consume", "q", "--count", "480", "--json"]);

@@ -79,11 +79,7 @@ pub async fn batches_across_a_restart<S: Send + 'static>(
         let outcome = tokio::time::timeout(BOUND, batch.send())
             .await
             .unwrap_or_else(|_| panic!("a batch hung for over {BOUND:?}"));
-        assert_eq!(
-            outcome.results().len() as u64,
-            BATCH,
-            "one outcome per message"
-        );
+        assert_eq!(outcome.results().len() as u64, BATCH, "one outcome per message");
         let mut all_ok = true;
         for (n, result) in (first..).zip(outcome.into_results()) {
             match result {
@@ -124,8 +120,12 @@ pub async fn batches_across_a_restart<S: Send + 'static>(
         let outcome = tokio::time::timeout(BOUND, batch.send())
             .await
             .unwrap_or_else(|_| panic!("the retry batch hung for over {BOUND:?}"));
-        if let Some((i, e)) = outcome.failures().next() {
-            panic!("sending the failed messages again failed (message {}): {e}", failed[i]);
+        let first_failure = outcome
+            .failures()
+            .next()
+            .map(|(i, e)| format!("message {}: {e}", failed[i]));
+        if let Some(failure) = first_failure {
+            panic!("sending the failed messages again failed ({failure})");
         }
     }
 

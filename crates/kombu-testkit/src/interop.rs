@@ -499,7 +499,10 @@ pub async fn competing_with_a_python_consumer(url: &str, python_url: &str, messa
             for first in (0..messages).step_by(10) {
                 let mut batch = producer.batch();
                 for n in first..(first + 10).min(messages) {
-                    batch.add(&json!({ "n": n }), PublishOptions::new().routing_key(name.clone()));
+                    batch.add(
+                        &json!({ "n": n }),
+                        PublishOptions::new().routing_key(name.clone()),
+                    );
                 }
                 batch.send().await.into_result().expect("publish");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -536,8 +539,14 @@ pub async fn competing_with_a_python_consumer(url: &str, python_url: &str, messa
     let all: BTreeSet<u64> = rust.union(&python_took).copied().collect();
     let lost: Vec<u64> = (0..messages).filter(|n| !all.contains(n)).collect();
     assert!(lost.is_empty(), "consumed by neither side: {lost:?}");
-    assert!(!rust.is_empty(), "kombu-rs took no message (no competition happened)");
-    assert!(!python_took.is_empty(), "Python Kombu took no message (no competition happened)");
+    assert!(
+        !rust.is_empty(),
+        "kombu-rs took no message (no competition happened)"
+    );
+    assert!(
+        !python_took.is_empty(),
+        "Python Kombu took no message (no competition happened)"
+    );
     let both = rust.intersection(&python_took).count() as u64;
     eprintln!(
         "competing consumers: {messages} messages; kombu-rs took {}, Python Kombu took {}, both took {both}",
