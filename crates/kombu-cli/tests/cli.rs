@@ -596,3 +596,14 @@ fn publish_sends_lines_and_copies_in_batches_and_keeps_their_order() {
     let expected: Vec<u64> = (1..=250).chain(std::iter::repeat_n(0, 230)).collect();
     assert_eq!(numbers, expected, "lines in order, then the copies");
 }
+
+#[test]
+fn a_bad_line_stops_publish_lines_after_the_lines_before_it_are_sent() {
+    let url = &sqlite_url("bad-line");
+    let run = kombu_with_stdin(
+        &["--url", url, "publish", "--declare-queue", "q", "--lines"],
+        b"{\"n\": 1}\n{\"n\": 2}\n\xff\xfe\n{\"n\": 3}\n",
+    );
+    run.error_line(1, "the 2 message(s) before that line were published");
+    assert_eq!(count(url, "q"), 2, "the lines before the bad one are not lost");
+}

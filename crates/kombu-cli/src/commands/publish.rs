@@ -115,15 +115,29 @@ async fn publish_all(connection: &Connection, plan: &Plan, args: &PublishArgs) -
         let reader = tokio::spawn(read_lines(lines));
         let mut bodies = Vec::with_capacity(batch);
         while let Some(line) = queued.recv().await {
-            bodies.push(Prepared::new(args, &line)?);
-            while bodies.len() < batch {
-                match queued.try_recv() {
-                    Ok(line) => bodies.push(Prepared::new(args, &line)?),
-                    Err(_) => break,
+            let mut next = Some(line);
+            let mut bad_line = None;
+            while let Some(line) = next.take() {
+                match Prepared::new(args, &line) {
+                    Ok(body) => bodies.push(body),
+                    // The lines before it are still published, then the run stops.
+                    Err(e) => {
+                        bad_line = Some(e);
+                        break;
+                    }
+                }
+                if bodies.len() < batch {
+                    next = queued.try_recv().ok();
                 }
             }
             sender.send(&bodies, args.count).await?;
             bodies.clear();
+            if let Some(e) = bad_line {
+                return Err(CliError::other(format!(
+                    "{e}; the {} message(s) before that line were published",
+                    sender.published
+                )));
+            }
         }
         reader
             .await
