@@ -79,12 +79,9 @@ impl Topology {
             .any(|d| matches!(d, Declaration::Exchange(e) if e.name == name))
     }
 
-    /// Whether the exchange `name` is known to exist: declared by this connection, or found
-    /// by a passive check within the last few seconds.
-    pub(crate) fn knows_exchange(&self, name: &str) -> bool {
-        if self.has_exchange(name) {
-            return true;
-        }
+    /// Whether a passive check found the exchange `name` (which this connection did not
+    /// declare) present within the last few seconds.
+    pub(crate) fn recently_checked(&self, name: &str) -> bool {
         let checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
         checked.get(name).is_some_and(|at| at.elapsed() < CHECK_VALID_FOR)
     }
