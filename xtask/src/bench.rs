@@ -328,10 +328,9 @@ struct GroupResult {
     workload: Options,
     /// One measurement per entry: the median of its rounds, number by number.
     runs: Vec<(Role, Measurement)>,
-    /// Every round's total msg/s per entry, in the order they ran (the spread behind a median).
-    round_totals: Vec<(Role, Vec<f64>)>,
-    /// Every round's publish msg/s per entry (the batch entries are paired on publish).
-    round_publish: Vec<(Role, Vec<f64>)>,
+    /// Every round's measurement per entry, in the order they ran (the spread behind a
+    /// median, and the pairs of a round).
+    rounds: Vec<(Role, Vec<Measurement>)>,
 }
 
 impl GroupResult {
@@ -339,18 +338,31 @@ impl GroupResult {
         self.runs.iter().find(|(r, _)| *r == role).map(|(_, m)| m)
     }
 
+    /// One number of `role`'s measurements, round by round.
+    fn series(&self, role: Role, number: fn(&Measurement) -> f64) -> Option<Vec<f64>> {
+        self.rounds
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, rounds)| rounds.iter().map(number).collect())
+    }
+
+    /// How many rounds ran.
+    fn round_count(&self) -> usize {
+        self.rounds.first().map_or(0, |(_, rounds)| rounds.len())
+    }
+
     /// The per-round totals behind the medians (`None` for a single round).
     fn spread(&self) -> Option<String> {
-        let rounds = self.round_totals.first().map_or(0, |(_, t)| t.len());
+        let rounds = self.round_count();
         if rounds < 2 {
             return None;
         }
         let entries: Vec<String> = self
-            .round_totals
+            .rounds
             .iter()
-            .map(|(role, totals)| {
+            .map(|(role, measured)| {
                 let name = self.get(*role).map_or("?", |m| m.name.as_str());
-                let values: Vec<String> = totals.iter().map(|t| thousands(*t)).collect();
+                let values: Vec<String> = measured.iter().map(|m| thousands(m.total_msgs_per_s)).collect();
                 format!("{name} {}", values.join(" / "))
             })
             .collect();
@@ -364,24 +376,18 @@ impl GroupResult {
     /// to back, so each pair saw the same machine; their median resists a slow spell that hit
     /// one entry's rounds more than another's, which the ratio of medians does not.
     fn paired(&self) -> Option<String> {
-        let totals = |role: Role| {
-            self.round_totals
-                .iter()
-                .find(|(r, _)| *r == role)
-                .map(|(_, t)| t.as_slice())
-        };
-        let rounds = self.round_totals.first().map_or(0, |(_, t)| t.len());
-        if rounds < 2 {
+        if self.round_count() < 2 {
             return None;
         }
+        let totals = |role: Role| self.series(role, |m| m.total_msgs_per_s);
         let mut parts = Vec::new();
         if let (Some(rs), Some(py)) = (totals(Role::KombuRs), totals(Role::Python)) {
-            parts.push(format!("kombu-rs ÷ Python Kombu {}", paired_series(rs, py)));
+            parts.push(format!("kombu-rs ÷ Python Kombu {}", paired_series(&rs, &py)));
         }
         if let (Some(raw), Some(rs), Some(name)) =
             (totals(Role::Baseline), totals(Role::KombuRs), self.group.baseline)
         {
-            parts.push(format!("raw {name} ÷ kombu-rs {}", paired_series(raw, rs)));
+            parts.push(format!("raw {name} ÷ kombu-rs {}", paired_series(&raw, &rs)));
         }
         (!parts.is_empty()).then(|| {
             format!(
@@ -393,12 +399,7 @@ impl GroupResult {
 
     /// The batch publish ratios round by round (`None` without batch entries or rounds).
     fn paired_batches(&self) -> Option<String> {
-        let publish = |role: Role| {
-            self.round_publish
-                .iter()
-                .find(|(r, _)| *r == role)
-                .map(|(_, t)| t.as_slice())
-        };
+        let publish = |role: Role| self.series(role, |m| m.publish_msgs_per_s);
         let batches = publish(Role::KombuRsBatch)?;
         if batches.len() < 2 {
             return None;
@@ -407,19 +408,19 @@ impl GroupResult {
         if let Some(py) = publish(Role::Python) {
             parts.push(format!(
                 "kombu-rs batches ÷ Python Kombu {}",
-                paired_series(batches, py)
+                paired_series(&batches, &py)
             ));
         }
         if let Some(single) = publish(Role::KombuRs) {
             parts.push(format!(
                 "kombu-rs batches ÷ kombu-rs one at a time {}",
-                paired_series(batches, single)
+                paired_series(&batches, &single)
             ));
         }
         if let (Some(raw), Some(name)) = (publish(Role::BaselineBatch), self.group.baseline) {
             parts.push(format!(
                 "raw {name} batches ÷ kombu-rs batches {}",
-                paired_series(raw, batches)
+                paired_series(&raw, &batches)
             ));
         }
         Some(format!("publish ratios round by round: {}", parts.join("; ")))
@@ -655,27 +656,16 @@ fn run_group(
             rounds.push(measurement);
         }
     }
-    let round_totals = measured
+    let runs = measured
         .iter()
-        .map(|(role, rounds)| (*role, rounds.iter().map(|m| m.total_msgs_per_s).collect()))
+        .filter_map(|(role, rounds)| median_measurement(rounds.clone()).map(|m| (*role, m)))
         .collect();
-    let round_publish = measured
-        .iter()
-        .map(|(role, rounds)| (*role, rounds.iter().map(|m| m.publish_msgs_per_s).collect()))
-        .collect();
-    let mut runs = Vec::new();
-    for (role, rounds) in measured {
-        if let Some(m) = median_measurement(rounds) {
-            runs.push((role, m));
-        }
-    }
     drop(provisioned);
     Ok(GroupResult {
         group,
         workload: *options,
         runs,
-        round_totals,
-        round_publish,
+        rounds: measured,
     })
 }
 
@@ -1001,16 +991,42 @@ mod tests {
                     measurement("Python Kombu 5.7 memory://", 50_000.0, 62_500.0, 27_777.7),
                 ),
             ],
-            round_totals: vec![
-                (Role::KombuRs, vec![333_333.3, 300_000.0, 350_000.0]),
-                (Role::Baseline, vec![2_000_000.0, 1_900_000.0, 2_100_000.0]),
-                (Role::Python, vec![27_777.7, 27_000.0, 28_000.0]),
-            ],
-            round_publish: vec![
-                (Role::KombuRs, vec![1_000_000.0, 900_000.0, 1_100_000.0]),
-                (Role::Python, vec![50_000.0, 45_000.0, 55_000.0]),
+            rounds: vec![
+                (
+                    Role::KombuRs,
+                    rounds_of(
+                        "kombu-rs memory://",
+                        &[1_000_000.0, 900_000.0, 1_100_000.0],
+                        &[333_333.3, 300_000.0, 350_000.0],
+                    ),
+                ),
+                (
+                    Role::Baseline,
+                    rounds_of(
+                        "raw mpsc",
+                        &[4_000_000.0; 3],
+                        &[2_000_000.0, 1_900_000.0, 2_100_000.0],
+                    ),
+                ),
+                (
+                    Role::Python,
+                    rounds_of(
+                        "Python Kombu 5.7 memory://",
+                        &[50_000.0, 45_000.0, 55_000.0],
+                        &[27_777.7, 27_000.0, 28_000.0],
+                    ),
+                ),
             ],
         }
+    }
+
+    /// One entry's rounds with these publish and total rates.
+    fn rounds_of(name: &str, publish: &[f64], totals: &[f64]) -> Vec<Measurement> {
+        publish
+            .iter()
+            .zip(totals)
+            .map(|(p, t)| measurement(name, *p, 0.0, *t))
+            .collect()
     }
 
     /// `memory_result` with batch entries.
@@ -1029,12 +1045,14 @@ mod tests {
             Role::BaselineBatch,
             measurement("raw mpsc — batches of 100", 6_000_000.0, 4_000_000.0, 2_400_000.0),
         ));
-        result
-            .round_publish
-            .push((Role::KombuRsBatch, vec![3_000_000.0, 2_700_000.0, 3_300_000.0]));
-        result
-            .round_publish
-            .push((Role::BaselineBatch, vec![6_000_000.0, 5_400_000.0, 6_600_000.0]));
+        result.rounds.push((
+            Role::KombuRsBatch,
+            rounds_of("b", &[3_000_000.0, 2_700_000.0, 3_300_000.0], &[400_000.0; 3]),
+        ));
+        result.rounds.push((
+            Role::BaselineBatch,
+            rounds_of("rb", &[6_000_000.0, 5_400_000.0, 6_600_000.0], &[2_400_000.0; 3]),
+        ));
         result
     }
 
@@ -1239,8 +1257,7 @@ mod tests {
                 Role::KombuRs,
                 measurement("kombu-rs sqlite:///tmp/bench.db", 2_000.0, 2_000.0, 1_000.0),
             )],
-            round_totals: vec![(Role::KombuRs, vec![1_000.0])],
-            round_publish: vec![(Role::KombuRs, vec![2_000.0])],
+            rounds: vec![(Role::KombuRs, rounds_of("s", &[2_000.0], &[1_000.0]))],
         };
         let md = markdown(
             &Options::default(),
@@ -1260,7 +1277,7 @@ mod tests {
             "## Results\n\n### memory — in-process transport (`memory://`)\n\n| run | publish msg/s |",
             "| kombu-rs memory:// | 1,000,000 | 500,000 | 333,333 | 0.012 | 0.500 |\n",
             "- kombu-rs ÷ Python Kombu: publish 20.00×",
-            "- total msg/s in each of the 3 rounds: kombu-rs memory:// 333,333 / 300,000 / 350,000; raw mpsc 2,000,000 / 1,900,000 / 2,100,000; Python Kombu 5.7 memory:// 27,778 / 27,000 / 28,000\n",
+            "- total msg/s in each of the 3 rounds: kombu-rs memory:// 333,333 / 300,000 / 350,000; raw mpsc 2,000,000 / 1,900,000 / 2,100,000; Python Kombu 5.7 memory:// 27,778 / 27,000 / 28,000; kombu-rs memory:// — batches of 100 400,000 / 400,000 / 400,000; raw mpsc — batches of 100 2,400,000 / 2,400,000 / 2,400,000\n",
             "--size 100 --rounds 3 --batch 100`",
             "| kombu-rs memory:// — batches of 100 | 3,000,000 |",
             "- kombu-rs publishing in batches of 100: 60.00×",
