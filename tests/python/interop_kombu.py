@@ -79,17 +79,7 @@ def consume(url, queue_name, count, timeout):
     received = []
 
     def on_message(body, message):
-        line = {
-            "body": body,
-            "content_type": message.content_type,
-            "content_encoding": message.content_encoding,
-            "headers": message.headers,
-            "delivery_info": {
-                "exchange": message.delivery_info.get("exchange"),
-                "routing_key": message.delivery_info.get("routing_key"),
-            },
-            "redelivered": bool(message.delivery_info.get("redelivered")),
-        }
+        line = message_line(body, message)
         print(json.dumps(line), flush=True)
         message.ack()
         received.append(line)
