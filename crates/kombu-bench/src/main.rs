@@ -480,7 +480,7 @@ mod tests {
     use super::*;
 
     /// The fields of `kombu bench --json` (crates/kombu-cli/tests/cli.rs checks the same set).
-    const KEYS: [&str; 18] = [
+    const KEYS: [&str; 19] = [
         "name",
         "transport",
         "url",
@@ -491,6 +491,7 @@ mod tests {
         "prefetch",
         "latency_samples",
         "batch",
+        "concurrency",
         "publish_s",
         "consume_s",
         "publish_msgs_per_s",
