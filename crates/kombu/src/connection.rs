@@ -466,6 +466,12 @@ impl Connection {
         Producer::new(self)
     }
 
+    /// A [`Worker`](crate::Worker) builder for `queues`: a long-running consumer that runs a
+    /// handler per message.
+    pub fn worker(&self, queues: impl IntoIterator<Item = Queue>) -> crate::WorkerBuilder {
+        crate::WorkerBuilder::new(self, queues)
+    }
+
     /// A consumer builder for `queues`.
     pub fn consumer(&self, queues: impl IntoIterator<Item = Queue>) -> ConsumerBuilder {
         ConsumerBuilder::new(self, queues)

@@ -44,6 +44,7 @@ mod producer;
 pub mod retry;
 pub mod serialization;
 mod simple;
+mod worker;
 
 pub use connection::{Connection, ConnectionOptions, Declarable, FailoverStrategy};
 pub use consumer::{Consumer, ConsumerBuilder};
@@ -52,6 +53,7 @@ pub use pool::{ConnectionPool, Pool, Pooled, ProducerPool};
 pub use producer::{BatchOutcome, Producer, PublishBatch, PublishOptions};
 pub use retry::RetryPolicy;
 pub use simple::{SimpleBuffer, SimpleQueue};
+pub use worker::{Incident, Outcome, Poison, Worker, WorkerBuilder, WorkerHandle, WorkerReport};
 
 pub use kombu_core::{
     Binding, BrokerUrl, Capabilities, DeliveryInfo, DeliveryMode, Error, ErrorKind, Exchange, ExchangeType,

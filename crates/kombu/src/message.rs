@@ -200,7 +200,7 @@ impl Message {
         &self.delivery
     }
 
-    fn check_accept(&self) -> Result<()> {
+    pub(crate) fn check_accept(&self) -> Result<()> {
         if self.accept.allows(self.content_type()) {
             Ok(())
         } else {

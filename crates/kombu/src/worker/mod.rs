@@ -1,0 +1,544 @@
+//! The long-running consumer: Kombu's `ConsumerMixin`, done so a service can run it for weeks.
+//!
+//! A [`Worker`] consumes one or many queues and runs an async handler per message, at most
+//! [`concurrency`](WorkerBuilder::concurrency) at a time. What the handler returns decides the
+//! message's fate ([`Outcome`]). Around that loop it handles what every service otherwise
+//! writes (and gets wrong) itself:
+//!
+//! * **Poison messages** — a body that cannot be decompressed or deserialized, or a content
+//!   type outside the `accept` list — are parked per [`Poison`] (never dropped) and consumption
+//!   goes on. A stored envelope the transport cannot parse is parked by the transport and
+//!   reported here as an [`Incident::Malformed`].
+//! * **Handler failures** (an error that is not about the message, a panic) apply the
+//!   [`on_failure`](WorkerBuilder::on_failure) outcome: by default the message comes back a
+//!   second later.
+//! * **A lost broker**: the consumer is rebuilt on a new connection (across the failover list)
+//!   with the [`reconnect_policy`](WorkerBuilder::reconnect_policy); queues are declared again.
+//! * **Stopping** ([`WorkerHandle`], or SIGINT/SIGTERM with
+//!   [`WorkerHandle::shutdown_on_signals`]): no new message is taken, running handlers get the
+//!   [`drain_timeout`](WorkerBuilder::drain_timeout) to finish, and every delivery still held
+//!   — prefetched, unfinished, waiting to be requeued — goes back to the broker at once by
+//!   closing the channel, on every transport (none waits out a visibility timeout). An
+//!   immediate stop skips the drain.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> kombu::Result<()> {
+//! use kombu::{Connection, Outcome, PublishOptions, Queue, Worker};
+//!
+//! let conn = Connection::new("memory:///worker-doc")?;
+//! conn.producer().publish(&serde_json::json!({"n": 1}), PublishOptions::new().routing_key("jobs").declare(Queue::new("jobs"))).await?;
+//!
+//! let worker = Worker::builder(&conn, [Queue::new("jobs")])
+//!     .concurrency(4)
+//!     .build(|message| async move {
+//!         let job: serde_json::Value = message.decode()?; // a bad body: parked, not retried
+//!         assert_eq!(job["n"], 1);
+//!         Ok(Outcome::Ack)
+//!     });
+//! let handle = worker.handle();
+//! let running = tokio::spawn(worker.run());
+//! while handle.report().acked < 1 {
+//!     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+//! }
+//! handle.shutdown();
+//! let report = running.await.expect("the worker task")?;
+//! assert_eq!((report.handled, report.acked), (1, 1));
+//! # Ok(()) }
+//! ```
+
+mod outcome;
+mod report;
+mod shutdown;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kombu_core::transport::RawPublishOptions;
+use kombu_core::{Error, ErrorKind, Queue, Result, Value};
+use tokio::sync::watch;
+use tokio::task::{Id, JoinError, JoinSet};
+use tracing::{debug, debug_span, info, warn, Instrument};
+
+pub use outcome::{Outcome, Poison};
+pub use report::{Incident, WorkerReport};
+pub use shutdown::WorkerHandle;
+
+use crate::connection::Connection;
+use crate::consumer::Consumer;
+use crate::message::{Accept, Message};
+use crate::retry::RetryPolicy;
+use outcome::is_poison;
+use report::Counters;
+use shutdown::{reached, Stop};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type Handler = Box<dyn Fn(Arc<Message>) -> BoxFuture<Result<Outcome>> + Send + Sync>;
+type IncidentHook = Box<dyn Fn(&Incident<'_>) + Send + Sync>;
+
+/// Configures a [`Worker`]; start with [`Worker::builder`] or [`Connection::worker`].
+pub struct WorkerBuilder {
+    connection: Connection,
+    queues: Vec<Queue>,
+    accept: Accept,
+    concurrency: usize,
+    prefetch_count: Option<u16>,
+    poison: Poison,
+    on_failure: Outcome,
+    drain_timeout: Duration,
+    reconnect_policy: RetryPolicy,
+    on_incident: Option<IncidentHook>,
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("queues", &self.queues.iter().map(|q| &q.name).collect::<Vec<_>>())
+            .field("concurrency", &self.concurrency)
+            .field("prefetch_count", &self.prefetch_count)
+            .field("poison", &self.poison)
+            .field("on_failure", &self.on_failure)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerBuilder {
+    pub(crate) fn new(connection: &Connection, queues: impl IntoIterator<Item = Queue>) -> Self {
+        WorkerBuilder {
+            connection: connection.clone(),
+            queues: queues.into_iter().collect(),
+            accept: Accept::default(),
+            concurrency: 1,
+            prefetch_count: None,
+            poison: Poison::default(),
+            on_failure: Outcome::RETRY_LATER,
+            drain_timeout: Duration::from_secs(30),
+            reconnect_policy: RetryPolicy::default(),
+            on_incident: None,
+        }
+    }
+
+    /// Handlers running at once (default 1: messages are handled one after another, in the
+    /// order delivered).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Deliveries the broker may hand over ahead of the handlers (default: the concurrency).
+    pub fn prefetch_count(mut self, n: u16) -> Self {
+        self.prefetch_count = Some(n);
+        self
+    }
+
+    /// Content types handlers may decode (default: [`Accept::default`]). A message of
+    /// another type is poison: it never reaches the handler.
+    pub fn accept(mut self, accept: Accept) -> Self {
+        self.accept = accept;
+        self
+    }
+
+    /// Where poison messages go (default: parked in `<queue>.poison`).
+    pub fn poison(mut self, poison: Poison) -> Self {
+        self.poison = poison;
+        self
+    }
+
+    /// The outcome of a handler that fails with an error that is not about the message, or
+    /// panics (default: [`Outcome::RETRY_LATER`]).
+    pub fn on_failure(mut self, outcome: Outcome) -> Self {
+        self.on_failure = outcome;
+        self
+    }
+
+    /// How long a graceful stop waits for running handlers (default 30 s) before giving
+    /// their messages back.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// How to reconnect when the consumer loses its broker (default: Kombu's
+    /// `ensure_connection` policy, retrying forever).
+    pub fn reconnect_policy(mut self, policy: RetryPolicy) -> Self {
+        self.reconnect_policy = policy;
+        self
+    }
+
+    /// Called for everything the worker handles on its own (poison, failures, reconnects);
+    /// each is logged with `tracing` too.
+    pub fn on_incident(mut self, hook: impl Fn(&Incident<'_>) + Send + Sync + 'static) -> Self {
+        self.on_incident = Some(Box::new(hook));
+        self
+    }
+
+    /// The worker, running `handler` for each message.
+    pub fn build<F, Fut>(self, handler: F) -> Worker
+    where
+        F: Fn(Arc<Message>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Outcome>> + Send + 'static,
+    {
+        let prefetch_count = self
+            .prefetch_count
+            .unwrap_or_else(|| u16::try_from(self.concurrency).unwrap_or(u16::MAX));
+        let handle = WorkerHandle::new();
+        Worker {
+            shared: Arc::new(Shared {
+                connection: self.connection,
+                queues: self.queues,
+                accept: self.accept,
+                concurrency: self.concurrency,
+                prefetch_count,
+                poison: self.poison,
+                on_failure: self.on_failure,
+                drain_timeout: self.drain_timeout,
+                reconnect_policy: self.reconnect_policy,
+                on_incident: self.on_incident,
+                handler: Box::new(move |message| Box::pin(handler(message))),
+                handle,
+            }),
+        }
+    }
+}
+
+/// A long-running consumer that runs a handler per message; see the [module docs](self).
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("queues", &self.shared.queues.iter().map(|q| &q.name).collect::<Vec<_>>())
+            .field("concurrency", &self.shared.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the worker loop and its handler tasks share.
+struct Shared {
+    connection: Connection,
+    queues: Vec<Queue>,
+    accept: Accept,
+    concurrency: usize,
+    prefetch_count: u16,
+    poison: Poison,
+    on_failure: Outcome,
+    drain_timeout: Duration,
+    reconnect_policy: RetryPolicy,
+    on_incident: Option<IncidentHook>,
+    handler: Handler,
+    handle: WorkerHandle,
+}
+
+/// The handler tasks running, with the message each holds.
+#[derive(Default)]
+struct Running {
+    tasks: JoinSet<()>,
+    messages: HashMap<Id, Arc<Message>>,
+}
+
+impl Worker {
+    /// Configure a worker consuming `queues` of `connection`.
+    pub fn builder(connection: &Connection, queues: impl IntoIterator<Item = Queue>) -> WorkerBuilder {
+        WorkerBuilder::new(connection, queues)
+    }
+
+    /// A handle that stops the worker and reads its counters while it runs.
+    pub fn handle(&self) -> WorkerHandle {
+        self.shared.handle.clone()
+    }
+
+    /// Consume until stopped; the counts of what was done.
+    ///
+    /// Returns an error only for what retrying cannot mend (a queue that does not exist, a
+    /// refused login, the reconnect policy exhausted) — after giving back every delivery.
+    pub async fn run(self) -> Result<WorkerReport> {
+        let shared = self.shared;
+        let mut stop = shared.handle.subscribe();
+        let mut running = Running::default();
+        let started = tokio::select! {
+            biased;
+            () = reached(&mut stop, Stop::Graceful) => return Ok(shared.handle.report()),
+            started = shared.start_consumer(false) => started,
+        };
+        let mut consumer = started?;
+        info!(queues = ?consumer.queues().iter().map(|q| &q.name).collect::<Vec<_>>(), concurrency = shared.concurrency, "worker started");
+        let outcome = shared.consume(&mut consumer, &mut running, &mut stop).await;
+        shared.stop(consumer, running, &mut stop).await;
+        info!(report = ?shared.handle.report(), "worker stopped");
+        outcome.map(|()| shared.handle.report())
+    }
+}
+
+impl Shared {
+    fn incident(&self, incident: Incident<'_>) {
+        incident.log();
+        if let Some(hook) = &self.on_incident {
+            hook(&incident);
+        }
+    }
+
+    fn counters(&self) -> &Counters {
+        self.handle.counters()
+    }
+
+    /// A consumer of every queue, on a connection made (or checked) first; with `retry`, failures
+    /// that a retry may mend are retried per the reconnect policy.
+    async fn start_consumer(&self, retry: bool) -> Result<Consumer> {
+        let policy = &self.reconnect_policy;
+        let started = Instant::now();
+        let mut waits = policy.intervals();
+        loop {
+            let attempt = async {
+                if retry {
+                    self.connection.ensure_connection(&RetryPolicy::no_retry()).await?;
+                }
+                self.connection
+                    .consumer(self.queues.iter().cloned())
+                    .accept_set(self.accept.clone())
+                    .prefetch_count(self.prefetch_count)
+                    .consume()
+                    .await
+            };
+            let error = match attempt.await {
+                Ok(consumer) => return Ok(consumer),
+                Err(e) if !retry || !reconnectable(&e) => return Err(e),
+                Err(e) => e,
+            };
+            let wait = waits
+                .next()
+                .filter(|wait| policy.timeout.is_none_or(|t| started.elapsed() + *wait <= t));
+            let Some(wait) = wait else {
+                return Err(error.with_context("worker", "reconnect policy exhausted"));
+            };
+            warn!(error = %error, wait_ms = wait.as_millis() as u64, "worker: reconnect failed, retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The loop: take a message whenever a handler slot is free, until asked to stop or an
+    /// error no reconnect mends.
+    async fn consume(
+        self: &Arc<Self>,
+        consumer: &mut Consumer,
+        running: &mut Running,
+        stop: &mut watch::Receiver<Stop>,
+    ) -> Result<()> {
+        loop {
+            let room = running.tasks.len() < self.concurrency;
+            tokio::select! {
+                biased;
+                () = reached(stop, Stop::Graceful) => return Ok(()),
+                Some(joined) = running.tasks.join_next_with_id(), if !running.tasks.is_empty() => {
+                    self.finished(joined, running);
+                }
+                next = consumer.recv(), if room => match next {
+                    Ok(message) => self.spawn_handler(Arc::new(message), running),
+                    Err(e) if e.kind() == ErrorKind::Decode => {
+                        self.counters().malformed.inc();
+                        self.incident(Incident::Malformed { error: &e });
+                    }
+                    Err(e) if reconnectable(&e) => {
+                        self.counters().reconnects.inc();
+                        self.incident(Incident::Reconnecting { error: &e });
+                        let fresh = tokio::select! {
+                            biased;
+                            () = reached(stop, Stop::Graceful) => return Ok(()),
+                            fresh = self.start_consumer(true) => fresh?,
+                        };
+                        let lost = std::mem::replace(consumer, fresh);
+                        // Its channel is gone with the connection; closing tidies what is left.
+                        let _ = lost.close().await;
+                    }
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+    }
+
+    fn spawn_handler(self: &Arc<Self>, message: Arc<Message>, running: &mut Running) {
+        let span = debug_span!(
+            "kombu.handle",
+            queue = message.delivery_info().queue(),
+            delivery_tag = message.delivery_tag(),
+            redelivered = message.redelivered(),
+        );
+        let shared = self.clone();
+        let task = running
+            .tasks
+            .spawn(shared.process(message.clone()).instrument(span));
+        running.messages.insert(task.id(), message);
+    }
+
+    /// One message: check it, run the handler, settle it as the outcome says.
+    async fn process(self: Arc<Self>, message: Arc<Message>) {
+        if let Err(refused) = message.check_accept() {
+            return self.poisoned(&message, refused).await;
+        }
+        let result = (self.handler)(message.clone()).await;
+        self.counters().handled.inc();
+        if message.acknowledged() {
+            // The handler settled it itself.
+            return self.counters().count_settled(&message);
+        }
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) if is_poison(&e) => return self.poisoned(&message, e).await,
+            Err(e) => {
+                self.counters().failed.inc();
+                self.incident(Incident::HandlerFailed {
+                    message: &message,
+                    error: &e,
+                });
+                self.on_failure
+            }
+        };
+        self.settle(&message, outcome).await;
+    }
+
+    async fn settle(&self, message: &Message, outcome: Outcome) {
+        let settled = match outcome {
+            Outcome::Ack => message.ack().await,
+            Outcome::Reject => message.reject(false).await,
+            Outcome::Requeue => message.requeue().await,
+            Outcome::RequeueAfter(pause) => {
+                let mut stop = self.handle.subscribe();
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    // Stopping: give it back now rather than make the stop wait.
+                    () = reached(&mut stop, Stop::Graceful) => {}
+                }
+                message.requeue().await
+            }
+        };
+        match settled {
+            Ok(()) => self.counters().count_settled(message),
+            Err(error) => self.incident(Incident::SettleFailed { message, error: &error }),
+        }
+    }
+
+    /// A message no handler can use: parked (then acked) or rejected, per the policy. If it
+    /// cannot be parked now, it is given back to try again later: never dropped.
+    async fn poisoned(&self, message: &Message, error: Error) {
+        let queue = message.delivery_info().queue();
+        let parking = self.poison.parking_queue(queue);
+        let result = match &parking {
+            Some(parking) => match self.park(message, parking, &error).await {
+                Ok(()) => message.ack().await,
+                Err(park_error) => {
+                    self.incident(Incident::SettleFailed {
+                        message,
+                        error: &park_error,
+                    });
+                    return self.settle(message, Outcome::RETRY_LATER).await;
+                }
+            },
+            None => message.reject(false).await,
+        };
+        self.incident(Incident::Poison {
+            message,
+            error: &error,
+            parked_in: parking.as_deref(),
+        });
+        match result {
+            Ok(()) => self.counters().poisoned.inc(),
+            Err(settle_error) => self.incident(Incident::SettleFailed {
+                message,
+                error: &settle_error,
+            }),
+        }
+    }
+
+    /// Publish an unchanged copy of `message` to `parking`, saying where it came from and why.
+    async fn park(&self, message: &Message, parking: &str, error: &Error) -> Result<()> {
+        let channel = self.connection.default_channel().await?;
+        self.connection
+            .maybe_declare_queue(&Queue::new(parking), channel.as_ref())
+            .await?;
+        let mut copy = message.delivery().message.clone();
+        copy.headers.insert(
+            "x-kombu-parked-from".into(),
+            Value::String(message.delivery_info().queue().to_owned()),
+        );
+        copy.headers
+            .insert("x-kombu-park-reason".into(), Value::String(error.to_string()));
+        let mut options = RawPublishOptions::new("", parking);
+        options.confirm = true;
+        channel.publish(copy, options).await
+    }
+
+    /// A handler task ended: forget its message, or — if the handler panicked — apply the
+    /// failure outcome to it.
+    fn finished(self: &Arc<Self>, joined: std::result::Result<(Id, ()), JoinError>, running: &mut Running) {
+        let (id, panic) = match joined {
+            Ok((id, ())) => (id, None),
+            Err(e) => (e.id(), e.try_into_panic().ok()),
+        };
+        let Some(message) = running.messages.remove(&id) else {
+            return;
+        };
+        let Some(panic) = panic else { return };
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string panic payload".into());
+        let error = Error::new(ErrorKind::Unexpected, format!("the handler panicked: {what}"));
+        self.counters().handled.inc();
+        self.counters().failed.inc();
+        self.incident(Incident::HandlerFailed {
+            message: &message,
+            error: &error,
+        });
+        if message.acknowledged() {
+            return;
+        }
+        let shared = self.clone();
+        let retry = message.clone();
+        let task = running
+            .tasks
+            .spawn(async move { shared.settle(&retry, shared.on_failure).await });
+        running.messages.insert(task.id(), message);
+    }
+
+    /// Stop consuming, let handlers finish (unless told to stop now), then give every
+    /// delivery still held back to the broker by closing the channel.
+    async fn stop(self: &Arc<Self>, mut consumer: Consumer, mut running: Running, stop: &mut watch::Receiver<Stop>) {
+        if let Err(e) = consumer.cancel().await {
+            debug!(error = %e, "worker: cancelling the consumer failed (its channel is closing anyway)");
+        }
+        let drain = tokio::time::sleep(self.drain_timeout);
+        tokio::pin!(drain);
+        while !running.tasks.is_empty() {
+            tokio::select! {
+                biased;
+                () = reached(stop, Stop::Now) => break,
+                () = &mut drain => {
+                    warn!(running = running.tasks.len(), "worker: drain timeout passed, abandoning running handlers");
+                    break;
+                }
+                Some(joined) = running.tasks.join_next_with_id() => self.finished(joined, &mut running),
+            }
+        }
+        running.tasks.abort_all();
+        while running.tasks.join_next().await.is_some() {}
+        let abandoned = running.messages.values().filter(|m| !m.acknowledged()).count();
+        self.counters().abandoned.add(abandoned as u64);
+        // Closing restores every unsettled delivery: prefetched, abandoned, waiting to requeue.
+        if let Err(e) = consumer.close().await {
+            warn!(error = %e, "worker: closing the channel failed; the broker restores unacked messages when the connection goes");
+        }
+    }
+}
+
+/// Whether the consumer ended for a reason a new connection may mend.
+fn reconnectable(error: &Error) -> bool {
+    error.is_recoverable() || error.kind() == ErrorKind::Closed
+}
+
+#[cfg(all(test, feature = "memory"))]
+mod tests;
