@@ -32,6 +32,9 @@ use crate::child::Task;
 use crate::harness::{Behaviour, BoxTest, Ctx, Failure, TestResult};
 use crate::{check, check_eq};
 
+mod worker;
+use worker::{worker_parks_poison_and_handles_the_rest, worker_retries_a_failed_handler, worker_stop_gives_back_held_messages};
+
 fn always(_: &Capabilities) -> Result<(), &'static str> {
     Ok(())
 }
@@ -182,6 +185,9 @@ behaviours! {
     oversized_message_is_limit_exceeded: size_limit;
     closed_channel_operations_fail: always;
     unknown_scheme_is_a_clear_error: always;
+    worker_parks_poison_and_handles_the_rest: always;
+    worker_retries_a_failed_handler: always;
+    worker_stop_gives_back_held_messages: restore_on_close;
 }
 
 // ---------------------------------------------------------------- helpers
