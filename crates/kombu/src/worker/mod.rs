@@ -46,6 +46,7 @@
 //! # Ok(()) }
 //! ```
 
+mod limit;
 mod outcome;
 mod report;
 mod shutdown;
@@ -70,6 +71,7 @@ use crate::connection::Connection;
 use crate::consumer::Consumer;
 use crate::message::{Accept, Message};
 use crate::retry::RetryPolicy;
+use limit::Limit;
 use outcome::is_poison;
 use report::Counters;
 use shutdown::{reached, Stop};
@@ -85,6 +87,8 @@ pub struct WorkerBuilder {
     accept: Accept,
     concurrency: usize,
     prefetch_count: Option<u16>,
+    limit: Option<u64>,
+    no_ack: bool,
     poison: Poison,
     on_failure: Outcome,
     drain_timeout: Duration,
@@ -98,6 +102,8 @@ impl std::fmt::Debug for WorkerBuilder {
             .field("queues", &self.queues.iter().map(|q| &q.name).collect::<Vec<_>>())
             .field("concurrency", &self.concurrency)
             .field("prefetch_count", &self.prefetch_count)
+            .field("limit", &self.limit)
+            .field("no_ack", &self.no_ack)
             .field("poison", &self.poison)
             .field("on_failure", &self.on_failure)
             .field("drain_timeout", &self.drain_timeout)
@@ -113,6 +119,8 @@ impl WorkerBuilder {
             accept: Accept::default(),
             concurrency: 1,
             prefetch_count: None,
+            limit: None,
+            no_ack: false,
             poison: Poison::default(),
             on_failure: Outcome::RETRY_LATER,
             drain_timeout: Duration::from_secs(30),
@@ -131,6 +139,21 @@ impl WorkerBuilder {
     /// Deliveries the broker may hand over ahead of the handlers (default: the concurrency).
     pub fn prefetch_count(mut self, n: u16) -> Self {
         self.prefetch_count = Some(n);
+        self
+    }
+
+    /// Take at most `n` messages, then stop once their handlers are done. The prefetch
+    /// shrinks as the end nears, so no message beyond the `n`th is ever taken from the broker
+    /// (and none is given back marked redelivered).
+    pub fn limit(mut self, n: u64) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// At-most-once: the broker forgets each message as it is delivered, so the outcome of
+    /// its handler no longer matters and a stop gives nothing back (default: false).
+    pub fn no_ack(mut self, no_ack: bool) -> Self {
+        self.no_ack = no_ack;
         self
     }
 
@@ -192,6 +215,8 @@ impl WorkerBuilder {
                 accept: self.accept,
                 concurrency: self.concurrency,
                 prefetch_count,
+                limit: self.limit,
+                no_ack: self.no_ack,
                 poison: self.poison,
                 on_failure: self.on_failure,
                 drain_timeout: self.drain_timeout,
@@ -225,6 +250,8 @@ struct Shared {
     accept: Accept,
     concurrency: usize,
     prefetch_count: u16,
+    limit: Option<u64>,
+    no_ack: bool,
     poison: Poison,
     on_failure: Outcome,
     drain_timeout: Duration,
@@ -260,14 +287,18 @@ impl Worker {
         let shared = self.shared;
         let mut stop = shared.handle.subscribe();
         let mut running = Running::default();
+        let mut limit = shared.limit.map(|n| Limit::new(n, shared.prefetch_count));
+        if limit.as_ref().is_some_and(Limit::reached) {
+            return Ok(shared.handle.report());
+        }
         let started = tokio::select! {
             biased;
             () = reached(&mut stop, Stop::Graceful) => return Ok(shared.handle.report()),
-            started = shared.start_consumer(false) => started,
+            started = shared.start_consumer(false, shared.prefetch_now(limit.as_ref())) => started,
         };
         let mut consumer = started?;
         info!(queues = ?consumer.queues().iter().map(|q| &q.name).collect::<Vec<_>>(), concurrency = shared.concurrency, "worker started");
-        let outcome = shared.consume(&mut consumer, &mut running, &mut stop).await;
+        let outcome = shared.consume(&mut consumer, &mut running, &mut limit, &mut stop).await;
         shared.stop(consumer, running, &mut stop).await;
         info!(report = ?shared.handle.report(), "worker stopped");
         outcome.map(|()| shared.handle.report())
@@ -288,7 +319,7 @@ impl Shared {
 
     /// A consumer of every queue, on a connection made (or checked) first; with `retry`, failures
     /// that a retry may mend are retried per the reconnect policy.
-    async fn start_consumer(&self, retry: bool) -> Result<Consumer> {
+    async fn start_consumer(&self, retry: bool, prefetch: u16) -> Result<Consumer> {
         let policy = &self.reconnect_policy;
         let started = Instant::now();
         let mut waits = policy.intervals();
@@ -300,7 +331,8 @@ impl Shared {
                 self.connection
                     .consumer(self.queues.iter().cloned())
                     .accept_set(self.accept.clone())
-                    .prefetch_count(self.prefetch_count)
+                    .prefetch_count(prefetch)
+                    .no_ack(self.no_ack)
                     .consume()
                     .await
             };
@@ -320,24 +352,44 @@ impl Shared {
         }
     }
 
-    /// The loop: take a message whenever a handler slot is free, until asked to stop or an
-    /// error no reconnect mends.
+    /// The loop: take a message whenever a handler slot is free, until asked to stop, the
+    /// limit is reached and handled, or an error no reconnect mends.
     async fn consume(
         self: &Arc<Self>,
         consumer: &mut Consumer,
         running: &mut Running,
+        limit: &mut Option<Limit>,
         stop: &mut watch::Receiver<Stop>,
     ) -> Result<()> {
         loop {
-            let room = running.tasks.len() < self.concurrency;
+            let at_limit = limit.as_ref().is_some_and(Limit::reached);
+            if at_limit && running.tasks.is_empty() {
+                return Ok(());
+            }
+            let room = running.tasks.len() < self.concurrency && !at_limit;
             tokio::select! {
                 biased;
                 () = reached(stop, Stop::Graceful) => return Ok(()),
                 Some(joined) = running.tasks.join_next_with_id(), if !running.tasks.is_empty() => {
-                    self.finished(joined, running);
+                    let held = self.finished(joined, running);
+                    if let (true, Some(limit)) = (held && !self.no_ack, limit.as_mut()) {
+                        if let Some(prefetch) = limit.held_one() {
+                            consumer.qos(prefetch).await?;
+                        }
+                    }
                 }
                 next = consumer.recv(), if room => match next {
-                    Ok(message) => self.spawn_handler(Arc::new(message), running),
+                    Ok(message) => {
+                        if let Some(limit) = limit.as_mut() {
+                            // Before this message's handler can settle it and free room.
+                            match limit.took_one() {
+                                _ if limit.reached() => consumer.cancel().await?,
+                                Some(prefetch) if !self.no_ack => consumer.qos(prefetch).await?,
+                                _ => {}
+                            }
+                        }
+                        self.spawn_handler(Arc::new(message), running);
+                    }
                     Err(e) if e.kind() == ErrorKind::Decode => {
                         self.counters().malformed.inc();
                         self.incident(Incident::Malformed { error: &e });
@@ -348,7 +400,7 @@ impl Shared {
                         let fresh = tokio::select! {
                             biased;
                             () = reached(stop, Stop::Graceful) => return Ok(()),
-                            fresh = self.start_consumer(true) => fresh?,
+                            fresh = self.start_consumer(true, self.prefetch_now(limit.as_ref())) => fresh?,
                         };
                         let lost = std::mem::replace(consumer, fresh);
                         // Its channel is gone with the connection; closing tidies what is left.
@@ -358,6 +410,11 @@ impl Shared {
                 },
             }
         }
+    }
+
+    /// The prefetch in force: the limit's, or the configured one.
+    fn prefetch_now(&self, limit: Option<&Limit>) -> u16 {
+        limit.map_or(self.prefetch_count, Limit::prefetch)
     }
 
     fn spawn_handler(self: &Arc<Self>, message: Arc<Message>, running: &mut Running) {
@@ -414,6 +471,7 @@ impl Shared {
                 }
                 message.requeue().await
             }
+            Outcome::Hold => return,
         };
         match settled {
             Ok(()) => self.counters().count_settled(message),
@@ -472,16 +530,18 @@ impl Shared {
     }
 
     /// A handler task ended: forget its message, or — if the handler panicked — apply the
-    /// failure outcome to it.
-    fn finished(self: &Arc<Self>, joined: std::result::Result<(Id, ()), JoinError>, running: &mut Running) {
+    /// failure outcome to it. Whether the message was left unsettled ([`Outcome::Hold`]).
+    fn finished(self: &Arc<Self>, joined: std::result::Result<(Id, ()), JoinError>, running: &mut Running) -> bool {
         let (id, panic) = match joined {
             Ok((id, ())) => (id, None),
             Err(e) => (e.id(), e.try_into_panic().ok()),
         };
         let Some(message) = running.messages.remove(&id) else {
-            return;
+            return false;
         };
-        let Some(panic) = panic else { return };
+        let Some(panic) = panic else {
+            return !message.acknowledged();
+        };
         let what = panic
             .downcast_ref::<&str>()
             .map(|s| (*s).to_owned())
@@ -494,15 +554,15 @@ impl Shared {
             message: &message,
             error: &error,
         });
-        if message.acknowledged() {
-            return;
+        if !message.acknowledged() {
+            let shared = self.clone();
+            let retry = message.clone();
+            let task = running
+                .tasks
+                .spawn(async move { shared.settle(&retry, shared.on_failure).await });
+            running.messages.insert(task.id(), message);
         }
-        let shared = self.clone();
-        let retry = message.clone();
-        let task = running
-            .tasks
-            .spawn(async move { shared.settle(&retry, shared.on_failure).await });
-        running.messages.insert(task.id(), message);
+        false
     }
 
     /// Stop consuming, let handlers finish (unless told to stop now), then give every
@@ -521,7 +581,9 @@ impl Shared {
                     warn!(running = running.tasks.len(), "worker: drain timeout passed, abandoning running handlers");
                     break;
                 }
-                Some(joined) = running.tasks.join_next_with_id() => self.finished(joined, &mut running),
+                Some(joined) = running.tasks.join_next_with_id() => {
+                    self.finished(joined, &mut running);
+                }
             }
         }
         running.tasks.abort_all();

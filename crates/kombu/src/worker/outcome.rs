@@ -23,6 +23,10 @@ pub enum Outcome {
     /// against the concurrency limit, which slows a failing stream of messages down) and gives it
     /// back at once if asked to stop.
     RequeueAfter(Duration),
+    /// Leave it unsettled: it counts against the prefetch until the worker stops, which gives
+    /// it back with every other delivery (in order, where the transport keeps order). For tools
+    /// that look at a queue without taking from it, as `kombu consume --requeue` does.
+    Hold,
 }
 
 impl Outcome {

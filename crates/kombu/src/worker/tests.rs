@@ -320,3 +320,48 @@ async fn a_missing_queue_is_an_error_not_a_retry_loop() {
         .expect_err("a passive declare of a missing queue fails");
     assert_eq!(error.kind(), ErrorKind::NotFound);
 }
+
+#[tokio::test]
+async fn a_limit_takes_no_message_beyond_it() {
+    let conn = connection("limit");
+    publish_n(&conn, "jobs", 5).await;
+    let worker = conn
+        .worker([Queue::new("jobs")])
+        .prefetch_count(10)
+        .limit(3)
+        .build(|_m| async { Ok(Outcome::Ack) });
+    let report = tokio::time::timeout(Duration::from_secs(5), worker.run())
+        .await
+        .expect("a worker with a limit stops by itself")
+        .unwrap();
+    assert_eq!((report.handled, report.acked), (3, 3));
+    let left = drain(&conn, "jobs").await;
+    assert_eq!(left.len(), 2, "the rest stays");
+    assert!(
+        left.iter().all(|m| !m.redelivered()),
+        "no message beyond the limit was taken and given back"
+    );
+}
+
+#[tokio::test]
+async fn held_messages_go_back_in_order_when_the_worker_stops() {
+    let conn = connection("hold");
+    publish_n(&conn, "jobs", 4).await;
+    let worker = conn
+        .worker([Queue::new("jobs")])
+        .prefetch_count(0)
+        .limit(4)
+        .build(|_m| async { Ok(Outcome::Hold) });
+    let report = tokio::time::timeout(Duration::from_secs(5), worker.run())
+        .await
+        .expect("holding every message does not stall the limit")
+        .unwrap();
+    assert_eq!((report.handled, report.acked, report.requeued), (4, 0, 0));
+    let back: Vec<serde_json::Value> = drain(&conn, "jobs")
+        .await
+        .iter()
+        .map(|m| m.decode().unwrap())
+        .collect();
+    let expected: Vec<serde_json::Value> = (0..4).map(|n| serde_json::json!({ "n": n })).collect();
+    assert_eq!(back, expected, "every held message is back, in order");
+}
