@@ -267,7 +267,7 @@ pub(crate) struct PublishArgs {
 }
 
 /// `kombu consume`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct ConsumeArgs {
     /// Queues to consume from (they must exist unless --declare).
     #[arg(value_name = "QUEUE", required = true)]

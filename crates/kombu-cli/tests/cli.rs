@@ -607,3 +607,31 @@ fn a_bad_line_stops_publish_lines_after_the_lines_before_it_are_sent() {
     run.error_line(1, "the 2 message(s) before that line were published");
     assert_eq!(count(url, "q"), 2, "the lines before the bad one are not lost");
 }
+
+#[test]
+fn a_message_that_cannot_be_read_is_parked_and_consuming_goes_on() {
+    let url = &sqlite_url("consume-poison");
+    // Says it is gzip-compressed, but is not: no consumer can read it.
+    kombu(&[
+        "--url",
+        url,
+        "publish",
+        "--declare-queue",
+        "q",
+        "-H",
+        "compression=application/x-gzip",
+        "1",
+    ])
+    .success();
+    kombu(&["--url", url, "publish", "--declare-queue", "q", "2"]).success();
+    let run = kombu(&["--url", url, "consume", "q", "--timeout", "0.5", "--json"]);
+    run.success();
+    let printed: Vec<Value> = run.json_lines().iter().map(|m| m["body"].clone()).collect();
+    assert_eq!(printed, [json!("2")], "the readable message is printed: {run:#?}");
+    assert!(
+        run.stderr
+            .contains("kombu: warning: a message that cannot be read was parked in q.poison"),
+        "{run:#?}"
+    );
+    assert_eq!((count(url, "q"), count(url, "q.poison")), (0, 1));
+}

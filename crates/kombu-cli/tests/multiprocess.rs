@@ -207,3 +207,52 @@ fn routing_declared_in_one_process_serves_another_until_the_exchange_is_deleted(
     run("publish --exchange events --type topic -r user.deleted 3");
     assert!(run("stats audit --json").contains("\"messages\":1"));
 }
+
+/// The number of messages in `queue`, from `kombu stats`.
+fn queue_count(url: &str, queue: &str) -> u64 {
+    let output = kombu(url, &["stats", queue, "--json"]).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    stats[0]["messages"].as_u64().unwrap()
+}
+
+#[test]
+#[cfg(unix)]
+fn sigterm_ends_a_consumer_with_exit_130_and_gives_back_what_it_holds() {
+    let url = sqlite_url("sigterm-consume");
+    publish_numbers(&url, "held", 3);
+    // A peek holds every message it printed until it stops.
+    let (sink, seen) = mpsc::channel();
+    let child = spawn_consumer(&url, "held", &["--requeue", "--prefetch", "0"], 0, sink);
+    let mut got = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (_, n) = seen
+            .recv_timeout(left)
+            .expect("the consumer printed all 3 messages");
+        got.insert(n);
+    }
+    assert_eq!(
+        queue_count(&url, "held"),
+        0,
+        "positive control: the consumer holds all 3"
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "SIGTERM is an interruption");
+    assert_eq!(
+        queue_count(&url, "held"),
+        3,
+        "every held message is back when the process exits"
+    );
+}

@@ -33,7 +33,10 @@ use crate::harness::{Behaviour, BoxTest, Ctx, Failure, TestResult};
 use crate::{check, check_eq};
 
 mod worker;
-use worker::{worker_parks_poison_and_handles_the_rest, worker_retries_a_failed_handler, worker_stop_gives_back_held_messages};
+use worker::{
+    worker_parks_poison_and_handles_the_rest, worker_retries_a_failed_handler,
+    worker_stop_gives_back_held_messages,
+};
 
 fn always(_: &Capabilities) -> Result<(), &'static str> {
     Ok(())

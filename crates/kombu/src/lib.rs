@@ -44,7 +44,7 @@ mod producer;
 pub mod retry;
 pub mod serialization;
 mod simple;
-mod worker;
+pub mod worker;
 
 pub use connection::{Connection, ConnectionOptions, Declarable, FailoverStrategy};
 pub use consumer::{Consumer, ConsumerBuilder};

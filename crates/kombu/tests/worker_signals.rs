@@ -23,7 +23,12 @@ fn signal_self(signal: &str) {
 async fn a_second_sigterm_stops_at_once_and_gives_back_the_delivery() {
     let conn = Connection::new("memory:///worker-signals").unwrap();
     conn.producer()
-        .publish(&"held", PublishOptions::new().routing_key("jobs").declare(Queue::new("jobs")))
+        .publish(
+            &"held",
+            PublishOptions::new()
+                .routing_key("jobs")
+                .declare(Queue::new("jobs")),
+        )
         .await
         .unwrap();
     let (started_tx, mut started) = mpsc::unbounded_channel();
@@ -47,13 +52,18 @@ async fn a_second_sigterm_stops_at_once_and_gives_back_the_delivery() {
     signal_self("-TERM");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !handle.is_stopping() {
-        assert!(tokio::time::Instant::now() < deadline, "the first SIGTERM was not seen");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first SIGTERM was not seen"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Graceful: the handler never ends, so the worker waits (positive control for the second
     // signal below: without it, the run would not end).
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), &mut running).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(200), &mut running)
+            .await
+            .is_err(),
         "a graceful stop waits for the running handler"
     );
 
@@ -66,5 +76,8 @@ async fn a_second_sigterm_stops_at_once_and_gives_back_the_delivery() {
     assert_eq!(report.abandoned, 1);
     let channel = conn.channel().await.unwrap();
     let back = channel.get("jobs", GetOptions::default()).await.unwrap();
-    assert!(back.is_some_and(|d| d.info.redelivered()), "the held message is back, marked redelivered");
+    assert!(
+        back.is_some_and(|d| d.info.redelivered()),
+        "the held message is back, marked redelivered"
+    );
 }

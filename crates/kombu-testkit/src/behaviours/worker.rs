@@ -29,7 +29,9 @@ async fn run_until(
     while !done(&handle.report()) {
         if running.is_finished() || tokio::time::Instant::now() >= deadline {
             handle.shutdown_now();
-            let ended = running.await.map_err(|e| Failure(format!("the worker task: {e}")))?;
+            let ended = running
+                .await
+                .map_err(|e| Failure(format!("the worker task: {e}")))?;
             return Err(Failure(format!(
                 "the worker should have {what} within {:?}; it ended with {ended:?}, report {:?}",
                 ctx.patience(),
@@ -50,8 +52,11 @@ const NOT_JSON: &[u8] = b"{not json";
 
 async fn publish_unreadable(conn: &Connection, queue: &str) -> TestResult {
     let channel = conn.default_channel().await?;
-    let message = RawMessage::new(Bytes::from_static(NOT_JSON)).with_content_type(Some("application/json".into()));
-    channel.publish(message, RawPublishOptions::new("", queue)).await?;
+    let message =
+        RawMessage::new(Bytes::from_static(NOT_JSON)).with_content_type(Some("application/json".into()));
+    channel
+        .publish(message, RawPublishOptions::new("", queue))
+        .await?;
     Ok(())
 }
 
@@ -67,8 +72,15 @@ pub(super) async fn worker_parks_poison_and_handles_the_rest(ctx: Ctx) -> TestRe
         let _: serde_json::Value = message.decode()?;
         Ok(Outcome::Ack)
     });
-    let report = run_until(&ctx, worker, "acked 3 and parked 1", |r| r.acked == 3 && r.poisoned == 1).await?;
-    check_eq!((report.handled, report.failed), (4, 0), "handler runs and failures");
+    let report = run_until(&ctx, worker, "acked 3 and parked 1", |r| {
+        r.acked == 3 && r.poisoned == 1
+    })
+    .await?;
+    check_eq!(
+        (report.handled, report.failed),
+        (4, 0),
+        "handler runs and failures"
+    );
 
     let parked = get_one(&ctx, &conn, &format!("{queue}.poison")).await?;
     check_eq!(parked.body().as_ref(), NOT_JSON, "the parked body, unchanged");
@@ -98,7 +110,10 @@ pub(super) async fn worker_retries_a_failed_handler(ctx: Ctx) -> TestResult {
                     return Err(Error::new(ErrorKind::Unexpected, "a database is down"));
                 }
                 if !message.redelivered() {
-                    return Err(Error::new(ErrorKind::Unexpected, "the retry is not marked redelivered"));
+                    return Err(Error::new(
+                        ErrorKind::Unexpected,
+                        "the retry is not marked redelivered",
+                    ));
                 }
                 Ok(Outcome::Ack)
             }
@@ -143,7 +158,11 @@ pub(super) async fn worker_stop_gives_back_held_messages(ctx: Ctx) -> TestResult
         .await
         .map_err(|_| Failure("the worker did not stop within the patience".into()))?
         .map_err(|e| Failure(format!("the worker task: {e}")))??;
-    check_eq!((report.acked, report.abandoned), (0, 1), "acked and abandoned messages");
+    check_eq!(
+        (report.acked, report.abandoned),
+        (0, 1),
+        "acked and abandoned messages"
+    );
 
     // Every message is back at once: within a second of the worker's return, not after a
     // visibility timeout.

@@ -237,7 +237,10 @@ pub struct Worker {
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
-            .field("queues", &self.shared.queues.iter().map(|q| &q.name).collect::<Vec<_>>())
+            .field(
+                "queues",
+                &self.shared.queues.iter().map(|q| &q.name).collect::<Vec<_>>(),
+            )
             .field("concurrency", &self.shared.concurrency)
             .finish_non_exhaustive()
     }
@@ -298,7 +301,9 @@ impl Worker {
         };
         let mut consumer = started?;
         info!(queues = ?consumer.queues().iter().map(|q| &q.name).collect::<Vec<_>>(), concurrency = shared.concurrency, "worker started");
-        let outcome = shared.consume(&mut consumer, &mut running, &mut limit, &mut stop).await;
+        let outcome = shared
+            .consume(&mut consumer, &mut running, &mut limit, &mut stop)
+            .await;
         shared.stop(consumer, running, &mut stop).await;
         info!(report = ?shared.handle.report(), "worker stopped");
         outcome.map(|()| shared.handle.report())
@@ -326,7 +331,9 @@ impl Shared {
         loop {
             let attempt = async {
                 if retry {
-                    self.connection.ensure_connection(&RetryPolicy::no_retry()).await?;
+                    self.connection
+                        .ensure_connection(&RetryPolicy::no_retry())
+                        .await?;
                 }
                 self.connection
                     .consumer(self.queues.iter().cloned())
@@ -475,7 +482,10 @@ impl Shared {
         };
         match settled {
             Ok(()) => self.counters().count_settled(message),
-            Err(error) => self.incident(Incident::SettleFailed { message, error: &error }),
+            Err(error) => self.incident(Incident::SettleFailed {
+                message,
+                error: &error,
+            }),
         }
     }
 
@@ -531,7 +541,11 @@ impl Shared {
 
     /// A handler task ended: forget its message, or — if the handler panicked — apply the
     /// failure outcome to it. Whether the message was left unsettled ([`Outcome::Hold`]).
-    fn finished(self: &Arc<Self>, joined: std::result::Result<(Id, ()), JoinError>, running: &mut Running) -> bool {
+    fn finished(
+        self: &Arc<Self>,
+        joined: std::result::Result<(Id, ()), JoinError>,
+        running: &mut Running,
+    ) -> bool {
         let (id, panic) = match joined {
             Ok((id, ())) => (id, None),
             Err(e) => (e.id(), e.try_into_panic().ok()),
@@ -567,7 +581,12 @@ impl Shared {
 
     /// Stop consuming, let handlers finish (unless told to stop now), then give every
     /// delivery still held back to the broker by closing the channel.
-    async fn stop(self: &Arc<Self>, mut consumer: Consumer, mut running: Running, stop: &mut watch::Receiver<Stop>) {
+    async fn stop(
+        self: &Arc<Self>,
+        mut consumer: Consumer,
+        mut running: Running,
+        stop: &mut watch::Receiver<Stop>,
+    ) {
         if let Err(e) = consumer.cancel().await {
             debug!(error = %e, "worker: cancelling the consumer failed (its channel is closing anyway)");
         }
@@ -602,5 +621,5 @@ fn reconnectable(error: &Error) -> bool {
     error.is_recoverable() || error.kind() == ErrorKind::Closed
 }
 
-#[cfg(all(test, feature = "memory"))]
+#[cfg(test)]
 mod tests;

@@ -87,8 +87,14 @@ mod tests {
 
     #[test]
     fn parking_queues_follow_the_policy() {
-        assert_eq!(Poison::default().parking_queue("tasks").as_deref(), Some("tasks.poison"));
-        assert_eq!(Poison::ParkIn("dead".into()).parking_queue("tasks").as_deref(), Some("dead"));
+        assert_eq!(
+            Poison::default().parking_queue("tasks").as_deref(),
+            Some("tasks.poison")
+        );
+        assert_eq!(
+            Poison::ParkIn("dead".into()).parking_queue("tasks").as_deref(),
+            Some("dead")
+        );
         assert_eq!(Poison::Reject.parking_queue("tasks"), None);
     }
 

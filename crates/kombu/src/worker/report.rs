@@ -74,8 +74,14 @@ pub enum Incident<'a> {
 impl Incident<'_> {
     pub(crate) fn log(&self) {
         match self {
-            Incident::Malformed { error } => tracing::warn!(error = %error, "worker: the transport parked a malformed message"),
-            Incident::Poison { message, error, parked_in } => tracing::warn!(
+            Incident::Malformed { error } => {
+                tracing::warn!(error = %error, "worker: the transport parked a malformed message")
+            }
+            Incident::Poison {
+                message,
+                error,
+                parked_in,
+            } => tracing::warn!(
                 error = %error,
                 queue = message.delivery_info().queue(),
                 delivery_tag = message.delivery_tag(),
@@ -94,7 +100,9 @@ impl Incident<'_> {
                 delivery_tag = message.delivery_tag(),
                 "worker: settling failed; the message will be delivered again"
             ),
-            Incident::Reconnecting { error } => tracing::warn!(error = %error, "worker: consumer lost, reconnecting"),
+            Incident::Reconnecting { error } => {
+                tracing::warn!(error = %error, "worker: consumer lost, reconnecting")
+            }
         }
     }
 }

@@ -127,7 +127,8 @@ impl Signals {
             use tokio::signal::unix::{signal, SignalKind};
             let install = |kind: SignalKind, name: &str| {
                 signal(kind).map_err(|e| {
-                    Error::new(ErrorKind::Unexpected, format!("cannot install a {name} handler")).with_source(e)
+                    Error::new(ErrorKind::Unexpected, format!("cannot install a {name} handler"))
+                        .with_source(e)
                 })
             };
             Ok(Signals {

@@ -1,5 +1,6 @@
 //! The worker on the memory transport: outcomes, poison, failures, stopping. (The conformance
 //! suite runs the same promises on every transport.)
+#![cfg(feature = "memory")]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,9 @@ async fn publish_n(conn: &Connection, queue: &str, n: u64) {
         producer
             .publish(
                 &serde_json::json!({ "n": i }),
-                PublishOptions::new().routing_key(queue).declare(Queue::new(queue)),
+                PublishOptions::new()
+                    .routing_key(queue)
+                    .declare(Queue::new(queue)),
             )
             .await
             .expect("publish");
@@ -94,7 +97,13 @@ async fn every_message_is_handled_and_acked_once() {
 async fn poison_is_parked_and_good_messages_behind_it_are_handled() {
     let conn = connection("poison");
     publish_raw(&conn, "jobs", b"{not json", "application/json").await;
-    publish_raw(&conn, "jobs", b"\x80\x04pickled", "application/x-python-serialize").await;
+    publish_raw(
+        &conn,
+        "jobs",
+        b"\x80\x04pickled",
+        "application/x-python-serialize",
+    )
+    .await;
     publish_n(&conn, "jobs", 3).await;
     let handled = Arc::new(AtomicUsize::new(0));
     let count = handled.clone();
@@ -104,7 +113,9 @@ async fn poison_is_parked_and_good_messages_behind_it_are_handled() {
         .worker([Queue::new("jobs")])
         .on_incident(move |incident| {
             if let Incident::Poison { error, parked_in, .. } = incident {
-                seen.lock().unwrap().push((error.kind(), parked_in.map(str::to_owned)));
+                seen.lock()
+                    .unwrap()
+                    .push((error.kind(), parked_in.map(str::to_owned)));
             }
         })
         .build(move |m| {
@@ -136,7 +147,9 @@ async fn poison_is_parked_and_good_messages_behind_it_are_handled() {
             message.headers().get("x-kombu-parked-from"),
             Some(&Value::String("jobs".into()))
         );
-        assert!(matches!(message.headers().get("x-kombu-park-reason"), Some(Value::String(s)) if !s.is_empty()));
+        assert!(
+            matches!(message.headers().get("x-kombu-park-reason"), Some(Value::String(s)) if !s.is_empty())
+        );
     }
     assert!(drain(&conn, "jobs").await.is_empty(), "the source queue is empty");
 }
@@ -154,7 +167,10 @@ async fn poison_rejected_when_asked() {
             Ok(Outcome::Ack)
         });
     let report = run_until(worker, |r| r.acked == 1 && r.poisoned == 1).await;
-    assert_eq!(report.rejected, 0, "poison is counted as poison, not as a handler's reject");
+    assert_eq!(
+        report.rejected, 0,
+        "poison is counted as poison, not as a handler's reject"
+    );
     assert!(drain(&conn, "jobs.poison").await.is_empty(), "nothing was parked");
     assert!(drain(&conn, "jobs").await.is_empty());
 }
@@ -275,7 +291,11 @@ async fn stopping_gives_back_unfinished_and_prefetched_messages() {
     let report = running.await.unwrap().unwrap();
     assert_eq!((report.acked, report.abandoned), (0, 1));
     let back = drain(&conn, "jobs").await;
-    assert_eq!(back.len(), 5, "the unfinished message and the prefetched ones are back");
+    assert_eq!(
+        back.len(),
+        5,
+        "the unfinished message and the prefetched ones are back"
+    );
 }
 
 #[tokio::test]
