@@ -264,3 +264,6 @@ pub(crate) fn handler_finished(transport: &'static str, queue: &str, elapsed: Du
 pub(crate) fn in_flight(transport: &'static str, queue: &str, delta: f64) {
     imp::in_flight(transport, queue, delta);
 }
+
+#[cfg(all(test, feature = "memory"))]
+mod tests;
