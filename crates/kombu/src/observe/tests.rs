@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -52,11 +52,14 @@ impl<S: Subscriber> Layer<S> for Capture {
             name: attrs.metadata().name(),
             fields,
         };
-        self.spans.lock().unwrap().push((id.clone(), span));
+        self.spans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((id.clone(), span));
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
-        let mut spans = self.spans.lock().unwrap();
+        let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
         // Ids are reused once a span closes: the latest span of that id.
         if let Some((_, span)) = spans.iter_mut().rev().find(|(seen, _)| seen == id) {
             values.record(&mut Fields(&mut span.fields));
@@ -69,7 +72,7 @@ impl Capture {
     fn named(&self, name: &str) -> Vec<SeenSpan> {
         self.spans
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .filter(|(_, s)| s.name == name)
             .map(|(_, s)| s.clone())
@@ -264,12 +267,15 @@ mod metrics {
     use super::*;
 
     /// Run `test` on a current-thread runtime with `recorder` as this thread's recorder.
-    fn with_recorder<F: std::future::Future<Output = ()>>(recorder: &DebuggingRecorder, test: F) {
+    fn with_recorder<F: std::future::Future<Output = ()>>(
+        recorder: &DebuggingRecorder,
+        test: F,
+    ) -> std::io::Result<()> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-            .unwrap();
+            .build()?;
         ::metrics::with_local_recorder(recorder, || runtime.block_on(test));
+        Ok(())
     }
 
     /// What the recorder holds. (A snapshot resets the counters: take one per test.)
@@ -310,7 +316,7 @@ mod metrics {
     }
 
     #[test]
-    fn publishes_are_counted_and_timed_by_transport_exchange_and_outcome() {
+    fn publishes_are_counted_and_timed_by_transport_exchange_and_outcome() -> std::io::Result<()> {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         with_recorder(&recorder, async {
@@ -328,7 +334,7 @@ mod metrics {
                 .publish(&0, PublishOptions::new().routing_key("nowhere").mandatory(true))
                 .await
                 .unwrap_err();
-        });
+        })?;
         let seen = snapshotter.snapshot().into_vec();
         let ok = [
             ("transport", "memory"),
@@ -344,10 +350,11 @@ mod metrics {
         assert_eq!(counter(&seen, "kombu_messages_published_total", &error), 1);
         let timed = [("transport", "memory"), ("exchange", "obs-m-ex")];
         assert_eq!(samples(&seen, "kombu_publish_duration_seconds", &timed), 6);
+        Ok(())
     }
 
     #[test]
-    fn a_batch_counts_each_message_once_and_is_timed_once() {
+    fn a_batch_counts_each_message_once_and_is_timed_once() -> std::io::Result<()> {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         with_recorder(&recorder, async {
@@ -378,7 +385,7 @@ mod metrics {
             }
             batch.add(&0, PublishOptions::new().serializer("no-such-serializer"));
             assert_eq!(batch.send().await.confirmed(), 6);
-        });
+        })?;
         let seen = snapshotter.snapshot().into_vec();
         let labels = |exchange, outcome| {
             [
@@ -417,10 +424,11 @@ mod metrics {
             0,
             "a batch is not timed as single publishes"
         );
+        Ok(())
     }
 
     #[test]
-    fn acks_rejects_and_requeues_are_counted_by_transport_and_queue() {
+    fn acks_rejects_and_requeues_are_counted_by_transport_and_queue() -> std::io::Result<()> {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         with_recorder(&recorder, async {
@@ -443,12 +451,13 @@ mod metrics {
                 .requeue()
                 .await
                 .unwrap();
-        });
+        })?;
         let seen = snapshotter.snapshot().into_vec();
         let labels = [("transport", "memory"), ("queue", "obs-settle")];
         assert_eq!(counter(&seen, "kombu_messages_acked_total", &labels), 3);
         assert_eq!(counter(&seen, "kombu_messages_rejected_total", &labels), 1);
         assert_eq!(counter(&seen, "kombu_messages_requeued_total", &labels), 1);
+        Ok(())
     }
 
     #[test]
