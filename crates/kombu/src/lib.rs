@@ -39,7 +39,7 @@ mod connection;
 mod consumer;
 pub mod json;
 mod message;
-mod observe;
+pub mod observe;
 pub mod pool;
 mod producer;
 pub mod retry;

@@ -16,7 +16,8 @@
 //!
 //! With the `metrics` feature, through the [`metrics`](https://docs.rs/metrics) facade: they
 //! go to whatever recorder (Prometheus exporter, StatsD, …) the application installs, and
-//! cost next to nothing without one. Without the feature every function here is empty.
+//! cost next to nothing without one. Without the feature nothing is measured (no clock is
+//! read).
 //!
 //! | name | kind | labels | counts or measures |
 //! | --- | --- | --- | --- |
