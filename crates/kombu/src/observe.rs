@@ -87,11 +87,19 @@ pub(crate) enum Settled {
 
 /// Measures a duration when metrics are compiled in; reads no clock otherwise.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(
+    not(feature = "metrics"),
+    allow(dead_code, reason = "the worker's, for its handler timings")
+)]
 pub(crate) struct Stopwatch {
     #[cfg(feature = "metrics")]
     started: std::time::Instant,
 }
 
+#[cfg_attr(
+    not(feature = "metrics"),
+    allow(dead_code, reason = "the worker's, for its handler timings")
+)]
 impl Stopwatch {
     /// Start measuring.
     #[inline]
@@ -116,7 +124,9 @@ impl Stopwatch {
 mod imp {
     use std::time::Duration;
 
-    use metrics::{counter, gauge, histogram};
+    use std::sync::Arc;
+
+    use metrics::{counter, gauge, histogram, SharedString};
 
     use super::Settled;
 
@@ -128,9 +138,17 @@ mod imp {
         }
     }
 
-    pub(crate) fn published(transport: &'static str, exchange: &str, ok: bool, elapsed: Duration) {
-        published_in_batch(transport, exchange, ok, 1);
-        histogram!("kombu_publish_duration_seconds", "transport" => transport, "exchange" => exchange.to_owned())
+    pub(crate) fn published(transport: &'static str, exchange: Arc<str>, ok: bool, elapsed: Duration) {
+        // Shared: both labels point at one string.
+        let exchange = SharedString::from(exchange);
+        counter!(
+            "kombu_messages_published_total",
+            "transport" => transport,
+            "exchange" => exchange.clone(),
+            "outcome" => outcome(ok),
+        )
+        .increment(1);
+        histogram!("kombu_publish_duration_seconds", "transport" => transport, "exchange" => exchange)
             .record(elapsed.as_secs_f64());
     }
 
@@ -194,10 +212,6 @@ mod imp {
     use super::Settled;
 
     #[inline]
-    pub(crate) fn published(_: &'static str, _: &str, _: bool, _: Duration) {}
-    #[inline]
-    pub(crate) fn batch_published(_: &'static str, _: Duration) {}
-    #[inline]
     pub(crate) fn settled(_: &'static str, _: &str, _: Settled) {}
     #[inline]
     pub(crate) fn delivered(_: &'static str, _: &str, _: bool) {}
@@ -210,9 +224,10 @@ mod imp {
 }
 
 /// A publish of one message to `exchange` finished after `elapsed`:
-/// `kombu_messages_published_total` and `kombu_publish_duration_seconds`.
-#[inline]
-pub(crate) fn published(transport: &'static str, exchange: &str, ok: bool, elapsed: Duration) {
+/// `kombu_messages_published_total` and `kombu_publish_duration_seconds`. (Only with the
+/// feature: the caller does not even read the clock without it.)
+#[cfg(feature = "metrics")]
+pub(crate) fn published(transport: &'static str, exchange: std::sync::Arc<str>, ok: bool, elapsed: Duration) {
     imp::published(transport, exchange, ok, elapsed);
 }
 
@@ -224,7 +239,7 @@ pub(crate) fn published_in_batch(transport: &'static str, exchange: &str, ok: bo
 }
 
 /// A batch was sent in `elapsed`: `kombu_publish_batch_duration_seconds`.
-#[inline]
+#[cfg(feature = "metrics")]
 pub(crate) fn batch_published(transport: &'static str, elapsed: Duration) {
     imp::batch_published(transport, elapsed);
 }

@@ -15,7 +15,7 @@ use tracing::{debug_span, Instrument};
 
 use crate::compression;
 use crate::connection::{Connection, Declarable};
-use crate::observe::{self, Stopwatch};
+use crate::observe;
 use crate::retry::RetryPolicy;
 use crate::serialization;
 
@@ -450,7 +450,8 @@ impl Producer {
     ) -> impl Future<Output = Result<()>> + Send + '_ {
         let (attempt, retry_policy) = Attempt::from_options(options);
         async move {
-            let stopwatch = Stopwatch::start();
+            #[cfg(feature = "metrics")]
+            let stopwatch = observe::Stopwatch::start();
             let transport = self.connection.transport_name();
             let exchange = attempt.exchange.as_deref().unwrap_or(&self.exchange);
             // The fields are evaluated only when the span is enabled.
@@ -482,7 +483,13 @@ impl Producer {
             }
             .instrument(span)
             .await;
-            observe::published(transport, &exchange.name, result.is_ok(), stopwatch.elapsed());
+            #[cfg(feature = "metrics")]
+            observe::published(
+                transport,
+                self.exchange_label(&attempt),
+                result.is_ok(),
+                stopwatch.elapsed(),
+            );
             result
         }
     }
@@ -537,6 +544,15 @@ impl Producer {
             .await?;
         }
         Ok(())
+    }
+
+    /// The exchange of `attempt` as a metric label: the producer's shared name, else a copy.
+    #[cfg(feature = "metrics")]
+    fn exchange_label(&self, attempt: &Attempt) -> Arc<str> {
+        match &attempt.exchange {
+            Some(e) => Arc::from(e.name.as_str()),
+            None => self.exchange_name.clone(),
+        }
     }
 
     /// The core's publish options for `attempt`: its exchange and routing key, else the

@@ -14,7 +14,8 @@ use tracing::field::{display, Empty};
 use tracing::{debug_span, Instrument};
 
 use super::{Attempt, Body, Producer, PublishOptions};
-use crate::observe::{self, Stopwatch};
+#[cfg(feature = "metrics")]
+use crate::observe;
 use crate::retry::RetryPolicy;
 
 /// Messages to publish together (built by [`Producer::batch`]).
@@ -116,7 +117,8 @@ impl<'p> PublishBatch<'p> {
 
     /// Publish every message; one outcome per message, in the order added.
     pub async fn send(self) -> BatchOutcome {
-        let stopwatch = Stopwatch::start();
+        #[cfg(feature = "metrics")]
+        let stopwatch = observe::Stopwatch::start();
         let producer = self.producer;
         let transport = producer.connection.transport_name();
         let span = debug_span!(
@@ -149,8 +151,10 @@ impl<'p> PublishBatch<'p> {
             }
         }
         #[cfg(feature = "metrics")]
-        producer.count_published(transport, &exchanges, &outcome);
-        observe::batch_published(transport, stopwatch.elapsed());
+        {
+            producer.count_published(transport, &exchanges, &outcome);
+            observe::batch_published(transport, stopwatch.elapsed());
+        }
         outcome
     }
 
