@@ -15,9 +15,10 @@
 //! # Metrics
 //!
 //! With the `metrics` feature, through the [`metrics`](https://docs.rs/metrics) facade: they
-//! go to whatever recorder (Prometheus exporter, StatsD, …) the application installs, and
-//! cost next to nothing without one. Without the feature nothing is measured (no clock is
-//! read).
+//! go to whatever recorder (Prometheus exporter, StatsD, …) the application installs. Without
+//! one they still cost a little per message (the facade builds and hashes each metric's key
+//! before its no-op recorder drops it: about 0.1–0.2 µs a publish on `memory://`). Without the
+//! feature nothing is measured and no clock is read.
 //!
 //! | name | kind | labels | counts or measures |
 //! | --- | --- | --- | --- |
