@@ -2,7 +2,8 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kombu_core::url::parse_failover;
@@ -178,6 +179,27 @@ struct Inner {
     options: ConnectionOptions,
     state: tokio::sync::Mutex<State>,
     declared: Mutex<Declared>,
+    /// `state.current`, readable without the async lock (for [`Connection::transport_name`]).
+    current_url: AtomicUsize,
+    /// The transport name of each URL, looked up once it is first asked for.
+    transport_names: Box<[OnceLock<&'static str>]>,
+}
+
+impl Inner {
+    fn new(urls: Vec<BrokerUrl>, options: ConnectionOptions) -> Inner {
+        Inner {
+            default_channel: Mutex::new(None),
+            transport_names: urls.iter().map(|_| OnceLock::new()).collect(),
+            urls,
+            options,
+            state: tokio::sync::Mutex::new(State {
+                transport: None,
+                current: 0,
+            }),
+            declared: Mutex::new(Declared::default()),
+            current_url: AtomicUsize::new(0),
+        }
+    }
 }
 
 /// A connection to a broker, by URL. Cheap to clone (clones share the connection).
@@ -227,32 +249,14 @@ impl Connection {
         crate::install_default_transports();
         let urls = parse_failover(url)?;
         Ok(Connection {
-            inner: Arc::new(Inner {
-                default_channel: Mutex::new(None),
-                urls,
-                options,
-                state: tokio::sync::Mutex::new(State {
-                    transport: None,
-                    current: 0,
-                }),
-                declared: Mutex::new(Declared::default()),
-            }),
+            inner: Arc::new(Inner::new(urls, options)),
         })
     }
 
     /// A new, unconnected connection with the same URLs and options (Kombu's `clone`).
     pub fn clone_fresh(&self) -> Connection {
         Connection {
-            inner: Arc::new(Inner {
-                default_channel: Mutex::new(None),
-                urls: self.inner.urls.clone(),
-                options: self.inner.options.clone(),
-                state: tokio::sync::Mutex::new(State {
-                    transport: None,
-                    current: 0,
-                }),
-                declared: Mutex::new(Declared::default()),
-            }),
+            inner: Arc::new(Inner::new(self.inner.urls.clone(), self.inner.options.clone())),
         }
     }
 
@@ -286,6 +290,22 @@ impl Connection {
         let current = self.inner.state.try_lock().map(|s| s.current).unwrap_or(0);
         let url = &self.inner.urls[current % self.inner.urls.len()];
         Ok(kombu_core::registry::lookup_url(url)?.capabilities)
+    }
+
+    /// The name of the transport of the current URL (its descriptor's: `"memory"`, `"redis"`),
+    /// for spans and metric labels: an atomic load once known; `"unknown"` while no registered
+    /// transport serves the scheme.
+    pub(crate) fn transport_name(&self) -> &'static str {
+        let index = self.inner.current_url.load(Ordering::Relaxed) % self.inner.urls.len();
+        let cached = &self.inner.transport_names[index];
+        if let Some(name) = cached.get() {
+            return name;
+        }
+        // Cached only once found: a transport may be registered after the connection is made.
+        match kombu_core::registry::lookup_url(&self.inner.urls[index]) {
+            Ok(descriptor) => cached.get_or_init(|| descriptor.name),
+            Err(_) => "unknown",
+        }
     }
 
     /// The options the facade connects to `url` with: its query parameters under the
@@ -382,6 +402,7 @@ impl Connection {
                             FailoverStrategy::RoundRobin => (state.current + 1) % n,
                             FailoverStrategy::Shuffle => fastrand::usize(..n),
                         };
+                        self.inner.current_url.store(state.current, Ordering::Relaxed);
                         last_error = Some(e);
                     }
                 }

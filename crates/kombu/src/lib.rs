@@ -39,6 +39,7 @@ mod connection;
 mod consumer;
 pub mod json;
 mod message;
+pub mod observe;
 pub mod pool;
 mod producer;
 pub mod retry;

@@ -11,6 +11,7 @@ use kombu_core::{Delivery, DeliveryInfo, Error, ErrorKind, FieldTable, Propertie
 use serde::de::DeserializeOwned;
 
 use crate::compression;
+use crate::observe::{self, Settled};
 use crate::serialization;
 
 /// Content types a consumer accepts (Kombu's `accept`).
@@ -110,6 +111,8 @@ pub struct Message {
     delivery: Delivery,
     accept: Arc<Accept>,
     state: AtomicU8,
+    /// The transport's name, for metrics (`"unknown"` unless the consumer says).
+    transport: &'static str,
 }
 
 impl fmt::Debug for Message {
@@ -130,7 +133,15 @@ impl Message {
             delivery,
             accept,
             state: AtomicU8::new(RECEIVED),
+            transport: "unknown",
         }
+    }
+
+    /// Delivered by the transport named `transport` (its registered name, as
+    /// `Connection::transport_name` gives it): the `transport` label of the settle metrics.
+    pub(crate) fn with_transport(mut self, transport: &'static str) -> Self {
+        self.transport = transport;
+        self
     }
 
     /// The body as received (still compressed if it was sent compressed).
@@ -262,13 +273,24 @@ impl Message {
         let result = match &self.delivery.ack {
             // Delivered with no_ack: nothing to tell the broker (Kombu: silent no-op).
             None => Ok(()),
-            Some(handle) => match requeue {
-                None => match handle.acknowledger.ack_now(handle.tag) {
-                    Some(settled) => settled,
-                    None => handle.acknowledger.ack(handle.tag).await,
-                },
-                Some(requeue) => handle.acknowledger.reject(handle.tag, requeue).await,
-            },
+            Some(handle) => {
+                let result = match requeue {
+                    None => match handle.acknowledger.ack_now(handle.tag) {
+                        Some(settled) => settled,
+                        None => handle.acknowledger.ack(handle.tag).await,
+                    },
+                    Some(requeue) => handle.acknowledger.reject(handle.tag, requeue).await,
+                };
+                if result.is_ok() {
+                    let how = match requeue {
+                        None => Settled::Acked,
+                        Some(false) => Settled::Rejected,
+                        Some(true) => Settled::Requeued,
+                    };
+                    observe::settled(self.transport, self.delivery.info.queue(), how);
+                }
+                result
+            }
         };
         let state = if result.is_ok() { final_state } else { RECEIVED };
         self.state.store(state, Ordering::Release);

@@ -10,10 +10,12 @@ use kombu_core::{
     Result, Value,
 };
 use serde::Serialize;
+use tracing::field::{display, Empty};
 use tracing::{debug_span, Instrument};
 
 use crate::compression;
 use crate::connection::{Connection, Declarable};
+use crate::observe;
 use crate::retry::RetryPolicy;
 use crate::serialization;
 
@@ -448,18 +450,47 @@ impl Producer {
     ) -> impl Future<Output = Result<()>> + Send + '_ {
         let (attempt, retry_policy) = Attempt::from_options(options);
         async move {
-            let message = prepared?;
+            #[cfg(feature = "metrics")]
+            let stopwatch = observe::Stopwatch::start();
+            let transport = self.connection.transport_name();
             let exchange = attempt.exchange.as_deref().unwrap_or(&self.exchange);
-            let span = debug_span!("kombu.publish", exchange = %exchange.name, routing_key = %attempt.routing_key.as_deref().unwrap_or(&self.routing_key));
-            match retry_policy {
-                None => self.publish_once(message, &attempt).instrument(span).await,
-                // Boxed: retrying keeps a copy of the message, a policy and a wait.
-                Some(policy) => {
-                    Box::pin(self.publish_with_retry(message, &attempt, policy))
-                        .instrument(span)
-                        .await
+            // The fields are evaluated only when the span is enabled.
+            let span = debug_span!(
+                "kombu.publish",
+                transport,
+                exchange = %exchange.name,
+                routing_key = %attempt.routing_key.as_deref().unwrap_or(&self.routing_key),
+                message_id = prepared
+                    .as_ref()
+                    .ok()
+                    .and_then(|m| observe::message_id(&m.properties, &m.headers)),
+                error = Empty,
+            );
+            let result = async {
+                let result = match prepared {
+                    Err(e) => Err(e),
+                    Ok(message) => match retry_policy {
+                        None => self.publish_once(message, &attempt).await,
+                        // Boxed: retrying keeps a copy of the message, a policy and a wait.
+                        Some(policy) => Box::pin(self.publish_with_retry(message, &attempt, policy)).await,
+                    },
+                };
+                if let Err(e) = &result {
+                    // The span just entered (a disabled one without a subscriber).
+                    tracing::Span::current().record("error", display(e));
                 }
+                result
             }
+            .instrument(span)
+            .await;
+            #[cfg(feature = "metrics")]
+            observe::published(
+                transport,
+                self.exchange_label(&attempt),
+                result.is_ok(),
+                stopwatch.elapsed(),
+            );
+            result
         }
     }
 
@@ -513,6 +544,15 @@ impl Producer {
             .await?;
         }
         Ok(())
+    }
+
+    /// The exchange of `attempt` as a metric label: the producer's shared name, else a copy.
+    #[cfg(feature = "metrics")]
+    fn exchange_label(&self, attempt: &Attempt) -> Arc<str> {
+        match &attempt.exchange {
+            Some(e) => Arc::from(e.name.as_str()),
+            None => self.exchange_name.clone(),
+        }
     }
 
     /// The core's publish options for `attempt`: its exchange and routing key, else the

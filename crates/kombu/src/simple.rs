@@ -135,7 +135,7 @@ impl SimpleQueue {
         Ok(channel
             .get(&self.queue.name, options)
             .await?
-            .map(|d| Message::new(d, self.accept.clone())))
+            .map(|d| Message::new(d, self.accept.clone()).with_transport(self.connection.transport_name())))
     }
 
     /// Wait for a message, at most `timeout` (forever with `None`); a [`ErrorKind::Timeout`]

@@ -10,9 +10,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use kombu_core::{Error, RawMessage, Result};
 use serde::Serialize;
+use tracing::field::{display, Empty};
 use tracing::{debug_span, Instrument};
 
 use super::{Attempt, Body, Producer, PublishOptions};
+#[cfg(feature = "metrics")]
+use crate::observe;
 use crate::retry::RetryPolicy;
 
 /// Messages to publish together (built by [`Producer::batch`]).
@@ -114,8 +117,65 @@ impl<'p> PublishBatch<'p> {
 
     /// Publish every message; one outcome per message, in the order added.
     pub async fn send(self) -> BatchOutcome {
-        let span = debug_span!("kombu.publish_batch", messages = self.entries.len());
-        self.send_all().instrument(span).await
+        #[cfg(feature = "metrics")]
+        let stopwatch = observe::Stopwatch::start();
+        let producer = self.producer;
+        let transport = producer.connection.transport_name();
+        let span = debug_span!(
+            "kombu.publish_batch",
+            transport,
+            messages = self.entries.len(),
+            exchange = Empty,
+            routing_key = Empty,
+            failed = Empty,
+            error = Empty,
+        );
+        if !span.is_disabled() {
+            if let Some((exchange, routing_key)) = self.common_target() {
+                span.record("exchange", exchange);
+                span.record("routing_key", routing_key);
+            }
+        }
+        // Each message's exchange when not the producer's (only with metrics: its label).
+        #[cfg(feature = "metrics")]
+        let exchanges: Vec<Option<String>> = self
+            .entries
+            .iter()
+            .map(|entry| entry.attempt.exchange.as_ref().map(|e| e.name.clone()))
+            .collect();
+        let outcome = self.send_all().instrument(span.clone()).await;
+        if !span.is_disabled() {
+            span.record("failed", outcome.results.len() - outcome.confirmed());
+            if let Some((_, e)) = outcome.failures().next() {
+                span.record("error", display(e));
+            }
+        }
+        #[cfg(feature = "metrics")]
+        {
+            producer.count_published(transport, &exchanges, &outcome);
+            observe::batch_published(transport, stopwatch.elapsed());
+        }
+        outcome
+    }
+
+    /// The exchange and routing key of every message, when they all have the same.
+    fn common_target(&self) -> Option<(&str, &str)> {
+        let producer = self.producer;
+        let mut targets = self.entries.iter().map(|entry| {
+            let exchange = entry
+                .attempt
+                .exchange
+                .as_ref()
+                .map_or(&producer.exchange.name, |e| &e.name);
+            let routing_key = entry
+                .attempt
+                .routing_key
+                .as_deref()
+                .unwrap_or(&producer.routing_key);
+            (exchange.as_str(), routing_key)
+        });
+        let first = targets.next()?;
+        targets.all(|target| target == first).then_some(first)
     }
 
     async fn send_all(self) -> BatchOutcome {
@@ -174,6 +234,26 @@ impl<'p> PublishBatch<'p> {
 }
 
 impl Producer {
+    /// Count a batch's messages in `kombu_messages_published_total`: one increment per
+    /// exchange and outcome, not one per message. `exchanges` are the messages' own exchanges
+    /// (`None`: the producer's).
+    #[cfg(feature = "metrics")]
+    fn count_published(&self, transport: &'static str, exchanges: &[Option<String>], outcome: &BatchOutcome) {
+        // A batch targets a handful of exchanges: a short list beats a map.
+        let mut counts: Vec<(&str, bool, u64)> = Vec::new();
+        for (exchange, result) in exchanges.iter().zip(outcome.results()) {
+            let exchange = exchange.as_deref().unwrap_or(&self.exchange.name);
+            let ok = result.is_ok();
+            match counts.iter_mut().find(|(e, o, _)| *e == exchange && *o == ok) {
+                Some((_, _, n)) => *n += 1,
+                None => counts.push((exchange, ok, 1)),
+            }
+        }
+        for (exchange, ok, n) in counts {
+            observe::published_in_batch(transport, exchange, ok, n);
+        }
+    }
+
     /// One round of a batch: the channel, the declarations not yet cached, then every
     /// message in one `publish_batch`. Outcomes in `pending`'s order.
     async fn send_round<W>(&self, pending: &[(usize, RawMessage, Attempt, W)]) -> Vec<Result<()>> {
