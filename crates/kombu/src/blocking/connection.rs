@@ -6,7 +6,7 @@ use std::future::Future;
 use kombu_core::{BrokerUrl, Capabilities, Queue, Result};
 
 use super::runtime::{ensure_blocking_allowed, InRuntime, Runtime};
-use super::{ConsumerBuilder, Producer, SimpleBuffer, SimpleQueue};
+use super::{ConsumerBuilder, Producer, SimpleBuffer, SimpleQueue, WorkerBuilder};
 use crate::{ConnectionOptions, RetryPolicy};
 
 /// A connection to a broker, by URL, for synchronous code (Kombu's `Connection`). Cheap to
@@ -145,5 +145,11 @@ impl Connection {
     /// A [`SimpleBuffer`] named `name` (Kombu's `conn.SimpleBuffer(name)`).
     pub fn simple_buffer(&self, name: &str) -> SimpleBuffer {
         SimpleBuffer::new(self.inner.get().simple_buffer(name), self.runtime().clone())
+    }
+
+    /// A [`Worker`](super::Worker) builder for `queues`: a long-running consumer that runs a
+    /// synchronous handler per message.
+    pub fn worker(&self, queues: impl IntoIterator<Item = Queue>) -> WorkerBuilder {
+        WorkerBuilder::new(self.inner.get().worker(queues), self.runtime().clone())
     }
 }

@@ -85,9 +85,11 @@ mod message;
 mod producer;
 mod runtime;
 mod simple;
+mod worker;
 
 pub use connection::Connection;
 pub use consumer::{Consumer, ConsumerBuilder};
 pub use message::Message;
 pub use producer::{Producer, PublishBatch};
 pub use simple::{SimpleBuffer, SimpleQueue};
+pub use worker::{Worker, WorkerBuilder};
