@@ -93,3 +93,6 @@ pub use message::Message;
 pub use producer::{Producer, PublishBatch};
 pub use simple::{SimpleBuffer, SimpleQueue};
 pub use worker::{Worker, WorkerBuilder};
+
+#[cfg(all(test, feature = "memory"))]
+mod tests;
