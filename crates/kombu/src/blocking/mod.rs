@@ -94,5 +94,5 @@ pub use producer::{Producer, PublishBatch};
 pub use simple::{SimpleBuffer, SimpleQueue};
 pub use worker::{Worker, WorkerBuilder};
 
-#[cfg(all(test, feature = "memory"))]
+#[cfg(test)]
 mod tests;

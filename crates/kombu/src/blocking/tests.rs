@@ -1,5 +1,6 @@
 //! The blocking API on the memory transport: round trips, callbacks, simple queues, the
 //! worker, the async-context error and the runtime's lifetime.
+#![cfg(feature = "memory")]
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
