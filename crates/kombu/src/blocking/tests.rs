@@ -348,3 +348,49 @@ fn dropping_the_last_clone_stops_the_runtime_and_its_threads() {
         "every thread of the runtime ended"
     );
 }
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn the_quick_tour_round_trips_on_sqlite_and_stops_its_threads() {
+    let path = std::env::temp_dir().join(format!("kombu-blocking-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let conn = Connection::new(&format!("sqlite://{}", path.display())).expect("sqlite URL");
+    let threads = conn.runtime().thread_count();
+    let media = crate::Exchange::direct("media");
+    let video = Queue::new("video").exchange(media.clone()).routing_key("video");
+    conn.producer()
+        .serializer("json")
+        .publish(
+            &serde_json::json!({"name": "/tmp/lolcat1.avi", "size": 1301013}),
+            PublishOptions::new()
+                .exchange(media)
+                .routing_key("video")
+                .declare(video.clone()),
+        )
+        .expect("publish");
+    let mut consumer = conn.consumer([video]).consume().expect("consumer");
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let record = sizes.clone();
+    consumer.on_message(move |message| {
+        let body: serde_json::Value = message.decode()?;
+        record.lock().expect("lock").push(body["size"].as_u64());
+        message.ack()
+    });
+    consumer
+        .drain_events(Duration::from_secs(5))
+        .expect("drain_events");
+    assert_eq!(*sizes.lock().expect("lock"), [Some(1301013)]);
+    drop(consumer);
+    assert_eq!(
+        conn.simple_queue("video").qsize().expect("qsize"),
+        0,
+        "acked in the database"
+    );
+    drop(conn);
+    assert_eq!(
+        threads.load(Ordering::SeqCst),
+        0,
+        "every thread of the runtime ended"
+    );
+    let _ = std::fs::remove_file(&path);
+}
