@@ -392,5 +392,7 @@ fn the_quick_tour_round_trips_on_sqlite_and_stops_its_threads() {
         0,
         "every thread of the runtime ended"
     );
-    let _ = std::fs::remove_file(&path);
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
 }
