@@ -70,7 +70,11 @@
 //! Blocking inside an async task would stall its runtime (and tokio would panic). Every entry
 //! point here returns an [`InvalidArgument`](crate::ErrorKind::InvalidArgument) error saying
 //! "kombu::blocking called from inside an async runtime; use the async API" instead. The
-//! handler of a blocking [`Worker`] runs outside any async context, so it may use this API.
+//! handler of a blocking [`Worker`] runs outside any async context, so it may use this API;
+//! a `spawn_blocking` thread of *another* runtime counts as inside (tokio cannot tell it
+//! apart from an async task), so use the async API there. Dropping the last clone of a
+//! connection never panics, but it waits for the runtime's thread to end: drop it outside
+//! async code too.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
