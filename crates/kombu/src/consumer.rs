@@ -122,6 +122,7 @@ impl ConsumerBuilder {
             channel.qos(QosOptions::prefetch(n)).await?;
         }
         Ok(Consumer {
+            transport: self.connection.transport_name(),
             connection: self.connection,
             channel,
             queues,
@@ -161,6 +162,8 @@ struct Active {
 /// # Ok(()) }
 /// ```
 pub struct Consumer {
+    /// The transport's name, for the metrics of each message.
+    transport: &'static str,
     connection: Connection,
     channel: Arc<dyn Channel>,
     queues: Vec<Queue>,
@@ -388,8 +391,11 @@ impl Stream for Consumer {
             match this.active[idx].deliveries.as_mut().poll_next(cx) {
                 Poll::Ready(Some(item)) => {
                     this.turn = idx + 1;
-                    let accept = this.accept.clone();
-                    return Poll::Ready(Some(item.map(|d| Message::new(d, accept))));
+                    let (accept, transport) = (this.accept.clone(), this.transport);
+                    return Poll::Ready(Some(item.map(|d| {
+                        crate::observe::delivered(transport, d.info.queue(), d.info.redelivered());
+                        Message::new(d, accept).with_transport(transport)
+                    })));
                 }
                 Poll::Ready(None) => finished.push(idx),
                 Poll::Pending => {}

@@ -34,6 +34,8 @@
 //! embedded `sqlite` are on by default). See the [`transports`] function for what this build has.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "blocking")]
+pub mod blocking;
 pub mod compression;
 mod connection;
 mod consumer;

@@ -144,6 +144,11 @@ impl Message {
         self
     }
 
+    /// The transport's registered name (`"unknown"` for a message made outside a consumer).
+    pub(crate) fn transport(&self) -> &'static str {
+        self.transport
+    }
+
     /// The body as received (still compressed if it was sent compressed).
     pub fn body(&self) -> &Bytes {
         &self.delivery.message.body

@@ -58,7 +58,6 @@ pub(crate) fn message_id<'a>(properties: &'a Properties, headers: &'a FieldTable
 /// A `kombu.deliver` span for handling `message` (for a worker to enter while its handler
 /// runs). `outcome` and `error` are empty: record them when the message is settled
 /// (`span.record("outcome", "acked")`).
-#[allow(dead_code, reason = "the worker's, which calls it")]
 pub(crate) fn delivery_span(message: &Message, transport: &str) -> tracing::Span {
     let info = message.delivery_info();
     tracing::debug_span!(
@@ -88,19 +87,11 @@ pub(crate) enum Settled {
 
 /// Measures a duration when metrics are compiled in; reads no clock otherwise.
 #[derive(Debug, Clone, Copy)]
-#[cfg_attr(
-    not(feature = "metrics"),
-    allow(dead_code, reason = "the worker's, for its handler timings")
-)]
 pub(crate) struct Stopwatch {
     #[cfg(feature = "metrics")]
     started: std::time::Instant,
 }
 
-#[cfg_attr(
-    not(feature = "metrics"),
-    allow(dead_code, reason = "the worker's, for its handler timings")
-)]
 impl Stopwatch {
     /// Start measuring.
     #[inline]
@@ -253,14 +244,12 @@ pub(crate) fn settled(transport: &'static str, queue: &str, how: Settled) {
 
 /// A consumer handed out a message from `queue`: `kombu_messages_delivered_total`, and
 /// `kombu_messages_redelivered_total` when it was `redelivered`.
-#[allow(dead_code, reason = "the consumer's, which calls it")]
 #[inline]
 pub(crate) fn delivered(transport: &'static str, queue: &str, redelivered: bool) {
     imp::delivered(transport, queue, redelivered);
 }
 
 /// A worker set a message from `queue` aside: `kombu_messages_parked_total`.
-#[allow(dead_code, reason = "the worker's, which calls it")]
 #[inline]
 pub(crate) fn parked(transport: &'static str, queue: &str) {
     imp::parked(transport, queue);
@@ -268,7 +257,6 @@ pub(crate) fn parked(transport: &'static str, queue: &str) {
 
 /// A worker's handler ran for `elapsed` on a message from `queue`:
 /// `kombu_handler_duration_seconds`.
-#[allow(dead_code, reason = "the worker's, which calls it")]
 #[inline]
 pub(crate) fn handler_finished(transport: &'static str, queue: &str, elapsed: Duration) {
     imp::handler_finished(transport, queue, elapsed);
@@ -276,7 +264,6 @@ pub(crate) fn handler_finished(transport: &'static str, queue: &str, elapsed: Du
 
 /// Messages from `queue` in a worker's hands changed by `delta` (+1 taken, -1 settled):
 /// `kombu_messages_in_flight`.
-#[allow(dead_code, reason = "the worker's, which calls it")]
 #[inline]
 pub(crate) fn in_flight(transport: &'static str, queue: &str, delta: f64) {
     imp::in_flight(transport, queue, delta);

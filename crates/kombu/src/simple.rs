@@ -188,7 +188,7 @@ impl SimpleQueue {
 /// lost, such as progress events.
 #[derive(Debug)]
 pub struct SimpleBuffer {
-    inner: SimpleQueue,
+    pub(crate) inner: SimpleQueue,
 }
 
 impl SimpleBuffer {

@@ -4,6 +4,7 @@
 //! One test in its own binary: it sends signals to its own process, which only the signal
 //! handlers the worker installs may see.
 #![cfg(all(unix, feature = "memory"))]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test scaffolding
 
 use std::time::Duration;
 

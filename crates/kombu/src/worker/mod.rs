@@ -61,7 +61,7 @@ use kombu_core::transport::RawPublishOptions;
 use kombu_core::{Error, ErrorKind, Queue, Result, Value};
 use tokio::sync::watch;
 use tokio::task::{Id, JoinError, JoinSet};
-use tracing::{debug, debug_span, info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 pub use outcome::{Outcome, Poison};
 pub use report::{Incident, WorkerReport};
@@ -70,6 +70,7 @@ pub use shutdown::WorkerHandle;
 use crate::connection::Connection;
 use crate::consumer::Consumer;
 use crate::message::{Accept, Message};
+use crate::observe;
 use crate::retry::RetryPolicy;
 use limit::Limit;
 use outcome::is_poison;
@@ -425,12 +426,8 @@ impl Shared {
     }
 
     fn spawn_handler(self: &Arc<Self>, message: Arc<Message>, running: &mut Running) {
-        let span = debug_span!(
-            "kombu.handle",
-            queue = message.delivery_info().queue(),
-            delivery_tag = message.delivery_tag(),
-            redelivered = message.redelivered(),
-        );
+        let span = observe::delivery_span(&message, message.transport());
+        observe::in_flight(message.transport(), message.delivery_info().queue(), 1.0);
         let shared = self.clone();
         let task = running
             .tasks
@@ -443,16 +440,24 @@ impl Shared {
         if let Err(refused) = message.check_accept() {
             return self.poisoned(&message, refused).await;
         }
+        let stopwatch = observe::Stopwatch::start();
         let result = (self.handler)(message.clone()).await;
+        observe::handler_finished(
+            message.transport(),
+            message.delivery_info().queue(),
+            stopwatch.elapsed(),
+        );
         self.counters().handled.inc();
         if message.acknowledged() {
             // The handler settled it itself.
+            record_outcome(&message);
             return self.counters().count_settled(&message);
         }
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(e) if is_poison(&e) => return self.poisoned(&message, e).await,
             Err(e) => {
+                tracing::Span::current().record("error", tracing::field::display(&e));
                 self.counters().failed.inc();
                 self.incident(Incident::HandlerFailed {
                     message: &message,
@@ -513,7 +518,11 @@ impl Shared {
             parked_in: parking.as_deref(),
         });
         match result {
-            Ok(()) => self.counters().poisoned.inc(),
+            Ok(()) => {
+                tracing::Span::current().record("outcome", "poisoned");
+                observe::parked(message.transport(), queue);
+                self.counters().poisoned.inc();
+            }
             Err(settle_error) => self.incident(Incident::SettleFailed {
                 message,
                 error: &settle_error,
@@ -553,6 +562,7 @@ impl Shared {
         let Some(message) = running.messages.remove(&id) else {
             return false;
         };
+        observe::in_flight(message.transport(), message.delivery_info().queue(), -1.0);
         let Some(panic) = panic else {
             return !message.acknowledged();
         };
@@ -574,6 +584,7 @@ impl Shared {
             let task = running
                 .tasks
                 .spawn(async move { shared.settle(&retry, shared.on_failure).await });
+            observe::in_flight(message.transport(), message.delivery_info().queue(), 1.0);
             running.messages.insert(task.id(), message);
         }
         false
@@ -607,6 +618,9 @@ impl Shared {
         }
         running.tasks.abort_all();
         while running.tasks.join_next().await.is_some() {}
+        for message in running.messages.values() {
+            observe::in_flight(message.transport(), message.delivery_info().queue(), -1.0);
+        }
         let abandoned = running.messages.values().filter(|m| !m.acknowledged()).count();
         self.counters().abandoned.add(abandoned as u64);
         // Closing restores every unsettled delivery: prefetched, abandoned, waiting to requeue.
@@ -614,6 +628,17 @@ impl Shared {
             warn!(error = %e, "worker: closing the channel failed; the broker restores unacked messages when the connection goes");
         }
     }
+}
+
+/// Record how `message` was settled on the current (delivery) span.
+fn record_outcome(message: &Message) {
+    let outcome = match message.state() {
+        crate::MessageState::Acked => "acked",
+        crate::MessageState::Rejected => "rejected",
+        crate::MessageState::Requeued => "requeued",
+        crate::MessageState::Received => return,
+    };
+    tracing::Span::current().record("outcome", outcome);
 }
 
 /// Whether the consumer ended for a reason a new connection may mend.
