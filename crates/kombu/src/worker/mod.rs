@@ -49,9 +49,9 @@
 mod limit;
 mod outcome;
 mod report;
+mod running;
 mod shutdown;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -60,7 +60,6 @@ use std::time::{Duration, Instant};
 use kombu_core::transport::RawPublishOptions;
 use kombu_core::{Error, ErrorKind, Queue, Result, Value};
 use tokio::sync::watch;
-use tokio::task::{Id, JoinError, JoinSet};
 use tracing::{debug, info, warn, Instrument};
 
 pub use outcome::{Outcome, Poison};
@@ -75,6 +74,7 @@ use crate::retry::RetryPolicy;
 use limit::Limit;
 use outcome::is_poison;
 use report::Counters;
+use running::{Finished, Running};
 use shutdown::{reached, Stop};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -265,13 +265,6 @@ struct Shared {
     handle: WorkerHandle,
 }
 
-/// The handler tasks running, with the message each holds.
-#[derive(Default)]
-struct Running {
-    tasks: JoinSet<()>,
-    messages: HashMap<Id, Arc<Message>>,
-}
-
 impl Worker {
     /// Configure a worker consuming `queues` of `connection`.
     pub fn builder(connection: &Connection, queues: impl IntoIterator<Item = Queue>) -> WorkerBuilder {
@@ -369,17 +362,20 @@ impl Shared {
         limit: &mut Option<Limit>,
         stop: &mut watch::Receiver<Stop>,
     ) -> Result<()> {
+        // One future for the whole loop: making one per message costs more than a delivery.
+        let stopping = reached(stop, Stop::Graceful);
+        tokio::pin!(stopping);
         loop {
             let at_limit = limit.as_ref().is_some_and(Limit::reached);
-            if at_limit && running.tasks.is_empty() {
+            if at_limit && running.is_empty() {
                 return Ok(());
             }
-            let room = running.tasks.len() < self.concurrency && !at_limit;
+            let room = running.len() < self.concurrency && !at_limit;
             tokio::select! {
                 biased;
-                () = reached(stop, Stop::Graceful) => return Ok(()),
-                Some(joined) = running.tasks.join_next_with_id(), if !running.tasks.is_empty() => {
-                    let held = self.finished(joined, running);
+                () = &mut stopping => return Ok(()),
+                Some(finished) = running.next(), if !running.is_empty() => {
+                    let held = self.finished(finished, running);
                     if let (true, Some(limit)) = (held && !self.no_ack, limit.as_mut()) {
                         if let Some(prefetch) = limit.held_one() {
                             consumer.qos(prefetch).await?;
@@ -407,7 +403,7 @@ impl Shared {
                         self.incident(Incident::Reconnecting { error: &e });
                         let fresh = tokio::select! {
                             biased;
-                            () = reached(stop, Stop::Graceful) => return Ok(()),
+                            () = &mut stopping => return Ok(()),
                             fresh = self.start_consumer(true, self.prefetch_now(limit.as_ref())) => fresh?,
                         };
                         let lost = std::mem::replace(consumer, fresh);
@@ -427,18 +423,15 @@ impl Shared {
 
     fn spawn_handler(self: &Arc<Self>, message: Arc<Message>, running: &mut Running) {
         let span = observe::delivery_span(&message, message.transport());
-        observe::in_flight(message.transport(), message.delivery_info().queue(), 1.0);
-        let shared = self.clone();
-        let task = running
-            .tasks
-            .spawn(shared.process(message.clone()).instrument(span));
-        running.messages.insert(task.id(), message);
+        let work = self.clone().process(message.clone()).instrument(span);
+        running.start(message, self.handle.shared_counters(), work);
     }
 
     /// One message: check it, run the handler, settle it as the outcome says.
     async fn process(self: Arc<Self>, message: Arc<Message>) {
         if let Err(refused) = message.check_accept() {
-            return self.poisoned(&message, refused).await;
+            // Boxed, as every cold path here: the future of each message stays small to move.
+            return Box::pin(self.poisoned(&message, refused)).await;
         }
         let stopwatch = observe::Stopwatch::start();
         let result = (self.handler)(message.clone()).await;
@@ -455,9 +448,9 @@ impl Shared {
         }
         let outcome = match result {
             Ok(outcome) => outcome,
-            Err(e) if is_poison(&e) => return self.poisoned(&message, e).await,
+            Err(e) if is_poison(&e) => return Box::pin(self.poisoned(&message, e)).await,
             Err(e) => {
-                tracing::Span::current().record("error", tracing::field::display(&e));
+                record_on_span("error", tracing::field::display(&e));
                 self.counters().failed.inc();
                 self.incident(Incident::HandlerFailed {
                     message: &message,
@@ -474,15 +467,7 @@ impl Shared {
             Outcome::Ack => message.ack().await,
             Outcome::Reject => message.reject(false).await,
             Outcome::Requeue => message.requeue().await,
-            Outcome::RequeueAfter(pause) => {
-                let mut stop = self.handle.subscribe();
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    // Stopping: give it back now rather than make the stop wait.
-                    () = reached(&mut stop, Stop::Graceful) => {}
-                }
-                message.requeue().await
-            }
+            Outcome::RequeueAfter(pause) => Box::pin(self.requeue_after(message, pause)).await,
             Outcome::Hold => return,
         };
         match settled {
@@ -492,6 +477,17 @@ impl Shared {
                 error: &error,
             }),
         }
+    }
+
+    /// Hold `message` for `pause`, then requeue it — at once if the worker is stopping.
+    async fn requeue_after(&self, message: &Message, pause: Duration) -> Result<()> {
+        let mut stop = self.handle.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            // Stopping: give it back now rather than make the stop wait.
+            () = reached(&mut stop, Stop::Graceful) => {}
+        }
+        message.requeue().await
     }
 
     /// A message no handler can use: parked (then acked) or rejected, per the policy. If it
@@ -519,7 +515,7 @@ impl Shared {
         });
         match result {
             Ok(()) => {
-                tracing::Span::current().record("outcome", "poisoned");
+                record_on_span("outcome", "poisoned");
                 observe::parked(message.transport(), queue);
                 self.counters().poisoned.inc();
             }
@@ -548,30 +544,14 @@ impl Shared {
         channel.publish(copy, options).await
     }
 
-    /// A handler task ended: forget its message, or — if the handler panicked — apply the
-    /// failure outcome to it. Whether the message was left unsettled ([`Outcome::Hold`]).
-    fn finished(
-        self: &Arc<Self>,
-        joined: std::result::Result<(Id, ()), JoinError>,
-        running: &mut Running,
-    ) -> bool {
-        let (id, panic) = match joined {
-            Ok((id, ())) => (id, None),
-            Err(e) => (e.id(), e.try_into_panic().ok()),
-        };
-        let Some(message) = running.messages.remove(&id) else {
-            return false;
-        };
-        observe::in_flight(message.transport(), message.delivery_info().queue(), -1.0);
+    /// A handler run ended: if it panicked, apply the failure outcome to its message.
+    /// Whether the message was left unsettled ([`Outcome::Hold`]).
+    fn finished(self: &Arc<Self>, finished: Finished, running: &mut Running) -> bool {
+        let Finished { message, panic } = finished;
         let Some(panic) = panic else {
             return !message.acknowledged();
         };
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a non-string panic payload".into());
-        let error = Error::new(ErrorKind::Unexpected, format!("the handler panicked: {what}"));
+        let error = Error::new(ErrorKind::Unexpected, format!("the handler panicked: {panic}"));
         self.counters().handled.inc();
         self.counters().failed.inc();
         self.incident(Incident::HandlerFailed {
@@ -579,13 +559,9 @@ impl Shared {
             error: &error,
         });
         if !message.acknowledged() {
-            let shared = self.clone();
-            let retry = message.clone();
-            let task = running
-                .tasks
-                .spawn(async move { shared.settle(&retry, shared.on_failure).await });
-            observe::in_flight(message.transport(), message.delivery_info().queue(), 1.0);
-            running.messages.insert(task.id(), message);
+            let (shared, retry) = (self.clone(), message.clone());
+            let work = async move { shared.settle(&retry, shared.on_failure).await };
+            running.start(message, self.handle.shared_counters(), work);
         }
         false
     }
@@ -603,30 +579,33 @@ impl Shared {
         }
         let drain = tokio::time::sleep(self.drain_timeout);
         tokio::pin!(drain);
-        while !running.tasks.is_empty() {
+        while !running.is_empty() {
             tokio::select! {
                 biased;
                 () = reached(stop, Stop::Now) => break,
                 () = &mut drain => {
-                    warn!(running = running.tasks.len(), "worker: drain timeout passed, abandoning running handlers");
+                    warn!(running = running.len(), "worker: drain timeout passed, abandoning running handlers");
                     break;
                 }
-                Some(joined) = running.tasks.join_next_with_id() => {
-                    self.finished(joined, &mut running);
+                Some(finished) = running.next() => {
+                    self.finished(finished, &mut running);
                 }
             }
         }
-        running.tasks.abort_all();
-        while running.tasks.join_next().await.is_some() {}
-        for message in running.messages.values() {
-            observe::in_flight(message.transport(), message.delivery_info().queue(), -1.0);
-        }
-        let abandoned = running.messages.values().filter(|m| !m.acknowledged()).count();
-        self.counters().abandoned.add(abandoned as u64);
+        // Counted as abandoned as they drop.
+        running.abandon();
         // Closing restores every unsettled delivery: prefetched, abandoned, waiting to requeue.
         if let Err(e) = consumer.close().await {
             warn!(error = %e, "worker: closing the channel failed; the broker restores unacked messages when the connection goes");
         }
+    }
+}
+
+/// Record `field` on the current (delivery) span — only when spans are recorded at all:
+/// looking the current span up costs more than a memory transport's delivery.
+fn record_on_span(field: &str, value: impl tracing::Value) {
+    if tracing::level_enabled!(tracing::Level::DEBUG) {
+        tracing::Span::current().record(field, value);
     }
 }
 
@@ -638,7 +617,7 @@ fn record_outcome(message: &Message) {
         crate::MessageState::Requeued => "requeued",
         crate::MessageState::Received => return,
     };
-    tracing::Span::current().record("outcome", outcome);
+    record_on_span("outcome", outcome);
 }
 
 /// Whether the consumer ended for a reason a new connection may mend.

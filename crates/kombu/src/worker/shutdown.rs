@@ -50,6 +50,10 @@ impl WorkerHandle {
         &self.counters
     }
 
+    pub(crate) fn shared_counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
     /// The counts so far.
     pub fn report(&self) -> WorkerReport {
         self.counters.report()
