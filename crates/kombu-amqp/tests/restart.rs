@@ -70,3 +70,20 @@ async fn deleting_the_queue_ends_its_consumer_with_not_found_and_spares_the_othe
     m.ack().await.expect("ack");
     conn.close().await.expect("close");
 }
+
+/// Issue 18's broker-restart check for the Worker: every message handled at least once,
+/// nothing left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_rides_out_a_restart() {
+    let node = tokio::task::spawn_blocking(RabbitNode::start)
+        .await
+        .expect("node");
+    let url = node.url();
+    let mut node = node;
+    let node = kombu_testkit::faults::worker_across_a_restart(&url, move || {
+        node.restart();
+        node
+    })
+    .await;
+    drop(node);
+}

@@ -90,3 +90,17 @@ async fn batches_across_a_restart_lose_nothing_confirmed() {
     .await;
     drop(server);
 }
+
+/// Issue 18's broker-restart check for the Worker: every message handled at least once,
+/// nothing left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_rides_out_a_restart() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let server = kombu_testkit::faults::worker_across_a_restart(&url, move || {
+        server.restart();
+        server
+    })
+    .await;
+    drop(server);
+}
