@@ -485,3 +485,55 @@ mod metrics {
         }
     }
 }
+
+#[tokio::test]
+async fn a_worker_records_each_handler_runs_outcome_and_error_on_its_delivery_span() {
+    use crate::{Outcome, Worker};
+    let conn = Connection::new("memory:///observe-worker-spans").unwrap();
+    let producer = conn.producer();
+    for n in [1, 2] {
+        producer
+            .publish(
+                &n,
+                PublishOptions::new()
+                    .routing_key("obs-work")
+                    .declare(Queue::new("obs-work")),
+            )
+            .await
+            .unwrap();
+    }
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let worker = Worker::builder(&conn, [Queue::new("obs-work")])
+        .on_failure(Outcome::Reject)
+        .limit(2)
+        .build(|message| async move {
+            match message.decode::<u32>()? {
+                1 => Ok(Outcome::Ack),
+                _ => Err(kombu_core::Error::new(
+                    kombu_core::ErrorKind::Unexpected,
+                    "no twos",
+                )),
+            }
+        });
+    let report = worker.run().await.unwrap();
+    assert_eq!((report.acked, report.rejected, report.failed), (1, 1, 1));
+
+    let spans = capture.named("kombu.deliver");
+    assert_eq!(spans.len(), 2, "one span per handler run: {spans:?}");
+    for span in &spans {
+        assert_eq!(span.field("transport"), Some("memory"));
+        assert_eq!(span.field("queue"), Some("obs-work"));
+    }
+    let outcomes: Vec<(Option<&str>, Option<&str>)> = spans
+        .iter()
+        .map(|s| (s.field("outcome"), s.field("error")))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (Some("acked"), None),
+            (Some("rejected"), Some("unexpected: no twos"))
+        ]
+    );
+}

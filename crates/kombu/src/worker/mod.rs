@@ -468,14 +468,20 @@ impl Shared {
             Outcome::Reject => message.reject(false).await,
             Outcome::Requeue => message.requeue().await,
             Outcome::RequeueAfter(pause) => Box::pin(self.requeue_after(message, pause)).await,
-            Outcome::Hold => return,
+            Outcome::Hold => return record_on_span("outcome", "held"),
         };
         match settled {
-            Ok(()) => self.counters().count_settled(message),
-            Err(error) => self.incident(Incident::SettleFailed {
-                message,
-                error: &error,
-            }),
+            Ok(()) => {
+                record_outcome(message);
+                self.counters().count_settled(message);
+            }
+            Err(error) => {
+                record_on_span("error", tracing::field::display(&error));
+                self.incident(Incident::SettleFailed {
+                    message,
+                    error: &error,
+                });
+            }
         }
     }
 
