@@ -479,28 +479,7 @@ async fn bench_lapin(url: &BrokerUrl, workload: &Workload, show: bool) -> Result
 mod tests {
     use super::*;
 
-    /// The fields of `kombu bench --json` (crates/kombu-cli/tests/cli.rs checks the same set).
-    const KEYS: [&str; 19] = [
-        "name",
-        "transport",
-        "url",
-        "messages",
-        "size",
-        "producers",
-        "consumers",
-        "prefetch",
-        "latency_samples",
-        "batch",
-        "concurrency",
-        "publish_s",
-        "consume_s",
-        "publish_msgs_per_s",
-        "consume_msgs_per_s",
-        "total_msgs_per_s",
-        "latency_p50_ms",
-        "latency_p99_ms",
-        "latency_max_ms",
-    ];
+    use crate::workload::report_keys::REPORT_KEYS as KEYS;
 
     #[tokio::test(flavor = "current_thread")]
     async fn the_mpsc_baseline_reports_what_xtask_reads() {

@@ -202,27 +202,9 @@ fn consume_needs_an_existing_queue_and_times_out_with_exit_3() {
 }
 
 /// The keys of `kombu bench --json`, which `cargo xtask bench` reads (a subset) and documents.
-const BENCH_KEYS: [&str; 19] = [
-    "name",
-    "transport",
-    "url",
-    "messages",
-    "size",
-    "producers",
-    "consumers",
-    "prefetch",
-    "latency_samples",
-    "batch",
-    "concurrency",
-    "publish_s",
-    "consume_s",
-    "publish_msgs_per_s",
-    "consume_msgs_per_s",
-    "total_msgs_per_s",
-    "latency_p50_ms",
-    "latency_p99_ms",
-    "latency_max_ms",
-];
+#[path = "../src/commands/bench/report_keys.rs"]
+mod report_keys;
+use report_keys::REPORT_KEYS as BENCH_KEYS;
 
 #[track_caller]
 fn check_report(report: &Value, messages: u64) {

@@ -228,8 +228,42 @@ impl Progress {
 }
 
 #[cfg(test)]
+#[path = "report_keys.rs"]
+pub(crate) mod report_keys;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_serializes_exactly_the_documented_keys() {
+        let workload = Workload {
+            messages: 10,
+            size: 100,
+            producers: 1,
+            consumers: 1,
+            prefetch: 10,
+            latency_samples: 1,
+            batch: 1,
+            concurrency: 1,
+        };
+        let timings = Timings {
+            publish: Duration::from_millis(1),
+            consume: Duration::from_millis(1),
+            latencies: vec![Duration::from_millis(1)],
+        };
+        let report =
+            serde_json::to_value(report("t".into(), "memory", None, &workload, timings)).unwrap_or_default();
+        let keys: Vec<&str> = report
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let mut expected = report_keys::REPORT_KEYS.to_vec();
+        expected.sort_unstable();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(keys, expected);
+    }
 
     #[test]
     fn bodies_have_the_asked_size() {
