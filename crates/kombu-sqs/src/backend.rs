@@ -40,6 +40,22 @@ pub(crate) struct Target {
     pub(crate) backoff: Option<Arc<Backoff>>,
 }
 
+impl Target {
+    /// One attribute of the queue (`GetQueueAttributes`); `None` when the queue has none of
+    /// that name (a queue without a RedrivePolicy, without a Policy).
+    pub(crate) async fn attribute(&self, name: QueueAttributeName) -> Result<Option<String>> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&*self.url)
+            .attribute_names(name.clone())
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetQueueAttributes", e))?;
+        Ok(out.attributes().and_then(|a| a.get(&name)).cloned())
+    }
+}
+
 /// A predefined queue's `backoff_policy` for its `backoff_tasks` (both given, as Kombu needs).
 #[derive(Debug)]
 pub(crate) struct Backoff {
@@ -790,23 +806,13 @@ impl SqsBackend {
                 return has;
             }
         }
-        let result = target
-            .client
-            .get_queue_attributes()
-            .queue_url(&*target.url)
-            .attribute_names(QueueAttributeName::RedrivePolicy)
-            .send()
-            .await;
-        match result {
-            Ok(out) => {
-                let has = out
-                    .attributes()
-                    .is_some_and(|a| a.contains_key(&QueueAttributeName::RedrivePolicy));
+        match target.attribute(QueueAttributeName::RedrivePolicy).await {
+            Ok(policy) => {
+                let has = policy.is_some();
                 lock(&self.redrive).insert(target.url.clone(), (has, now));
                 has
             }
             Err(e) => {
-                let e = sdk_error("GetQueueAttributes", e);
                 warn!(
                     error = %e,
                     queue = %target.url,
@@ -952,17 +958,9 @@ impl VirtualBackend for SqsBackend {
 
     async fn size(&self, queue: &str) -> Result<u64> {
         let target = self.resolve(queue, true).await?;
-        let out = target
-            .client
-            .get_queue_attributes()
-            .queue_url(&*target.url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .send()
-            .await
-            .map_err(|e| sdk_error("GetQueueAttributes", e))?;
-        Ok(out
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
+        Ok(target
+            .attribute(QueueAttributeName::ApproximateNumberOfMessages)
+            .await?
             .and_then(|n| n.parse().ok())
             .unwrap_or(0))
     }

@@ -198,18 +198,9 @@ impl Fanout {
         if let Some(arn) = lock(&self.queue_arns).get(&target.url) {
             return Ok(arn.clone());
         }
-        let out = target
-            .client
-            .get_queue_attributes()
-            .queue_url(&*target.url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .map_err(|e| sdk_error_of("SQS", "GetQueueAttributes", e))?;
-        let arn = out
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-            .cloned()
+        let arn = target
+            .attribute(QueueAttributeName::QueueArn)
+            .await?
             .ok_or_else(|| Error::new(ErrorKind::Unexpected, "GetQueueAttributes returned no QueueArn"))?;
         lock(&self.queue_arns).insert(target.url.clone(), arn.clone());
         Ok(arn)
@@ -252,22 +243,12 @@ impl Fanout {
     /// every other statement and the topics already allowed there (Kombu keeps only the last
     /// topic, so a queue bound to two fanout exchanges would lose the first).
     async fn allow_topic(&self, target: &Target, queue_arn: &str, topic_arn: &str) -> Result<()> {
-        let existing = target
-            .client
-            .get_queue_attributes()
-            .queue_url(&*target.url)
-            .attribute_names(QueueAttributeName::Policy)
-            .send()
-            .await;
-        let mut policy = match existing {
-            Ok(out) => out
-                .attributes()
-                .and_then(|a| a.get(&QueueAttributeName::Policy))
-                .and_then(|p| serde_json::from_str::<Json>(p).ok())
+        let mut policy = match target.attribute(QueueAttributeName::Policy).await {
+            Ok(existing) => existing
+                .and_then(|p| serde_json::from_str::<Json>(&p).ok())
                 .filter(Json::is_object)
                 .unwrap_or_else(|| json!({})),
             Err(e) => {
-                let e = sdk_error_of("SQS", "GetQueueAttributes", e);
                 warn!(error = %e, "could not read the queue policy; writing a fresh one");
                 json!({})
             }
