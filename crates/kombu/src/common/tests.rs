@@ -35,29 +35,33 @@ async fn broadcast_reaches_every_consumer() {
     }
 }
 
-/// A responder answering every request on `queue` with the square of its body.
-async fn square_server(conn: &Connection, queue: &str, decoy_first: bool) -> tokio::task::JoinHandle<()> {
-    let mut server = conn.consumer([Queue::new(queue)]).consume().await.unwrap();
+/// A responder answering every request on `queue` with the square of its body (after a
+/// decoy reply with another correlation id if `decoy_first`).
+async fn square_server(
+    conn: &Connection,
+    queue: &str,
+    decoy_first: bool,
+) -> crate::Result<tokio::task::JoinHandle<crate::Result<()>>> {
+    let mut server = conn.consumer([Queue::new(queue)]).consume().await?;
     let producer = conn.producer();
-    tokio::spawn(async move {
-        while let Ok(request) = server.recv().await {
-            let n: i64 = request.decode().unwrap();
+    Ok(tokio::spawn(async move {
+        loop {
+            let request = server.recv().await?;
+            let n: i64 = request.decode()?;
             if decoy_first {
                 let decoy = PublishOptions::new().correlation_id("someone-else");
-                send_reply(&producer, &request, &-1, decoy).await.unwrap();
+                send_reply(&producer, &request, &-1, decoy).await?;
             }
-            send_reply(&producer, &request, &(n * n), PublishOptions::new())
-                .await
-                .unwrap();
-            request.ack().await.unwrap();
+            send_reply(&producer, &request, &(n * n), PublishOptions::new()).await?;
+            request.ack().await?;
         }
-    })
+    }))
 }
 
 #[tokio::test]
 async fn rpc_round_trip_answered_by_send_reply() {
     let conn = Connection::new("memory:///common-rpc").unwrap();
-    let server = square_server(&conn, "square", false).await;
+    let server = square_server(&conn, "square", false).await.unwrap();
     let mut client = RpcClient::new(conn.producer()).await.unwrap();
     for n in [3_i64, 4] {
         let reply = client
@@ -76,13 +80,14 @@ async fn rpc_round_trip_answered_by_send_reply() {
     .await
     .unwrap();
     assert_eq!(reply.decode::<i64>().unwrap(), 25);
+    assert!(!server.is_finished(), "the responder is still serving");
     server.abort();
 }
 
 #[tokio::test]
 async fn a_reply_with_another_correlation_id_is_ignored() {
     let conn = Connection::new("memory:///common-rpc-decoy").unwrap();
-    let server = square_server(&conn, "square", true).await;
+    let server = square_server(&conn, "square", true).await.unwrap();
     let mut client = RpcClient::new(conn.producer()).await.unwrap();
     let reply = client
         .call(&6, PublishOptions::new().routing_key("square"), WAIT)
@@ -92,6 +97,7 @@ async fn a_reply_with_another_correlation_id_is_ignored() {
     assert_eq!(reply.decode::<i64>().unwrap(), 36);
     let id = reply.properties().correlation_id.clone().unwrap();
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id} is a uuid");
+    assert!(!server.is_finished(), "the responder is still serving");
     server.abort();
 }
 
