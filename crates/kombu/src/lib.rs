@@ -36,6 +36,7 @@
 
 #[cfg(feature = "blocking")]
 pub mod blocking;
+pub mod common;
 pub mod compression;
 mod connection;
 mod consumer;
