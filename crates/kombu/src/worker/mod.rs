@@ -278,8 +278,12 @@ impl Worker {
 
     /// Consume until stopped; the counts of what was done.
     ///
-    /// Returns an error only for what retrying cannot mend (a queue that does not exist, a
-    /// refused login, the reconnect policy exhausted) — after giving back every delivery.
+    /// Returns an error for a broker it cannot reach at the start (after the connection's own
+    /// `connect_policy`: a service usually wants its supervisor to know), and later only for
+    /// what reconnecting cannot mend (a queue that does not exist, a refused login, the
+    /// reconnect policy exhausted) — after giving back every delivery. Stop the worker before
+    /// closing its connection: a consumer that ends because its connection closed is
+    /// reconnected like one whose broker went away.
     pub async fn run(self) -> Result<WorkerReport> {
         let shared = self.shared;
         let mut stop = shared.handle.subscribe();
