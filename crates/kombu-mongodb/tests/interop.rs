@@ -23,6 +23,16 @@ async fn python_scenarios_consumed_by_rust() {
     interop::python_scenarios_consumed_by_rust(&server.url(), Broker::Mongodb).await;
 }
 
+/// A mixed fleet: a Python Kombu consumer and a kombu-rs consumer on one queue lose nothing
+/// (Python Kombu takes a document with find_one_and_delete and ignores claims, so a message
+/// may reach both: at least once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_rust_consumers_compete_without_losing_a_message() {
+    let server = Server::start();
+    let url = server.url();
+    interop::competing_with_a_python_consumer(&url, &url, 200).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_scenarios_consumed_by_python() {
     let server = Server::start();

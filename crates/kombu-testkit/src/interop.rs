@@ -481,9 +481,13 @@ pub async fn competing_with_a_python_consumer(url: &str, python_url: &str, messa
         .expect("the Python consumer said it is ready");
     assert!(ready.contains("ready"), "{ready}");
 
+    // One message at a time, with a little work each: a kombu-rs consumer that claims the
+    // moment a message is stored (MongoDB's awaitData cursor, ZooKeeper's watch) would
+    // otherwise take every message before a polling Python consumer looks, and the two
+    // would not compete.
     let mut consumer = conn
         .consumer([queue.clone()])
-        .prefetch_count(10)
+        .prefetch_count(1)
         .build()
         .await
         .expect("consumer");
@@ -517,6 +521,7 @@ pub async fn competing_with_a_python_consumer(url: &str, python_url: &str, messa
             Ok(m) => {
                 let body: Value = m.decode().expect("json");
                 rust.insert(body["n"].as_u64().expect("n"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 m.ack().await.expect("ack");
                 idle_since = std::time::Instant::now();
             }
