@@ -45,6 +45,8 @@ mod message;
 pub mod observe;
 pub mod pool;
 mod producer;
+#[cfg(feature = "opentelemetry")]
+pub mod propagation;
 pub mod retry;
 pub mod serialization;
 mod simple;

@@ -413,6 +413,8 @@ impl Producer {
                 }
             };
         let mut headers = options.headers.clone();
+        #[cfg(feature = "opentelemetry")]
+        crate::propagation::inject(&mut headers);
         let payload = match options.compression.as_deref().or(self.compression.as_deref()) {
             Some(name) => {
                 let (compressed, header) = compression::compress(&payload, name)?;

@@ -428,6 +428,12 @@ impl Shared {
     fn spawn_handler(self: &Arc<Self>, message: Arc<Message>, running: &mut Running) {
         let span = observe::delivery_span(&message, message.transport());
         let work = self.clone().process(message.clone()).instrument(span);
+        // The handler runs inside the trace context its message carried.
+        #[cfg(feature = "opentelemetry")]
+        let work = opentelemetry::context::FutureExt::with_context(
+            work,
+            crate::propagation::extract(message.headers()),
+        );
         running.start(message, self.handle.shared_counters(), work);
     }
 
