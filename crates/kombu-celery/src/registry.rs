@@ -64,8 +64,9 @@ impl TaskRegistry {
     }
 
     /// Serve the task `name`: `handler` gets the positional arguments as `A` (a tuple, a
-    /// `Vec`, a struct deserialized from the args array) and the keyword arguments as `K` (a
-    /// struct, a map, or `serde_json::Value`); its `Ok` value is the task's result.
+    /// `Vec`, a struct deserialized from the args array, `()` for none) and the keyword
+    /// arguments as `K` (a struct, a map, `serde_json::Value`, `()` for none); its `Ok` value
+    /// is the task's result.
     pub fn task<A, K, R, E, F, Fut>(mut self, name: impl Into<String>, handler: F) -> Self
     where
         A: DeserializeOwned + Send + 'static,
@@ -79,13 +80,13 @@ impl TaskRegistry {
         let boxed: Handler = Box::new(move |task: TaskMessage| {
             let handler = handler.clone();
             Box::pin(async move {
-                let args: A = serde_json::from_value(task.args).map_err(|e| {
+                let args: A = from_empty_or_value(task.args).map_err(|e| {
                     TaskError::builtin(
                         "TypeError",
                         format!("{}: bad positional arguments: {e}", task.name),
                     )
                 })?;
-                let kwargs: K = serde_json::from_value(task.kwargs).map_err(|e| {
+                let kwargs: K = from_empty_or_value(task.kwargs).map_err(|e| {
                     TaskError::builtin("TypeError", format!("{}: bad keyword arguments: {e}", task.name))
                 })?;
                 let value = handler(args, kwargs).await.map_err(Into::into)?;
@@ -172,5 +173,19 @@ impl TaskRegistry {
             Some(backend) if !task.ignore_result => backend.store(&meta).await,
             _ => Ok(()),
         }
+    }
+}
+
+/// `value` as `T`; an empty args list or kwargs map is also `()` (as [`send_task`](crate::send_task)
+/// sends `()` as an empty one).
+fn from_empty_or_value<T: DeserializeOwned>(value: serde_json::Value) -> serde_json::Result<T> {
+    let empty = match &value {
+        serde_json::Value::Array(items) => items.is_empty(),
+        serde_json::Value::Object(map) => map.is_empty(),
+        _ => false,
+    };
+    match serde_json::from_value(value) {
+        Err(_) if empty => serde_json::from_value(serde_json::Value::Null),
+        parsed => parsed,
     }
 }
