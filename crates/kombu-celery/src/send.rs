@@ -40,7 +40,9 @@ pub struct TaskOptions {
     /// Run no earlier than this time (the `eta` header); `countdown` wins if both are set.
     pub eta: Option<SystemTime>,
     /// Expire this long from now: the `expires` header, and the message's `expiration`
-    /// property (milliseconds) as Celery sets it.
+    /// property (milliseconds) as Celery sets it — so a broker that honours message TTLs
+    /// (RabbitMQ) drops the task once expired, and a worker that gets it late stores it as
+    /// `REVOKED` without running it.
     pub expires: Option<Duration>,
     /// The message priority (Celery: `priority`).
     pub priority: Option<u8>,
