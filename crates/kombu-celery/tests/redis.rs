@@ -94,10 +94,15 @@ fn python() -> PathBuf {
 }
 
 fn celery_command(redis: &RedisServer) -> Command {
+    celery_command_on(&redis.broker(), redis)
+}
+
+/// Celery with `broker` and the result backend of `redis`.
+fn celery_command_on(broker: &str, redis: &RedisServer) -> Command {
     let mut command = Command::new(python());
     command
         .current_dir(python_dir())
-        .env("CELERY_BROKER_URL", redis.broker())
+        .env("CELERY_BROKER_URL", broker)
         .env("CELERY_RESULT_BACKEND", redis.backend());
     command
 }
@@ -109,7 +114,12 @@ struct CeleryWorker {
 
 impl CeleryWorker {
     fn start(redis: &RedisServer) -> CeleryWorker {
-        let mut child = celery_command(redis)
+        CeleryWorker::start_on(&redis.broker(), redis)
+    }
+
+    /// A worker of `broker`, storing results in `redis`.
+    fn start_on(broker: &str, redis: &RedisServer) -> CeleryWorker {
+        let mut child = celery_command_on(broker, redis)
             .args([
                 "-m",
                 "celery",
@@ -472,4 +482,53 @@ async fn unknown_and_malformed_tasks_do_not_stop_the_rust_worker() {
         .is_none());
     let _: TaskId = unknown;
     conn.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_sent_from_rust_over_sqlite_run_on_a_python_celery_worker() {
+    let redis = RedisServer::start();
+    let dir = std::env::temp_dir().join(format!(
+        "kombu-celery-sqlite-{}-{}",
+        std::process::id(),
+        redis.port
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // Kombu's spelling (four slashes: an absolute path), for Celery and kombu-rs alike.
+    let broker = format!("sqla+sqlite:///{}", dir.join("broker.db").display());
+    let conn = Connection::new(&broker).expect("connection");
+    let backend = RedisBackend::connect(&redis.backend()).await.expect("backend");
+    // Sent before the worker starts: the queue is created by kombu-rs.
+    let first = send_task(&conn, "tasks.add", (2, 3), (), TaskOptions::new())
+        .await
+        .expect("send");
+    let worker = CeleryWorker::start_on(&broker, &redis);
+    let second = send_task(
+        &conn,
+        "tasks.add",
+        (),
+        json!({"x": 1, "y": 2}),
+        TaskOptions::new(),
+    )
+    .await
+    .expect("send");
+    let wait = Duration::from_secs(30);
+    assert_eq!(
+        backend
+            .wait(&first, wait)
+            .await
+            .expect("result")
+            .into_result::<i64>(),
+        Ok(5)
+    );
+    assert_eq!(
+        backend
+            .wait(&second, wait)
+            .await
+            .expect("result")
+            .into_result::<i64>(),
+        Ok(3)
+    );
+    drop(worker);
+    conn.close().await.expect("close");
+    let _ = std::fs::remove_dir_all(&dir);
 }
