@@ -235,7 +235,7 @@ pub(crate) fn task_message(
     options: TaskOptions,
     now: SystemTime,
 ) -> (serde_json::Value, PublishOptions, TaskId) {
-    let id = options.task_id.clone().unwrap_or_else(TaskId::new);
+    let id = options.task_id.clone().unwrap_or_default();
     let eta = options.countdown.map(|d| now + d).or(options.eta).map(isoformat);
     let expires = options.expires.map(|d| isoformat(now + d));
     let root_id = options.root_id.as_ref().unwrap_or(&id);
