@@ -34,6 +34,10 @@ type Handler =
 ///   the sender set `ignore_result`;
 /// * a result that cannot be stored is a handler failure: the message comes back later (the
 ///   worker's `on_failure`), so the task runs again.
+///
+/// Not yet done as a Celery worker does: callbacks, errbacks, chains and chords in the message
+/// are read ([`TaskMessage`]) but not sent on; a handler cannot ask for a retry; the time
+/// limits are not enforced.
 #[derive(Default)]
 pub struct TaskRegistry {
     handlers: HashMap<String, Handler>,

@@ -272,6 +272,50 @@ async fn tasks_sent_from_rust_run_on_a_python_celery_worker() {
     let meta = backend.wait(&id, wait).await.expect("result");
     assert_eq!(meta.status, TaskState::Revoked, "{meta:?}");
 
+    // a priority (Kombu's Redis transport: a queue key per priority step)
+    let id = send_task(&conn, "tasks.add", (4, 4), (), TaskOptions::new().priority(5))
+        .await
+        .expect("send");
+    assert_eq!(
+        backend
+            .wait(&id, wait)
+            .await
+            .expect("result")
+            .into_result::<i64>(),
+        Ok(8)
+    );
+
+    // a callback in the embed, as Celery's `link`: the Python worker runs it with the result
+    let callback = TaskId::new();
+    let id = send_task(
+        &conn,
+        "tasks.add",
+        (2, 3),
+        (),
+        TaskOptions::new().link(json!({
+            "task": "tasks.add", "args": [10], "kwargs": {}, "options": {"task_id": callback},
+            "subtask_type": null, "immutable": false,
+        })),
+    )
+    .await
+    .expect("send");
+    assert_eq!(
+        backend
+            .wait(&id, wait)
+            .await
+            .expect("result")
+            .into_result::<i64>(),
+        Ok(5)
+    );
+    assert_eq!(
+        backend
+            .wait(&callback, wait)
+            .await
+            .expect("callback")
+            .into_result::<i64>(),
+        Ok(15)
+    );
+
     // a failing task: its exception, as Celery stores it
     let id = send_task(&conn, "tasks.fail", (), (), TaskOptions::new())
         .await
