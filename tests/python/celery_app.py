@@ -13,6 +13,9 @@ The client commands (one JSON line on stdout each):
         app.send_task(NAME, ARGS, KWARGS), then AsyncResult.get(timeout=10):
         {"id", "state", "result"} or, if the task failed,
         {"id", "state", "exc_type", "error"}
+    celery_app.py chain FIRST_NAME FIRST_QUEUE ARGS_JSON NEXT_NAME NEXT_ARGS_JSON
+        chain(FIRST(*ARGS) on FIRST_QUEUE, NEXT(*NEXT_ARGS)).apply_async(), then the
+        chain's get(timeout=10): {"id", "state", "result"}
     celery_app.py send NAME ARGS_JSON QUEUE
         app.send_task(NAME, ARGS, queue=QUEUE) without waiting: {"id"}
 """
@@ -21,7 +24,7 @@ import json
 import os
 import sys
 
-from celery import Celery
+from celery import Celery, chain
 
 app = Celery(
     "celery_app",
@@ -61,6 +64,12 @@ def call(name, args, kwargs):
 def main(argv):
     if argv[0] == "call":
         call(argv[1], tuple(json.loads(argv[2])), json.loads(argv[3]) if len(argv) > 3 else {})
+    elif argv[0] == "chain":
+        first = app.signature(argv[1], args=tuple(json.loads(argv[3])), queue=argv[2])
+        after = app.signature(argv[4], args=tuple(json.loads(argv[5])))
+        result = chain(first, after).apply_async()
+        value = result.get(timeout=10)
+        print(json.dumps({"id": result.id, "state": result.state, "result": value}), flush=True)
     elif argv[0] == "send":
         result = app.send_task(argv[1], args=tuple(json.loads(argv[2])), queue=argv[3])
         print(json.dumps({"id": result.id}), flush=True)

@@ -8,12 +8,14 @@
 //!   queue or the one you name, with `countdown`/`eta`, `expires`, priority and callbacks.
 //! * **Serve tasks in Rust**: a [`TaskRegistry`] of async handlers by task name, with typed
 //!   arguments through serde, run by a [`kombu::Worker`] (poison parking, retries, graceful
-//!   stop). Reads protocol v2 and v1 ([`TaskMessage`]).
+//!   stop). Reads protocol v2 and v1 ([`TaskMessage`]); a success sends the task's callbacks
+//!   and the next step of its chain on, so a Python `chain` can pass through a Rust task.
 //! * **Share results**: a [`ResultBackend`]; with the `redis` feature, [`RedisBackend`]
 //!   stores results as Celery's Redis backend does, so Python's `AsyncResult(id).get()` sees a
 //!   Rust task's result, and [`ResultBackend::wait`] waits for one a Python worker stored.
 //!
-//! Tested against Celery 5.7.0 (a real `celery worker` and `AsyncResult.get()`) on Redis.
+//! Tested against Celery 5.7.0 (a real `celery worker` and `AsyncResult.get()`) on Redis and,
+//! for sending, on SQLite (`sqla+sqlite://`).
 //!
 //! ## Calling a Celery task
 //!

@@ -12,7 +12,8 @@ use serde::Serialize;
 use tracing::{error, warn};
 
 use crate::result::{ResultBackend, ResultMeta, TaskError};
-use crate::task::TaskMessage;
+use crate::send::{send_task, TaskOptions};
+use crate::task::{TaskId, TaskMessage};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type Handler =
@@ -35,13 +36,17 @@ type Handler =
 /// * a result that cannot be stored is a handler failure: the message comes back later (the
 ///   worker's `on_failure`), so the task runs again.
 ///
-/// Not yet done as a Celery worker does: callbacks, errbacks, chains and chords in the message
-/// are read ([`TaskMessage`]) but not sent on; a handler cannot ask for a retry; the time
+/// After a success, the task's callbacks (`link`) and the next step of its chain are sent on,
+/// with the result as their first argument, as a Celery worker does (plain task signatures:
+/// a group or chord callback is logged and skipped). Not yet done as a Celery worker does:
+/// errbacks are not called; chords are not joined; a handler cannot ask for a retry; time
 /// limits are not enforced.
 #[derive(Default)]
 pub struct TaskRegistry {
     handlers: HashMap<String, Handler>,
     backend: Option<Arc<dyn ResultBackend>>,
+    /// Where callbacks and the next step of a chain are sent (the worker's connection).
+    connection: Option<Connection>,
 }
 
 impl std::fmt::Debug for TaskRegistry {
@@ -120,13 +125,21 @@ impl TaskRegistry {
     }
 
     /// A worker of `queues` on `connection` running these tasks, with the worker's defaults
-    /// (to configure it, use [`worker`](Self::worker)).
+    /// (to configure it, use [`worker_with`](Self::worker_with)).
     pub fn into_worker(self, connection: &Connection, queues: impl IntoIterator<Item = Queue>) -> Worker {
-        self.worker(Worker::builder(connection, queues))
+        self.worker_with(connection, queues, |builder| builder)
     }
 
-    /// The worker `builder` configures, running these tasks.
-    pub fn worker(self, builder: WorkerBuilder) -> Worker {
+    /// A worker of `queues` on `connection` running these tasks, configured by `configure`
+    /// (concurrency, poison policy, ...). Callbacks and chains are sent on `connection`.
+    pub fn worker_with(
+        mut self,
+        connection: &Connection,
+        queues: impl IntoIterator<Item = Queue>,
+        configure: impl FnOnce(WorkerBuilder) -> WorkerBuilder,
+    ) -> Worker {
+        self.connection = Some(connection.clone());
+        let builder = configure(Worker::builder(connection, queues));
         let registry = Arc::new(self);
         builder.build(move |message| {
             let registry = registry.clone();
@@ -162,7 +175,10 @@ impl TaskRegistry {
         }
         let id = task.id.clone();
         let meta = match handler(task.clone()).await {
-            Ok(value) => ResultMeta::success(id, value),
+            Ok(value) => {
+                self.follow_up(&task, &value).await?;
+                ResultMeta::success(id, value)
+            }
             Err(failure) => {
                 warn!(task = %task.name, id = %task.id, error = %failure, "celery task failed");
                 ResultMeta::failure(id, &failure, Some(failure.to_string()))
@@ -170,6 +186,26 @@ impl TaskRegistry {
         };
         self.store(&task, meta).await?;
         Ok(Outcome::Ack)
+    }
+
+    /// After a success, as a Celery worker does: send each callback (`link`) and the next
+    /// step of the chain, with `value` as their first argument (unless immutable).
+    async fn follow_up(&self, task: &TaskMessage, value: &serde_json::Value) -> Result<()> {
+        let Some(connection) = &self.connection else {
+            return Ok(());
+        };
+        for callback in &task.callbacks {
+            send_signature(connection, task, callback, value, Vec::new()).await?;
+        }
+        if let Some((next, rest)) = task
+            .chain
+            .as_ref()
+            .and_then(|c| c.as_array())
+            .and_then(|c| c.split_last())
+        {
+            send_signature(connection, task, next, value, rest.to_vec()).await?;
+        }
+        Ok(())
     }
 
     async fn store(&self, task: &TaskMessage, meta: ResultMeta) -> Result<()> {
@@ -192,4 +228,63 @@ fn from_empty_or_value<T: DeserializeOwned>(value: serde_json::Value) -> serde_j
         Err(_) if empty => serde_json::from_value(serde_json::Value::Null),
         parsed => parsed,
     }
+}
+
+/// Send the Celery signature `signature` (a callback or the next chain step of `parent`) with
+/// `value` prepended to its args (unless immutable), the rest of the chain `chain`.
+async fn send_signature(
+    connection: &Connection,
+    parent: &TaskMessage,
+    signature: &serde_json::Value,
+    value: &serde_json::Value,
+    chain: Vec<serde_json::Value>,
+) -> Result<()> {
+    let Some(name) = signature.get("task").and_then(serde_json::Value::as_str) else {
+        warn!(parent = %parent.id, ?signature, "a callback that is not a plain task signature (a group or chord?): skipped");
+        return Ok(());
+    };
+    if !signature
+        .get("subtask_type")
+        .is_none_or(serde_json::Value::is_null)
+    {
+        warn!(parent = %parent.id, task = name, "group and chord callbacks are not supported yet: skipped");
+        return Ok(());
+    }
+    let immutable = signature.get("immutable").and_then(serde_json::Value::as_bool) == Some(true);
+    let mut args = match signature.get("args") {
+        Some(serde_json::Value::Array(args)) => args.clone(),
+        _ => Vec::new(),
+    };
+    if !immutable {
+        args.insert(0, value.clone());
+    }
+    let kwargs = signature
+        .get("kwargs")
+        .filter(|k| k.is_object())
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    let empty = serde_json::Map::new();
+    let options = signature
+        .get("options")
+        .and_then(serde_json::Value::as_object)
+        .unwrap_or(&empty);
+    let text = |key: &str| options.get(key).and_then(serde_json::Value::as_str);
+    let list = |key: &str| match options.get(key) {
+        Some(serde_json::Value::Array(list)) => list.clone(),
+        Some(one @ serde_json::Value::Object(_)) => vec![one.clone()],
+        _ => Vec::new(),
+    };
+    let mut send = TaskOptions::new();
+    send.task_id = text("task_id").map(TaskId::from);
+    send.queue = text("queue").map(str::to_owned);
+    send.priority = options
+        .get("priority")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|p| u8::try_from(p).ok());
+    send.root_id = Some(parent.root_id.clone().unwrap_or_else(|| parent.id.clone()));
+    send.parent_id = Some(parent.id.clone());
+    send.link = list("link");
+    send.link_error = list("link_error");
+    send.chain = chain;
+    send_task(connection, name, args, kwargs, send).await.map(|_| ())
 }

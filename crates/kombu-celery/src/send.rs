@@ -68,6 +68,8 @@ pub struct TaskOptions {
     pub link: Vec<serde_json::Value>,
     /// Tasks to run if this one fails (`errbacks`), as Celery signature dicts.
     pub link_error: Vec<serde_json::Value>,
+    /// The rest of a chain (`chain`): Celery signature dicts, the next task last.
+    pub chain: Vec<serde_json::Value>,
 }
 
 impl TaskOptions {
@@ -135,6 +137,13 @@ impl TaskOptions {
     /// [...], "kwargs": {...}, "options": {}, "subtask_type": null, "immutable": false}`).
     pub fn link(mut self, signature: serde_json::Value) -> Self {
         self.link.push(signature);
+        self
+    }
+
+    /// The rest of a chain: Celery signature dicts, run in order from the last one, each
+    /// with the result of the one before (as Celery's `chain` sends them).
+    pub fn chain(mut self, rest: Vec<serde_json::Value>) -> Self {
+        self.chain = rest;
         self
     }
 
@@ -290,7 +299,7 @@ pub(crate) fn task_message(
         {
             "callbacks": signatures(options.link),
             "errbacks": signatures(options.link_error),
-            "chain": null,
+            "chain": signatures(options.chain),
             "chord": null,
         }
     ]);

@@ -91,10 +91,11 @@ async fn tasks_run_with_typed_arguments_and_their_results_are_stored() {
     let ignored = send_task(&conn, "mul", (1, 1), (), TaskOptions::new().ignore_result(true))
         .await
         .expect("send");
-    let report = serve(&conn, &backend, 6).await;
+    // ... and `whole`'s callback `next`, which nobody serves: rejected.
+    let report = serve(&conn, &backend, 7).await;
     assert_eq!(
         (report.acked, report.rejected, report.poisoned),
-        (6, 0, 0),
+        (6, 1, 0),
         "{report:?}"
     );
 
@@ -243,4 +244,45 @@ async fn protocol_one_tasks_are_read() {
         ("mul", "v1-id", 2)
     );
     assert_eq!(task.args, json!([4, 5]));
+}
+
+#[tokio::test]
+async fn callbacks_and_chains_are_sent_on_with_the_result() {
+    let conn = Connection::new("memory:///celery-canvas").expect("connection");
+    let backend = MemoryBackend::default();
+    let first = send_task(
+        &conn,
+        "mul",
+        (2, 3),
+        (),
+        TaskOptions::new()
+            .link(json!({"task": "scale", "args": [], "kwargs": {"factor": 10},
+                         "options": {"task_id": "link-1"}, "subtask_type": null, "immutable": false}))
+            .link(json!({"task": "mul", "args": [1, 1], "kwargs": {},
+                         "options": {"task_id": "frozen-1"}, "subtask_type": null, "immutable": true}))
+            .chain(vec![
+                json!({"task": "mul", "args": [100], "kwargs": {}, "options": {"task_id": "chain-3"}}),
+                json!({"task": "mul", "args": [7], "kwargs": {}, "options": {"task_id": "chain-2"}}),
+            ]),
+    )
+    .await
+    .expect("send");
+    // mul(2, 3); scale(6, factor=10); mul(1, 1); mul(6, 7); mul(42, 100)
+    let report = serve(&conn, &backend, 5).await;
+    assert_eq!(report.acked, 5, "{report:?}");
+    let value = |id: &str| {
+        backend
+            .0
+            .lock()
+            .unwrap()
+            .get(&TaskId::from(id))
+            .cloned()
+            .unwrap()
+            .into_result::<i64>()
+    };
+    assert_eq!(value(first.as_str()), Ok(6));
+    assert_eq!(value("link-1"), Ok(60));
+    assert_eq!(value("frozen-1"), Ok(1));
+    assert_eq!(value("chain-2"), Ok(42));
+    assert_eq!(value("chain-3"), Ok(4200));
 }

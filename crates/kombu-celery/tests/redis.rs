@@ -413,6 +413,18 @@ async fn rust_worker(
     WorkerHandle,
     tokio::task::JoinHandle<kombu::Result<kombu::WorkerReport>>,
 ) {
+    rust_worker_on(redis, conn, "celery").await
+}
+
+/// [`rust_worker`] consuming `queue`.
+async fn rust_worker_on(
+    redis: &RedisServer,
+    conn: &Connection,
+    queue: &str,
+) -> (
+    WorkerHandle,
+    tokio::task::JoinHandle<kombu::Result<kombu::WorkerReport>>,
+) {
     let backend = RedisBackend::connect(&redis.backend()).await.expect("backend");
     let worker: Worker = TaskRegistry::new()
         .backend(backend)
@@ -422,7 +434,7 @@ async fn rust_worker(
         .task("rust.fail", |(): (), _: Value| async move {
             Err::<i64, _>(TaskError::builtin("ValueError", "rust.fail failed on purpose"))
         })
-        .into_worker(conn, [celery_queue("celery")]);
+        .into_worker(conn, [celery_queue(queue)]);
     let handle = worker.handle();
     (handle, tokio::spawn(worker.run()))
 }
@@ -575,4 +587,24 @@ async fn tasks_sent_from_rust_over_sqlite_run_on_a_python_celery_worker() {
     drop(worker);
     conn.close().await.expect("close");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_chain_goes_through_a_rust_task_and_on_to_a_python_one() {
+    let redis = RedisServer::start();
+    let _python = CeleryWorker::start(&redis);
+    let conn = Connection::new(&redis.broker()).expect("connection");
+    let (handle, running) = rust_worker_on(&redis, &conn, "rust").await;
+    // rust.mul(2, 3) on the Rust worker, then tasks.add(6, 10) on the Python one.
+    let got = celery_client(
+        &redis,
+        &["chain", "rust.mul", "rust", "[2, 3]", "tasks.add", "[10]"],
+    )
+    .await;
+    assert_eq!(got["state"], "SUCCESS", "{got}");
+    assert_eq!(got["result"], 16, "{got}");
+    handle.shutdown();
+    let report = running.await.expect("the worker task").expect("the worker");
+    assert_eq!((report.handled, report.acked), (1, 1), "{report:?}");
+    conn.close().await.expect("close");
 }
