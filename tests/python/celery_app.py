@@ -1,7 +1,8 @@
 """Python Celery's side of the kombu-celery tests (Celery 5.7).
 
 The app: broker and result backend from the environment (`CELERY_BROKER_URL`,
-`CELERY_RESULT_BACKEND`), JSON only, tasks `tasks.add(x, y)` and `tasks.fail()`.
+`CELERY_RESULT_BACKEND`), tasks sent with `CELERY_TASK_SERIALIZER` (default json), json
+and msgpack accepted, results in JSON; tasks `tasks.add(x, y)` and `tasks.fail()`.
 Run a worker with
 
     python -m celery -A celery_app worker --pool solo -Q celery \
@@ -32,9 +33,9 @@ app = Celery(
     backend=os.environ.get("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/1"),
 )
 app.conf.update(
-    task_serializer="json",
+    task_serializer=os.environ.get("CELERY_TASK_SERIALIZER", "json"),
     result_serializer="json",
-    accept_content=["json"],
+    accept_content=["json", "msgpack"],
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=1,
 )

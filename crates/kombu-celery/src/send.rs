@@ -70,6 +70,9 @@ pub struct TaskOptions {
     pub link_error: Vec<serde_json::Value>,
     /// The rest of a chain (`chain`): Celery signature dicts, the next task last.
     pub chain: Vec<serde_json::Value>,
+    /// The serializer (Celery's `serializer`, default `json`; `msgpack` with this crate's
+    /// `msgpack` feature). The worker must accept it (Celery's `accept_content`).
+    pub serializer: Option<String>,
 }
 
 impl TaskOptions {
@@ -147,6 +150,12 @@ impl TaskOptions {
         self
     }
 
+    /// The serializer: `json` (the default) or `msgpack` (feature `msgpack`).
+    pub fn serializer(mut self, name: impl Into<String>) -> Self {
+        self.serializer = Some(name.into());
+        self
+    }
+
     /// An errback run if this task fails (a Celery signature).
     pub fn link_error(mut self, signature: serde_json::Value) -> Self {
         self.link_error.push(signature);
@@ -174,8 +183,9 @@ impl TaskPublisher for Connection {
 }
 
 /// Send the task `name` with positional `args` (a tuple, array or `()`) and keyword `kwargs`
-/// (a map, a struct or `()`) in Celery's message protocol v2 with the JSON serializer, as
-/// Celery 5.x's `app.send_task(name, args, kwargs, **options)` does. Returns the task id.
+/// (a map, a struct or `()`) in Celery's message protocol v2 with the JSON serializer (or the
+/// options' one), as Celery 5.x's `app.send_task(name, args, kwargs, **options)` does.
+/// Returns the task id.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> kombu::Result<()> {
@@ -305,7 +315,7 @@ pub(crate) fn task_message(
     ]);
 
     let mut publish = PublishOptions::new()
-        .serializer("json")
+        .serializer(options.serializer.unwrap_or_else(|| "json".to_owned()))
         .correlation_id(id.as_str())
         .reply_to(options.reply_to.unwrap_or_else(|| thread_oid().to_owned()))
         .delivery_mode(kombu::DeliveryMode::Persistent);

@@ -170,7 +170,13 @@ impl Drop for CeleryWorker {
 
 /// Run `celery_app.py ARGS` (the Python Celery client); its one JSON line.
 async fn celery_client(redis: &RedisServer, args: &[&str]) -> Value {
+    celery_client_with(redis, "json", args).await
+}
+
+/// [`celery_client`] sending tasks with `serializer`.
+async fn celery_client_with(redis: &RedisServer, serializer: &str, args: &[&str]) -> Value {
     let mut command = celery_command(redis);
+    command.env("CELERY_TASK_SERIALIZER", serializer);
     command.arg("celery_app.py").args(args);
     let output = tokio::task::spawn_blocking(move || command.output().expect("python runs"))
         .await
@@ -316,6 +322,28 @@ async fn tasks_sent_from_rust_run_on_a_python_celery_worker() {
         Ok(15)
     );
 
+    // msgpack
+    #[cfg(feature = "msgpack")]
+    {
+        let id = send_task(
+            &conn,
+            "tasks.add",
+            (20, 3),
+            (),
+            TaskOptions::new().serializer("msgpack"),
+        )
+        .await
+        .expect("send");
+        assert_eq!(
+            backend
+                .wait(&id, wait)
+                .await
+                .expect("result")
+                .into_result::<i64>(),
+            Ok(23)
+        );
+    }
+
     // a failing task: its exception, as Celery stores it
     let id = send_task(&conn, "tasks.fail", (), (), TaskOptions::new())
         .await
@@ -434,7 +462,9 @@ async fn rust_worker_on(
         .task("rust.fail", |(): (), _: Value| async move {
             Err::<i64, _>(TaskError::builtin("ValueError", "rust.fail failed on purpose"))
         })
-        .into_worker(conn, [celery_queue(queue)]);
+        .worker_with(conn, [celery_queue(queue)], |builder| {
+            builder.accept(kombu::Accept::new(["json", "application/x-msgpack"]).expect("serializers"))
+        });
     let handle = worker.handle();
     (handle, tokio::spawn(worker.run()))
 }
@@ -454,6 +484,16 @@ async fn python_celery_calls_tasks_served_in_rust() {
     assert_eq!(got["exc_type"], "ValueError", "{got}");
     assert_eq!(got["error"], "rust.fail failed on purpose");
 
+    #[cfg(feature = "msgpack")]
+    {
+        let got = celery_client_with(&redis, "msgpack", &["call", "rust.mul", "[3, 3]"]).await;
+        assert_eq!(
+            (&got["state"], &got["result"]),
+            (&json!("SUCCESS"), &json!(9)),
+            "{got}"
+        );
+    }
+
     // arguments that do not fit the handler's types: a TypeError, as in Python
     let got = celery_client(&redis, &["call", "rust.mul", "[\"six\", 7]"]).await;
     assert_eq!(got["state"], "FAILURE", "{got}");
@@ -461,9 +501,10 @@ async fn python_celery_calls_tasks_served_in_rust() {
 
     handle.shutdown();
     let report = running.await.expect("the worker task").expect("the worker");
+    let expected = if cfg!(feature = "msgpack") { 4 } else { 3 };
     assert_eq!(
         (report.handled, report.acked, report.failed),
-        (3, 3, 0),
+        (expected, expected, 0),
         "{report:?}"
     );
     conn.close().await.expect("close");
