@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use kombu::{Connection, Message, Outcome, Queue, Result, Worker, WorkerBuilder};
 use serde::de::DeserializeOwned;
@@ -39,12 +39,16 @@ type Handler =
 /// After a success, the task's callbacks (`link`) and the next step of its chain are sent on,
 /// with the result as their first argument, as a Celery worker does (plain task signatures:
 /// a group or chord callback is logged and skipped). Not yet done as a Celery worker does:
-/// errbacks are not called; chords are not joined; a handler cannot ask for a retry; time
-/// limits are not enforced.
-#[derive(Default)]
+/// errbacks are not called; chords are not joined; time limits are not enforced.
+///
+/// A handler asks for a retry with [`TaskError::retry`]: the task is sent again (same id,
+/// `retries` + 1, an `eta`) to where it came from and `RETRY` is stored, up to
+/// [`max_retries`](Self::max_retries).
 pub struct TaskRegistry {
     handlers: HashMap<String, Handler>,
     backend: Option<Arc<dyn ResultBackend>>,
+    /// Retries a task may ask for (Celery's `max_retries`, default 3).
+    max_retries: u32,
     /// Where callbacks and the next step of a chain are sent (the worker's connection).
     connection: Option<Connection>,
 }
@@ -60,10 +64,28 @@ impl std::fmt::Debug for TaskRegistry {
     }
 }
 
+impl Default for TaskRegistry {
+    fn default() -> Self {
+        TaskRegistry {
+            handlers: HashMap::new(),
+            backend: None,
+            max_retries: 3,
+            connection: None,
+        }
+    }
+}
+
 impl TaskRegistry {
     /// No tasks, no result backend (results are dropped).
     pub fn new() -> Self {
         TaskRegistry::default()
+    }
+
+    /// How many times a task may ask to be retried ([`TaskError::retry`]; Celery's
+    /// `max_retries`, default 3).
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
     }
 
     /// Store results in `backend`.
@@ -158,11 +180,8 @@ impl TaskRegistry {
         }
         let Some(handler) = self.handlers.get(&task.name) else {
             error!(task = %task.name, id = %task.id, "received an unregistered celery task: rejected");
-            let error = TaskError {
-                exc_type: "NotRegistered".to_owned(),
-                exc_module: "celery.exceptions".to_owned(),
-                message: format!("'{}'", task.name),
-            };
+            let error =
+                TaskError::in_module("celery.exceptions", "NotRegistered", format!("'{}'", task.name));
             self.store(&task, ResultMeta::failure(task.id.clone(), &error, None))
                 .await?;
             return Ok(Outcome::Reject);
@@ -179,10 +198,25 @@ impl TaskRegistry {
                 self.follow_up(&task, &value).await?;
                 ResultMeta::success(id, value)
             }
-            Err(failure) => {
-                warn!(task = %task.name, id = %task.id, error = %failure, "celery task failed");
-                ResultMeta::failure(id, &failure, Some(failure.to_string()))
-            }
+            Err(failure) => match failure.retry_in {
+                Some(countdown) if task.retries < self.max_retries => {
+                    self.send_again(message, &task, countdown).await?;
+                    ResultMeta::retry(id, &failure)
+                }
+                Some(_) => {
+                    let exceeded = TaskError::in_module(
+                        "celery.exceptions",
+                        "MaxRetriesExceededError",
+                        format!("Can't retry {}[{}]: {}", task.name, task.id, failure.message),
+                    );
+                    warn!(task = %task.name, id = %task.id, error = %exceeded, "celery task failed");
+                    ResultMeta::failure(id, &exceeded, None)
+                }
+                None => {
+                    warn!(task = %task.name, id = %task.id, error = %failure, "celery task failed");
+                    ResultMeta::failure(id, &failure, Some(failure.to_string()))
+                }
+            },
         };
         self.store(&task, meta).await?;
         Ok(Outcome::Ack)
@@ -206,6 +240,44 @@ impl TaskRegistry {
             send_signature(connection, task, next, value, rest.to_vec()).await?;
         }
         Ok(())
+    }
+
+    /// Send `task` again, `retries` + 1, to run after `countdown`, where it came from (Celery's
+    /// `Task.retry`).
+    async fn send_again(&self, message: &Message, task: &TaskMessage, countdown: Duration) -> Result<()> {
+        let Some(connection) = &self.connection else {
+            return Ok(());
+        };
+        let info = message.delivery_info();
+        let mut options = TaskOptions::new().task_id(task.id.clone()).countdown(countdown);
+        if info.exchange().is_empty() {
+            options.queue = Some(info.routing_key().to_owned());
+        } else {
+            // It exists (the task came through it), and its type is not known here.
+            options.exchange = Some(kombu::Exchange::direct(info.exchange()).no_declare(true));
+            options.routing_key = Some(info.routing_key().to_owned());
+        }
+        options.retries = task.retries + 1;
+        options.root_id = task.root_id.clone();
+        options.parent_id = task.parent_id.clone();
+        options.group_id = task.group.clone();
+        options.reply_to = task.reply_to.clone();
+        options.ignore_result = Some(task.ignore_result);
+        options.link = task.callbacks.clone();
+        options.link_error = task.errbacks.clone();
+        options.chain = match &task.chain {
+            Some(serde_json::Value::Array(rest)) => rest.clone(),
+            _ => Vec::new(),
+        };
+        send_task(
+            connection,
+            &task.name,
+            task.args.clone(),
+            task.kwargs.clone(),
+            options,
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn store(&self, task: &TaskMessage, meta: ResultMeta) -> Result<()> {

@@ -45,6 +45,7 @@ impl TaskState {
 /// Python's `AsyncResult.get()` raises it as `exc_module.exc_type(*exc_message)`; the default
 /// is a plain `builtins.Exception(message)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TaskError {
     /// The exception class (`exc_type`), default `Exception`.
     pub exc_type: String,
@@ -52,15 +53,38 @@ pub struct TaskError {
     pub exc_module: String,
     /// The message.
     pub message: String,
+    /// Set by [`TaskError::retry`]: run the task again after this long.
+    pub retry_in: Option<Duration>,
 }
 
 impl TaskError {
     /// A `builtins.Exception(message)`.
     pub fn new(message: impl Into<String>) -> Self {
+        TaskError::in_module("builtins", "Exception", message)
+    }
+
+    /// Raised in Python as `exc_module.exc_type(message)`.
+    pub fn in_module(
+        exc_module: impl Into<String>,
+        exc_type: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         TaskError {
-            exc_type: "Exception".to_owned(),
-            exc_module: "builtins".to_owned(),
+            exc_type: exc_type.into(),
+            exc_module: exc_module.into(),
             message: message.into(),
+            retry_in: None,
+        }
+    }
+
+    /// Ask for the task to run again after `countdown` (Celery's `self.retry(countdown=...)`):
+    /// the worker sends it again with `retries` + 1 and stores the `RETRY` state, until the
+    /// registry's [`max_retries`](crate::TaskRegistry::max_retries); then the task fails with
+    /// `MaxRetriesExceededError`.
+    pub fn retry(countdown: Duration, reason: impl Into<String>) -> Self {
+        TaskError {
+            retry_in: Some(countdown),
+            ..TaskError::in_module("celery.exceptions", "Retry", reason)
         }
     }
 
@@ -96,11 +120,11 @@ impl TaskError {
                 .unwrap_or(default)
                 .to_owned()
         };
-        TaskError {
-            exc_type: field("exc_type", "Exception"),
-            exc_module: field("exc_module", "builtins"),
+        TaskError::in_module(
+            field("exc_module", "builtins"),
+            field("exc_type", "Exception"),
             message,
-        }
+        )
     }
 }
 
@@ -163,12 +187,16 @@ impl ResultMeta {
 
     /// A revoked (or expired) task, as Celery stores one: a `TaskRevokedError`.
     pub fn revoked(id: TaskId, why: &str) -> Self {
-        let error = TaskError {
-            exc_type: "TaskRevokedError".to_owned(),
-            exc_module: "celery.exceptions".to_owned(),
-            message: why.to_owned(),
-        };
+        let error = TaskError::in_module("celery.exceptions", "TaskRevokedError", why);
         ResultMeta::done(id, TaskState::Revoked, error.to_json(), None)
+    }
+
+    /// Waiting to be retried, because of `error`.
+    pub fn retry(id: TaskId, error: &TaskError) -> Self {
+        ResultMeta {
+            date_done: None,
+            ..ResultMeta::done(id, TaskState::Retry, error.to_json(), None)
+        }
     }
 
     fn done(id: TaskId, status: TaskState, result: serde_json::Value, traceback: Option<String>) -> Self {

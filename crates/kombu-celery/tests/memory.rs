@@ -286,3 +286,50 @@ async fn callbacks_and_chains_are_sent_on_with_the_result() {
     assert_eq!(value("chain-2"), Ok(42));
     assert_eq!(value("chain-3"), Ok(4200));
 }
+
+#[tokio::test]
+async fn a_task_asking_for_a_retry_runs_again_until_max_retries() {
+    let conn = Connection::new("memory:///celery-retry").expect("connection");
+    let backend = MemoryBackend::default();
+    let runs = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let seen = runs.clone();
+    let worker = TaskRegistry::new()
+        .backend(backend.clone())
+        .max_retries(2)
+        .task_message("flaky", move |task: TaskMessage| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(task.retries);
+                // succeeds on the second retry, unless told to never succeed
+                if task.retries < 2 || task.args[0] == json!("never") {
+                    return Err(TaskError::retry(Duration::from_millis(50), "not yet"));
+                }
+                Ok(json!(task.retries))
+            }
+        })
+        .into_worker(&conn, [celery_queue("celery")]);
+    let handle = worker.handle();
+    let running = tokio::spawn(worker.run());
+    let ok = send_task(&conn, "flaky", ("soon",), (), TaskOptions::new())
+        .await
+        .expect("send");
+    let ok_meta = backend.wait(&ok, Duration::from_secs(10)).await.expect("result");
+    assert_eq!(ok_meta.into_result::<u32>(), Ok(2));
+    let never = send_task(&conn, "flaky", ("never",), (), TaskOptions::new())
+        .await
+        .expect("send");
+    let meta = backend
+        .wait(&never, Duration::from_secs(10))
+        .await
+        .expect("result");
+    handle.shutdown();
+    let report = running.await.expect("the worker task").expect("the worker");
+    assert_eq!(report.acked, 6, "{report:?}");
+    assert_eq!(*runs.lock().unwrap(), vec![0, 1, 2, 0, 1, 2]);
+    let error = meta.into_result::<u32>().unwrap_err();
+    assert_eq!(
+        (error.exc_module.as_str(), error.exc_type.as_str()),
+        ("celery.exceptions", "MaxRetriesExceededError")
+    );
+    assert!(error.message.contains("not yet"), "{error}");
+}

@@ -459,6 +459,12 @@ async fn rust_worker_on(
         .task("rust.mul", |(x, y): (i64, i64), _: Value| async move {
             Ok::<_, TaskError>(x * y)
         })
+        .task_message("rust.flaky", |task: kombu_celery::TaskMessage| async move {
+            if task.retries == 0 {
+                return Err(TaskError::retry(Duration::from_millis(100), "once more"));
+            }
+            Ok(json!({"retries": task.retries}))
+        })
         .task("rust.fail", |(): (), _: Value| async move {
             Err::<i64, _>(TaskError::builtin("ValueError", "rust.fail failed on purpose"))
         })
@@ -494,6 +500,14 @@ async fn python_celery_calls_tasks_served_in_rust() {
         );
     }
 
+    // a retry: Python waits through the RETRY state for the second run's result
+    let got = celery_client(&redis, &["call", "rust.flaky", "[]"]).await;
+    assert_eq!(
+        (&got["state"], &got["result"]),
+        (&json!("SUCCESS"), &json!({"retries": 1})),
+        "{got}"
+    );
+
     // arguments that do not fit the handler's types: a TypeError, as in Python
     let got = celery_client(&redis, &["call", "rust.mul", "[\"six\", 7]"]).await;
     assert_eq!(got["state"], "FAILURE", "{got}");
@@ -501,7 +515,7 @@ async fn python_celery_calls_tasks_served_in_rust() {
 
     handle.shutdown();
     let report = running.await.expect("the worker task").expect("the worker");
-    let expected = if cfg!(feature = "msgpack") { 4 } else { 3 };
+    let expected = if cfg!(feature = "msgpack") { 6 } else { 5 };
     assert_eq!(
         (report.handled, report.acked, report.failed),
         (expected, expected, 0),
