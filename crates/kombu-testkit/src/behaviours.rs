@@ -32,7 +32,9 @@ use crate::child::Task;
 use crate::harness::{Behaviour, BoxTest, Ctx, Failure, TestResult};
 use crate::{check, check_eq};
 
+mod trace;
 mod worker;
+use trace::trace_context_crosses_the_transport;
 use worker::{
     worker_parks_poison_and_handles_the_rest, worker_retries_a_failed_handler,
     worker_stop_gives_back_held_messages,
@@ -191,6 +193,7 @@ behaviours! {
     worker_parks_poison_and_handles_the_rest: always;
     worker_retries_a_failed_handler: always;
     worker_stop_gives_back_held_messages: restore_on_close;
+    trace_context_crosses_the_transport: always;
 }
 
 // ---------------------------------------------------------------- helpers
