@@ -53,10 +53,10 @@ mod running;
 mod shutdown;
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use kombu_core::transport::RawPublishOptions;
 use kombu_core::{Error, ErrorKind, Queue, Result, Value};
 use tokio::sync::watch;
@@ -77,8 +77,7 @@ use report::Counters;
 use running::{Finished, Running};
 use shutdown::{reached, Stop};
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-type Handler = Box<dyn Fn(Arc<Message>) -> BoxFuture<Result<Outcome>> + Send + Sync>;
+type Handler = Box<dyn Fn(Arc<Message>) -> BoxFuture<'static, Result<Outcome>> + Send + Sync>;
 type IncidentHook = Box<dyn Fn(&Incident<'_>) + Send + Sync>;
 
 /// Configures a [`Worker`]; start with [`Worker::builder`] or [`Connection::worker`].

@@ -113,11 +113,7 @@ pub(crate) struct Count(AtomicU64);
 
 impl Count {
     pub(crate) fn inc(&self) {
-        self.add(1);
-    }
-
-    pub(crate) fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.0.fetch_add(1, Ordering::Relaxed);
     }
 
     fn get(&self) -> u64 {

@@ -8,17 +8,15 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt as _, StreamExt as _};
 
 use super::report::Counters;
 use crate::message::Message;
 use crate::observe;
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A handler run that ended.
 pub(crate) struct Finished {
@@ -31,7 +29,7 @@ pub(crate) struct Finished {
 /// The handler runs in progress.
 #[derive(Default)]
 pub(crate) struct Running {
-    handlers: FuturesUnordered<BoxFuture<Finished>>,
+    handlers: FuturesUnordered<BoxFuture<'static, Finished>>,
 }
 
 impl Running {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kombu_core::transport::{GetOptions, RawPublishOptions};
 use kombu_core::{RawMessage, Value};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use super::*;
 use crate::PublishOptions;
@@ -69,6 +69,24 @@ async fn run_until(worker: Worker, done: impl Fn(&WorkerReport) -> bool) -> Work
     }
     handle.shutdown();
     running.await.expect("worker task").expect("worker run")
+}
+
+/// Start a worker (from `builder`) whose handler never finishes, and wait until its first run
+/// started: the handle and the running task.
+async fn run_stuck(builder: WorkerBuilder) -> (WorkerHandle, tokio::task::JoinHandle<Result<WorkerReport>>) {
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let worker = builder.build(move |_m| {
+        let started_tx = started_tx.clone();
+        async move {
+            let _ = started_tx.send(());
+            std::future::pending::<()>().await;
+            Ok(Outcome::Ack)
+        }
+    });
+    let handle = worker.handle();
+    let running = tokio::spawn(worker.run());
+    started.recv().await.expect("the handler started");
+    (handle, running)
 }
 
 #[tokio::test]
@@ -270,23 +288,12 @@ async fn graceful_stop_lets_a_running_handler_finish() {
 async fn stopping_gives_back_unfinished_and_prefetched_messages() {
     let conn = connection("give-back");
     publish_n(&conn, "jobs", 5).await;
-    let (started_tx, mut started) = mpsc::unbounded_channel();
-    let never = Arc::new(Notify::new());
-    let worker = conn
-        .worker([Queue::new("jobs")])
-        .prefetch_count(5)
-        .drain_timeout(Duration::from_millis(50))
-        .build(move |_m| {
-            let (started_tx, never) = (started_tx.clone(), never.clone());
-            async move {
-                let _ = started_tx.send(());
-                never.notified().await;
-                Ok(Outcome::Ack)
-            }
-        });
-    let handle = worker.handle();
-    let running = tokio::spawn(worker.run());
-    started.recv().await.expect("the handler started");
+    let (handle, running) = run_stuck(
+        conn.worker([Queue::new("jobs")])
+            .prefetch_count(5)
+            .drain_timeout(Duration::from_millis(50)),
+    )
+    .await;
     handle.shutdown();
     let report = running.await.unwrap().unwrap();
     assert_eq!((report.acked, report.abandoned), (0, 1));
@@ -302,21 +309,11 @@ async fn stopping_gives_back_unfinished_and_prefetched_messages() {
 async fn shutdown_now_skips_the_drain() {
     let conn = connection("now");
     publish_n(&conn, "jobs", 1).await;
-    let (started_tx, mut started) = mpsc::unbounded_channel();
-    let worker = conn
-        .worker([Queue::new("jobs")])
-        .drain_timeout(Duration::from_secs(3600))
-        .build(move |_m| {
-            let started_tx = started_tx.clone();
-            async move {
-                let _ = started_tx.send(());
-                std::future::pending::<()>().await;
-                Ok(Outcome::Ack)
-            }
-        });
-    let handle = worker.handle();
-    let running = tokio::spawn(worker.run());
-    started.recv().await.expect("the handler started");
+    let (handle, running) = run_stuck(
+        conn.worker([Queue::new("jobs")])
+            .drain_timeout(Duration::from_secs(3600)),
+    )
+    .await;
     handle.shutdown();
     handle.shutdown_now();
     let report = tokio::time::timeout(Duration::from_secs(5), running)
