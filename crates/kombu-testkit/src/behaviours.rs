@@ -185,6 +185,7 @@ behaviours! {
     simple_queue_put_get: always;
     simple_buffer_put_get: always;
     cancel_stops_deliveries: always;
+    consume_cancel_cycles_keep_the_connection: always;
     no_ack_consumer_settles_on_delivery: always;
     nack_redelivery_until_ack: always;
     oversized_message_is_limit_exceeded: size_limit;
@@ -2279,6 +2280,24 @@ async fn cancel_stops_deliveries(ctx: Ctx) -> TestResult {
         "recv_timeout agrees"
     );
     Ok(())
+}
+
+/// Consumers started and stopped over and over on one connection, by `cancel` and by
+/// closing their channel, leave it working. (amiquip's I/O thread once dropped the whole
+/// connection when a cancelled consumer's receiver went away before it had finished with
+/// it.)
+async fn consume_cancel_cycles_keep_the_connection(ctx: Ctx) -> TestResult {
+    const CYCLES: usize = 60;
+    let conn = ctx.conn()?;
+    let q = Queue::new(ctx.name("cancel-cycles"));
+    let mut c = consumer(&conn, vec![q.clone()], Some(10)).await?;
+    for cycle in 0..CYCLES {
+        c.cancel().await?;
+        check!(!c.consuming_from(&q.name), "consuming_from after cancel {cycle}");
+        c.consume().await?;
+        consumer(&conn, vec![q.clone()], Some(10)).await?.close().await?;
+    }
+    consumer_gets_control(&ctx, &conn, &mut c, &q.name).await
 }
 
 async fn no_ack_consumer_settles_on_delivery(ctx: Ctx) -> TestResult {

@@ -40,6 +40,43 @@ impl ConsumerEntry<'_> {
         self.consumer.receiver().clone()
     }
 
+    /// Cancel the consumer and hand every message amiquip received for it to `unhanded`,
+    /// returning only once amiquip has finished with the consumer.
+    ///
+    /// amiquip's I/O thread answers a `basic.cancel-ok` in two steps: it wakes the
+    /// cancelling call first and only then tells the consumer's receiver that it was
+    /// cancelled, and if that receiver is gone by then it treats the send as an internal
+    /// error and drops the whole connection ("channel client dropped without being
+    /// disconnected"). Dropping an `amiquip::Consumer` right after its `cancel` (as its own
+    /// `Drop` does) races that second step, so this keeps a receiver until the consumer's
+    /// last message (`ClientCancelled`, or the sender dropped) has arrived. The wait is
+    /// bounded in case the connection dies half-way; its I/O thread then drops the sender,
+    /// which also ends it.
+    pub(crate) fn stop(self, mut unhanded: impl FnMut(amiquip::Delivery)) -> amiquip::Result<()> {
+        use amiquip::ConsumerMessage as M;
+        const LAST_MESSAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+        let receiver = self.receiver();
+        let cancelled = self.consumer.cancel();
+        drop(self.consumer); // its `Drop` does not cancel a second time
+        let give_up_at = std::time::Instant::now() + LAST_MESSAGE_WAIT;
+        loop {
+            let message = if cancelled.is_ok() {
+                receiver.recv_deadline(give_up_at).ok()
+            } else {
+                // No cancel-ok will come: take what is there, nothing is on its way.
+                receiver.try_recv().ok()
+            };
+            match message {
+                Some(M::Delivery(delivery)) => unhanded(delivery),
+                Some(M::ClientCancelled | M::ServerCancelled | M::ClientClosedChannel) | None => break,
+                Some(
+                    M::ServerClosedChannel(_) | M::ServerClosedConnection(_) | M::ClientClosedConnection,
+                ) => break,
+            }
+        }
+        cancelled
+    }
+
     /// What it takes to consume again after the connection was lost; `None` if nobody
     /// reads the stream any more. The amiquip consumer (on the dead channel) is dropped;
     /// what it had received but not handed out is redelivered by the broker.
@@ -331,17 +368,15 @@ impl<'c> Worker<'c> {
         let Some(entry) = self.consumers.remove(tag) else {
             return Ok(());
         };
-        let cancelled = entry.consumer.cancel();
         let channel = self.consume.get();
-        for message in entry.consumer.receiver().try_iter() {
-            if let (amiquip::ConsumerMessage::Delivery(delivery), Some(channel), false) =
-                (message, channel, entry.no_ack)
-            {
+        let no_ack = entry.no_ack;
+        let cancelled = entry.stop(|delivery| {
+            if let (Some(channel), false) = (channel, no_ack) {
                 if let Err(e) = delivery.nack(channel, true) {
                     debug!(error = %e, "amiquip: requeueing an undelivered message failed");
                 }
             }
-        }
+        });
         cancelled.map_err(|e| self.consume_failed(Op::Cancel, e))
     }
 

@@ -203,8 +203,9 @@ fn run(mut core: Core, inbox: &Receiver<Job>) {
 }
 
 impl Worker<'_> {
-    /// The state to keep; the consumers (which borrow the consume channel) are dropped,
-    /// each cancelling itself, before the channel is closed.
+    /// The state to keep; the consumers (which borrow the consume channel) are cancelled
+    /// before the channel is closed (see [`ConsumerEntry::stop`] for why not just dropped).
+    /// What they received and did not hand out is requeued by the broker with the channel.
     fn into_core(mut self) -> Core {
         if self.lost && !self.core.stop {
             for (tag, entry) in self.consumers.drain() {
@@ -213,7 +214,11 @@ impl Worker<'_> {
                 }
             }
         }
-        drop(self.consumers);
+        for (_, entry) in self.consumers.drain() {
+            if let Err(e) = entry.stop(drop) {
+                debug!(error = %e, "amiquip: cancelling a consumer before closing its channel failed");
+            }
+        }
         self.core
     }
 
