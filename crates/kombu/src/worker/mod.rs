@@ -378,12 +378,7 @@ impl Shared {
                 biased;
                 () = &mut stopping => return Ok(()),
                 Some(finished) = running.next(), if !running.is_empty() => {
-                    let held = self.finished(finished, running);
-                    if let (true, Some(limit)) = (held && !self.no_ack, limit.as_mut()) {
-                        if let Some(prefetch) = limit.held_one() {
-                            consumer.qos(prefetch).await?;
-                        }
-                    }
+                    self.after_handler(finished, running, limit, consumer).await?;
                 }
                 next = consumer.recv(), if room => match next {
                     Ok(message) => {
@@ -395,7 +390,9 @@ impl Shared {
                                 _ => {}
                             }
                         }
-                        self.spawn_handler(Arc::new(message), running);
+                        if let Some(finished) = self.start_handler(Arc::new(message), running).await {
+                            self.after_handler(finished, running, limit, consumer).await?;
+                        }
                     }
                     Err(e) if e.kind() == ErrorKind::Decode => {
                         self.counters().malformed.inc();
@@ -424,7 +421,31 @@ impl Shared {
         limit.map_or(self.prefetch_count, Limit::prefetch)
     }
 
-    fn spawn_handler(self: &Arc<Self>, message: Arc<Message>, running: &mut Running) {
+    /// A handler run ended: settle what a panic left, and let a held message widen the
+    /// prefetch window of a limited worker.
+    async fn after_handler(
+        self: &Arc<Self>,
+        finished: Finished,
+        running: &mut Running,
+        limit: &mut Option<Limit>,
+        consumer: &mut Consumer,
+    ) -> Result<()> {
+        let held = self.finished(finished, running);
+        if let (true, Some(limit)) = (held && !self.no_ack, limit.as_mut()) {
+            if let Some(prefetch) = limit.held_one() {
+                consumer.qos(prefetch).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Start the handler of `message` (in its delivery span and trace context); its end if
+    /// it finished without waiting.
+    async fn start_handler(
+        self: &Arc<Self>,
+        message: Arc<Message>,
+        running: &mut Running,
+    ) -> Option<Finished> {
         let span = observe::delivery_span(&message, message.transport());
         let work = self.clone().process(message.clone()).instrument(span);
         // The handler runs inside the trace context its message carried.
@@ -433,7 +454,9 @@ impl Shared {
             work,
             crate::propagation::extract(message.headers()),
         );
-        running.start(message, self.handle.shared_counters(), work);
+        running
+            .start_now(message, self.handle.shared_counters(), work)
+            .await
     }
 
     /// One message: check it, run the handler, settle it as the outcome says.

@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -17,6 +18,23 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use super::report::Counters;
 use crate::message::Message;
 use crate::observe;
+
+/// `work` with its panic caught and its message counted in flight until it ends.
+fn guarded(
+    message: Arc<Message>,
+    counters: Arc<Counters>,
+    work: impl Future<Output = ()> + Send + 'static,
+) -> BoxFuture<'static, Finished> {
+    let mut in_flight = InFlight::new(message, counters);
+    Box::pin(async move {
+        let panicked = AssertUnwindSafe(work).catch_unwind().await.err();
+        in_flight.ended = true;
+        Finished {
+            message: in_flight.message.clone(),
+            panic: panicked.map(|payload| panic_message(payload.as_ref())),
+        }
+    })
+}
 
 /// A handler run that ended.
 pub(crate) struct Finished {
@@ -48,15 +66,27 @@ impl Running {
         counters: Arc<Counters>,
         work: impl Future<Output = ()> + Send + 'static,
     ) {
-        let mut in_flight = InFlight::new(message, counters);
-        self.handlers.push(Box::pin(async move {
-            let panicked = AssertUnwindSafe(work).catch_unwind().await.err();
-            in_flight.ended = true;
-            Finished {
-                message: in_flight.message.clone(),
-                panic: panicked.map(|payload| panic_message(payload.as_ref())),
+        self.handlers.push(guarded(message, counters, work));
+    }
+
+    /// Start `work` and poll it once right away, on the caller's task: a handler that
+    /// finishes without waiting (most do on a fast transport) is done there, and never pays
+    /// for a place in the set and its wake-up (measured on the memory transport: about a
+    /// third of the worker's cost per message). One that waits joins the others.
+    pub(crate) async fn start_now(
+        &mut self,
+        message: Arc<Message>,
+        counters: Arc<Counters>,
+        work: impl Future<Output = ()> + Send + 'static,
+    ) -> Option<Finished> {
+        let mut run = guarded(message, counters, work);
+        match std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
+            Poll::Ready(finished) => Some(finished),
+            Poll::Pending => {
+                self.handlers.push(run);
+                None
             }
-        }));
+        }
     }
 
     /// The next run to end; `None` when none runs (never pending then).
