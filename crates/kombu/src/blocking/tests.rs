@@ -253,6 +253,62 @@ fn a_panicking_handler_fails_its_message_which_comes_back() {
 }
 
 #[test]
+fn a_blocking_worker_parks_poison_in_front_of_good_messages_and_handles_those() {
+    const NOT_JSON: &[u8] = b"{not json";
+    let conn = connection("worker-poison");
+    // A body that does not decode, and a content type outside `accept` (pickle), ahead of
+    // the good ones.
+    let publish_raw = |body: &'static [u8], content_type: &str| {
+        let message = crate::transport::RawMessage::new(bytes::Bytes::from_static(body))
+            .with_content_type(Some(content_type.into()));
+        conn.block_on(async {
+            let channel = conn.as_async().default_channel().await?;
+            channel
+                .declare_queue(&Queue::new("jobs"), Default::default())
+                .await?;
+            channel
+                .publish(message, crate::transport::RawPublishOptions::new("", "jobs"))
+                .await
+        })
+        .expect("runtime")
+        .expect("publish a poison message");
+    };
+    publish_raw(NOT_JSON, "application/json");
+    publish_raw(b"\x80\x04K\x01.", "application/x-python-serialize");
+    publish_n(&conn, "jobs", 3);
+
+    let worker = conn
+        .worker([Queue::new("jobs")])
+        .accept(crate::Accept::new(["json"]).expect("known serializer"))
+        .build(|message| {
+            let _: serde_json::Value = message.decode()?;
+            Ok(Outcome::Ack)
+        });
+    let handle = worker.handle();
+    let stopper = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (handle.report().acked, handle.report().poisoned) != (3, 2) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        handle.shutdown();
+    });
+    let report = worker.run().expect("run");
+    stopper.join().expect("the stopping thread");
+    assert_eq!(
+        (report.acked, report.poisoned, report.failed),
+        (3, 2, 0),
+        "{report:?}"
+    );
+    assert_eq!(conn.simple_queue("jobs").qsize().expect("qsize"), 0);
+    // Both parked, unchanged (the park queue's count is the positive control: it is not 0).
+    let parked = conn.simple_queue("jobs.poison");
+    assert_eq!(parked.qsize().expect("qsize"), 2, "both poison messages parked");
+    let first = parked.get(Duration::from_secs(1)).expect("parked message");
+    assert_eq!(first.body().as_ref(), NOT_JSON, "the parked body, unchanged");
+    first.ack().expect("ack");
+}
+
+#[test]
 fn every_entry_point_refuses_an_async_context_with_a_typed_error() {
     let conn = connection("async-context");
     let queue = conn.simple_queue("q");
