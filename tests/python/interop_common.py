@@ -1,4 +1,5 @@
-"""Python Kombu's side of the kombu.common interop tests (crates/kombu-redis/tests/common_interop.rs).
+"""Python Kombu's side of the kombu.common interop tests (kombu-testkit's common_interop, run by
+the redis, amqp and mongodb crates' tests/common_interop.rs).
 
     interop_common.py broadcast-consume URL NAME COUNT [TIMEOUT]
         consume COUNT messages from a `Broadcast(NAME)` queue: print {"ready": true, "queue"}

@@ -1,214 +1,33 @@
-//! `kombu::common` ⇄ Python Kombu 5.7's `kombu.common` on one throwaway redis-server:
-//! `Broadcast` consumers on both sides, and request/reply with `send_reply` both ways. The
-//! Python side is `tests/python/interop_common.py`. Needs the project venv (`cargo xtask
-//! test-matrix` creates it) or `KOMBU_PYTHON`.
+//! `kombu::common` ⇄ Python Kombu 5.7's `kombu.common` on one throwaway redis-server per test:
+//! the shared scenarios of `kombu_testkit::common_interop` (Broadcast both ways, request/reply
+//! with `send_reply` both ways).
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "tests fail loudly")]
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
-
 use common::RedisServer;
-use kombu::common::{send_reply, Broadcast, RpcClient};
-use kombu::{Connection, Consumer, PublishOptions, Queue};
-use kombu_testkit::interop::{python, run_python, workspace_root};
-use serde_json::{json, Value};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-/// `interop_common.py` running in the background, its stdout read line by line.
-struct PythonSide {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl PythonSide {
-    fn spawn(args: &[&str]) -> PythonSide {
-        let mut child = Command::new(python())
-            .arg(workspace_root().join("tests/python/interop_common.py"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        PythonSide { child, lines }
-    }
-
-    /// The next JSON line (blocking this test's thread: the tests run multi-threaded).
-    fn line(&self) -> Value {
-        let line = self
-            .lines
-            .recv_timeout(Duration::from_secs(60))
-            .expect("a line from the Python side");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"))
-    }
-
-    fn finish(mut self) {
-        let status = self.child.wait().expect("python exits");
-        assert!(status.success(), "the Python side failed: {status}");
-    }
-}
-
-impl Drop for PythonSide {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn recv_json(consumer: &mut Consumer) -> Value {
-    let message = consumer.recv_timeout(WAIT).await.expect("a message");
-    message.ack().await.expect("ack");
-    message.decode().expect("json")
-}
+use kombu_testkit::common_interop as scenario;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_and_rust_broadcast_consumers_both_get_a_rust_message() {
     let server = RedisServer::start();
-    let url = server.url();
-    let python_side = PythonSide::spawn(&["broadcast-consume", &url, "bcast-rs", "2"]);
-    let ready = python_side.line();
-    assert_eq!(ready["ready"], json!(true), "{ready}");
-    let python_queue = ready["queue"].as_str().expect("queue").to_owned();
-    assert!(python_queue.starts_with("bcast."), "{python_queue}");
-
-    let conn = Connection::new(&url).expect("connection");
-    let mut rust = conn
-        .consumer([Broadcast::new("bcast-rs").into_queue()])
-        .consume()
-        .await
-        .expect("consumer");
-    let rust_queue = rust.queues()[0].name.clone();
-    assert!(rust_queue.starts_with("bcast.") && rust_queue != python_queue);
-
-    let producer = conn.producer().exchange(Broadcast::exchange_for("bcast-rs"));
-    for n in 0..2 {
-        producer
-            .publish(&json!({"n": n, "from": "rust"}), PublishOptions::new())
-            .await
-            .expect("publish");
-    }
-    for n in 0..2 {
-        assert_eq!(recv_json(&mut rust).await, json!({"n": n, "from": "rust"}));
-        let line = python_side.line();
-        assert_eq!(line["body"], json!({"n": n, "from": "rust"}), "{line}");
-        assert_eq!(line["queue"], json!(python_queue));
-    }
-    python_side.finish();
+    scenario::broadcast_from_rust_reaches_python_and_rust(&server.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_and_rust_broadcast_consumers_all_get_a_python_message() {
     let server = RedisServer::start();
-    let url = server.url();
-    let python_side = PythonSide::spawn(&["broadcast-consume", &url, "bcast-py", "2"]);
-    assert_eq!(python_side.line()["ready"], json!(true));
-    let conn = Connection::new(&url).expect("connection");
-    let mut consumers = Vec::new();
-    for _ in 0..2 {
-        let queue = Broadcast::new("bcast-py").into_queue();
-        consumers.push(conn.consumer([queue]).consume().await.expect("consumer"));
-    }
-    run_python("interop_common.py", &["broadcast-publish", &url, "bcast-py", "2"]);
-    for consumer in &mut consumers {
-        for n in 0..2 {
-            assert_eq!(recv_json(consumer).await, json!({"n": n, "from": "python"}));
-        }
-    }
-    for n in 0..2 {
-        assert_eq!(python_side.line()["body"], json!({"n": n, "from": "python"}));
-    }
-    python_side.finish();
+    scenario::broadcast_from_python_reaches_python_and_rust(&server.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_rpc_call_answered_by_python_send_reply() {
     let server = RedisServer::start();
-    let url = server.url();
-    let conn = Connection::new(&url).expect("connection");
-    // The request queue exists before the first request: a message to a queue nobody
-    // declared would be dropped.
-    conn.channel()
-        .await
-        .expect("channel")
-        .declare_queue(&Queue::new("rpc-py"), Default::default())
-        .await
-        .expect("declare");
-    let python_side = PythonSide::spawn(&["respond", &url, "rpc-py", "2"]);
-    assert_eq!(python_side.line()["ready"], json!(true));
-
-    let mut client = RpcClient::new(conn.producer()).await.expect("client");
-    for n in [3, 4] {
-        let reply = client
-            .call(
-                &json!({"n": n, "from": "rust"}),
-                PublishOptions::new().routing_key("rpc-py"),
-                WAIT,
-            )
-            .await
-            .expect("a reply");
-        assert_eq!(
-            reply.decode::<Value>().expect("json"),
-            json!({"reply_to_n": n, "from": "python"})
-        );
-        let seen = python_side.line();
-        assert_eq!(seen["request"], json!({"n": n, "from": "rust"}));
-        assert_eq!(seen["reply_to"], json!(client.reply_queue()));
-        assert_eq!(
-            seen["correlation_id"].as_str(),
-            reply.properties().correlation_id.as_deref()
-        );
-        assert_eq!(reply.delivery_info().routing_key(), client.reply_queue());
-    }
-    python_side.finish();
+    scenario::rust_rpc_call_answered_by_python_send_reply(&server.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_request_answered_by_rust_send_reply() {
     let server = RedisServer::start();
-    let url = server.url();
-    let conn = Connection::new(&url).expect("connection");
-    let mut requests = conn
-        .consumer([Queue::new("rpc-rs")])
-        .consume()
-        .await
-        .expect("consumer");
-    let producer = conn.producer();
-    let responder = tokio::spawn(async move {
-        let request = requests.recv_timeout(WAIT).await.expect("a request");
-        let body: Value = request.decode().expect("json");
-        let reply = json!({"reply_to_n": body["n"], "from": "rust"});
-        send_reply(&producer, &request, &reply, PublishOptions::new())
-            .await
-            .expect("send_reply");
-        request.ack().await.expect("ack");
-        body
-    });
-    let out = tokio::task::spawn_blocking({
-        let url = url.clone();
-        move || run_python("interop_common.py", &["request", &url, "rpc-rs", "7"])
-    })
-    .await
-    .expect("python");
-    let line: Value = serde_json::from_str(out.trim()).expect("json line");
-    assert_eq!(line["body"], json!({"reply_to_n": 7, "from": "rust"}), "{line}");
-    assert_eq!(line["correlation_id"], line["sent_correlation_id"]);
-    assert_eq!(line["content_type"], json!("application/json"));
-    assert_eq!(
-        responder.await.expect("responder"),
-        json!({"n": 7, "from": "python"})
-    );
+    scenario::python_request_answered_by_rust_send_reply(&server.url()).await;
 }

@@ -46,6 +46,7 @@
 
 mod behaviours;
 mod child;
+pub mod common_interop;
 pub mod faults;
 mod harness;
 pub mod interop;
