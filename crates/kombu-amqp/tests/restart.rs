@@ -87,3 +87,15 @@ async fn a_worker_rides_out_a_restart() {
     .await;
     drop(node);
 }
+
+/// The blocking worker, from synchronous code, across a RabbitMQ restart.
+#[test]
+fn a_blocking_worker_rides_out_a_restart() {
+    let mut node = RabbitNode::start();
+    let url = node.url();
+    let node = kombu_testkit::faults::blocking_worker_across_a_restart(&url, move || {
+        node.restart();
+        node
+    });
+    drop(node);
+}

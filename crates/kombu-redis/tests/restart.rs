@@ -105,101 +105,14 @@ async fn a_worker_rides_out_a_restart() {
     drop(server);
 }
 
-/// The blocking worker, from synchronous code, across a Redis restart: every message is
-/// handled at least once and acked, and nothing is left in the queue afterwards.
+/// The blocking worker, from synchronous code, across a Redis restart.
 #[test]
 fn a_blocking_worker_rides_out_a_restart() {
-    use std::collections::BTreeMap;
-    use std::sync::{Arc, Mutex};
-
-    use kombu::blocking::Connection as BlockingConnection;
-    use kombu::Outcome;
-
-    const MESSAGES: u64 = 200;
-    const BOUND: Duration = Duration::from_secs(60);
     let mut server = RedisServer::start();
     let url = server.url();
-    let conn = BlockingConnection::new(&url).expect("connection");
-    let queue = Queue::new("blocking-restart");
-    let options = PublishOptions::new()
-        .routing_key("blocking-restart")
-        .declare(queue.clone())
-        .retry(RetryPolicy::default().max_retries(10));
-    let producer = conn.producer();
-    let mut batch = producer.batch();
-    for n in 0..MESSAGES {
-        batch.add(&json!({ "n": n }), options.clone());
-    }
-    batch
-        .send()
-        .expect("runtime")
-        .into_result()
-        .expect("publish before the restart");
-
-    let handled: Arc<Mutex<BTreeMap<u64, u32>>> = Arc::default();
-    let record = handled.clone();
-    let worker = BlockingConnection::new(&url)
-        .expect("worker connection")
-        .worker([queue.clone()])
-        .concurrency(4)
-        .prefetch_count(8)
-        .reconnect_policy(
-            RetryPolicy::default()
-                .max_retries(100)
-                .interval_start(Duration::from_millis(200))
-                .interval_step(Duration::ZERO)
-                .interval_max(Duration::from_millis(200)),
-        )
-        .build(move |message| {
-            let n = message.decode::<Value>()?["n"].as_u64().expect("n");
-            // Slow enough for the restart to land mid-run.
-            std::thread::sleep(Duration::from_millis(5));
-            *record.lock().expect("lock").entry(n).or_default() += 1;
-            Ok(Outcome::Ack)
-        });
-    let handle = worker.handle();
-    let running = std::thread::spawn(move || worker.run());
-
-    let deadline = Instant::now() + BOUND;
-    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
-        while !done() {
-            assert!(
-                Instant::now() < deadline,
-                "{what} within {BOUND:?}: {:?}",
-                handle.report()
-            );
-            assert!(!running.is_finished(), "the worker ended: {:?}", handle.report());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
-    wait_for("a third acked before the restart", &|| {
-        handle.report().acked >= MESSAGES / 3
+    let server = kombu_testkit::faults::blocking_worker_across_a_restart(&url, move || {
+        server.restart();
+        server
     });
-    server.restart();
-    wait_for("every message handled", &|| {
-        handled.lock().expect("lock").len() as u64 >= MESSAGES
-    });
-    wait_for("every message acked", &|| handle.report().acked >= MESSAGES);
-    handle.shutdown();
-    let report = running.join().expect("worker thread").expect("run");
-
-    // Nothing is left: the control is the next and only message in the queue.
-    producer
-        .publish(&json!("control"), options)
-        .expect("publish the control");
-    let first = conn
-        .simple_queue("blocking-restart")
-        .get(BOUND)
-        .expect("the control arrives");
-    assert_eq!(
-        first.decode::<Value>().expect("json"),
-        json!("control"),
-        "a message was left in the queue after the worker stopped; report {report:?}"
-    );
-    first.ack().expect("ack");
-    assert!(
-        handled.lock().expect("lock").keys().copied().eq(0..MESSAGES),
-        "every message handled"
-    );
-    eprintln!("blocking worker across a restart: report {report:?}");
+    drop(server);
 }

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use kombu::{Connection, PublishOptions, Queue, RetryPolicy};
 use serde_json::{json, Value};
 
+mod blocking;
+pub use blocking::blocking_worker_across_a_restart;
+
 /// Every wait of a scenario ends by then.
 const BOUND: Duration = Duration::from_secs(120);
 /// Messages per batch.
@@ -176,6 +179,16 @@ pub async fn batches_across_a_restart<S: Send + 'static>(
 /// Messages a [`worker_across_a_restart`] scenario publishes.
 const WORKER_MESSAGES: u64 = 300;
 
+/// How a worker of these scenarios reconnects: every 200 ms, long enough to outlast a
+/// restart.
+fn worker_reconnect_policy() -> RetryPolicy {
+    RetryPolicy::default()
+        .max_retries(100)
+        .interval_start(Duration::from_millis(200))
+        .interval_step(Duration::ZERO)
+        .interval_max(Duration::from_millis(200))
+}
+
 /// A [`Worker`](kombu::Worker) consuming while the broker restarts (`restart` runs on a
 /// blocking thread once a third of the messages were acked; what it returns is given back at
 /// the end).
@@ -221,13 +234,7 @@ pub async fn worker_across_a_restart<S: Send + 'static>(
         .worker([queue.clone()])
         .concurrency(4)
         .prefetch_count(8)
-        .reconnect_policy(
-            RetryPolicy::default()
-                .max_retries(100)
-                .interval_start(Duration::from_millis(200))
-                .interval_step(Duration::ZERO)
-                .interval_max(Duration::from_millis(200)),
-        )
+        .reconnect_policy(worker_reconnect_policy())
         .build(move |message| {
             let record = record.clone();
             async move {

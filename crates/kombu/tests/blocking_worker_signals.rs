@@ -7,19 +7,15 @@
 #![cfg(all(unix, feature = "memory", feature = "blocking"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test scaffolding
 
+mod common;
+
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::signal_self;
+
 use kombu::blocking::Connection;
 use kombu::{Outcome, PublishOptions, Queue};
-
-fn signal_self(signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &std::process::id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {signal} failed");
-}
 
 #[test]
 fn a_second_sigterm_stops_a_blocking_worker_at_once_and_gives_back_the_delivery() {

@@ -6,19 +6,15 @@
 #![cfg(all(unix, feature = "memory"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test scaffolding
 
+mod common;
+
 use std::time::Duration;
+
+use common::signal_self;
 
 use kombu::transport::GetOptions;
 use kombu::{Connection, Outcome, PublishOptions, Queue};
 use tokio::sync::mpsc;
-
-fn signal_self(signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &std::process::id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {signal} failed");
-}
 
 #[tokio::test]
 async fn a_second_sigterm_stops_at_once_and_gives_back_the_delivery() {

@@ -30,6 +30,25 @@ fn publish_n(conn: &Connection, queue: &str, n: u64) {
     }
 }
 
+/// Run `worker` on this thread until `done` holds for its report (or 10 s pass), stopping it
+/// from another thread; its final report.
+fn run_until(
+    worker: Worker,
+    done: impl Fn(&crate::WorkerReport) -> bool + Send + 'static,
+) -> crate::WorkerReport {
+    let handle = worker.handle();
+    let stopper = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(&handle.report()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        handle.shutdown();
+    });
+    let report = worker.run().expect("run");
+    stopper.join().expect("the stopping thread");
+    report
+}
+
 #[test]
 fn drain_events_passes_each_message_to_callbacks_that_ack_it() {
     let conn = connection("drain");
@@ -190,16 +209,7 @@ fn a_blocking_worker_handles_every_message_and_stops_from_another_thread() {
             )?;
             Ok(Outcome::Ack)
         });
-    let handle = worker.handle();
-    let stopper = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while handle.report().acked < N && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        handle.shutdown();
-    });
-    let report = worker.run().expect("run");
-    stopper.join().expect("the stopping thread");
+    let report = run_until(worker, |r| r.acked >= N);
 
     assert_eq!(
         (report.handled, report.acked, report.failed),
@@ -235,16 +245,7 @@ fn a_panicking_handler_fails_its_message_which_comes_back() {
             }
             Ok(Outcome::Ack)
         });
-    let handle = worker.handle();
-    let stopper = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while handle.report().acked < 1 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        handle.shutdown();
-    });
-    let report = worker.run().expect("run");
-    stopper.join().expect("the stopping thread");
+    let report = run_until(worker, |r| r.acked >= 1);
     assert_eq!(
         (report.failed, report.requeued, report.acked),
         (1, 1, 1),
@@ -284,16 +285,7 @@ fn a_blocking_worker_parks_poison_in_front_of_good_messages_and_handles_those() 
             let _: serde_json::Value = message.decode()?;
             Ok(Outcome::Ack)
         });
-    let handle = worker.handle();
-    let stopper = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while (handle.report().acked, handle.report().poisoned) != (3, 2) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        handle.shutdown();
-    });
-    let report = worker.run().expect("run");
-    stopper.join().expect("the stopping thread");
+    let report = run_until(worker, |r| (r.acked, r.poisoned) == (3, 2));
     assert_eq!(
         (report.acked, report.poisoned, report.failed),
         (3, 2, 0),
