@@ -910,7 +910,8 @@ fn markdown(options: &Options, machine: &Machine, date: &str, results: &[GroupRe
          routing key `bench`, then publish {messages} messages (timed; groups of slow transports \
          publish fewer, the same number on every side, as stated under their heading).\n\
          - Consume+ack: a consumer whose callback acks each message drains the queue until all \
-         {messages} messages arrived (timed).\n\
+         {messages} messages arrived (timed); on the kombu-rs side that consumer is a \
+         `kombu::Worker` (its start is timed too), on the Python side a `Consumer` callback.\n\
          - Total msg/s = messages ÷ (publish seconds + consume seconds).\n\
          - Latency: {latency_samples} round trips, each publishing one message that carries its send \
          time and draining until it arrives; p50 and p99 in milliseconds.\n\

@@ -4,8 +4,9 @@
 //!
 //! The workload and report are [`workload`]'s, shared with those baselines: JSON bodies
 //! `{"n": i, "pad": "xxx…"}` of about `--size` bytes; phase 1 publishes `--messages` messages
-//! through a direct exchange (declared before the clock starts); phase 2 consumes them
-//! (prefetch `--prefetch`), decoding and acking each; phase 3 times `--latency-samples`
+//! through a direct exchange (declared before the clock starts); phase 2 consumes them with
+//! `--consumers` [`kombu::Worker`]s (prefetch `--prefetch`) whose handler decodes and acks
+//! each; phase 3 times `--latency-samples`
 //! publish→receive round trips. With one producer and one consumer (the default) everything
 //! runs on one connection, exactly as the former `kombu-bench` did, so reports stay comparable
 //! across versions.
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use kombu::{Connection, Consumer, Exchange, Producer, PublishOptions, Queue};
+use kombu::{Connection, Exchange, Outcome, Producer, PublishOptions, Queue};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
@@ -180,42 +181,48 @@ async fn phases(
     progress.finish();
     published?;
 
-    // Phase 2: consume+ack, the consumers started before the clock, as in the Python bench.
-    let mut consumers = Vec::new();
-    for i in 0..args.consumers {
-        let connection = task_connection(main, i, extra);
-        let mut consumer = connection
-            .consumer([queue.clone()])
-            .prefetch_count(args.prefetch)
-            .build()
-            .await?;
-        consumer.consume().await?;
-        consumers.push(consumer);
-    }
+    // Phase 2: consume+ack through `Worker`s, the long-running consumer a service runs: each
+    // handler decodes and acks its message. The clock includes starting the workers (their
+    // consume call), which the old plain consumers started before it: a round trip or two.
     let progress = Progress::start(show, "consume", total);
-    let done = Arc::new(Notify::new());
+    let acked = progress.counter();
+    let all_acked = Arc::new(Notify::new());
     let started = Instant::now();
-    let mut tasks = JoinSet::new();
-    for (i, consumer) in consumers.into_iter().enumerate() {
-        let (received, done) = (progress.counter(), done.clone());
-        tasks.spawn(async move {
-            consume_share(consumer, total, received, done)
-                .await
-                .map(|c| (i, c))
-        });
+    let mut workers = JoinSet::new();
+    let mut handles = Vec::new();
+    for i in 0..args.consumers {
+        let (acked, all_acked) = (acked.clone(), all_acked.clone());
+        let worker = task_connection(main, i, extra)
+            .worker([queue.clone()])
+            .prefetch_count(args.prefetch)
+            .build(move |message| {
+                let (acked, all_acked) = (acked.clone(), all_acked.clone());
+                async move {
+                    let _decoded: Body = message.decode()?;
+                    message.ack().await?;
+                    if acked.fetch_add(1, Ordering::AcqRel) + 1 == total {
+                        all_acked.notify_one();
+                    }
+                    Ok(Outcome::Ack)
+                }
+            });
+        handles.push(worker.handle());
+        workers.spawn(worker.run());
     }
-    let consumed = join_all(tasks).await;
+    let drained = wait_for_all(&acked, total, &all_acked, &mut workers).await;
     let consume = started.elapsed();
     progress.finish();
-    let mut consumers = consumed?;
-    consumers.sort_by_key(|(i, _)| *i);
-    let mut consumers = consumers.into_iter().map(|(_, c)| c);
-    let Some(mut consumer) = consumers.next() else {
-        return Err(CliError::other("no consumer"));
-    };
-    for other in consumers {
-        other.close().await?;
+    for handle in &handles {
+        handle.shutdown();
     }
+    let stopped = join_all(workers).await;
+    drained?;
+    stopped?;
+    let mut consumer = main
+        .consumer([queue.clone()])
+        .prefetch_count(args.prefetch)
+        .consume()
+        .await?;
 
     // Phase 3: round trips on the first producer and consumer.
     let Some(producer) = producers.first() else {
@@ -247,30 +254,37 @@ async fn phases(
     })
 }
 
-/// One consumer's part of phase 2: receive, decode and ack until all `total` messages were
-/// received by the consumers together (the last one to count wakes the others).
-async fn consume_share(
-    mut consumer: Consumer,
+/// Wait until `total` messages were acked (`all_acked` is notified by the handler of the
+/// last); an error if a worker ends first, or if no message is acked for `RECV_TIMEOUT`.
+async fn wait_for_all(
+    acked: &AtomicU64,
     total: u64,
-    received: Arc<AtomicU64>,
-    done: Arc<Notify>,
-) -> kombu::Result<Consumer> {
-    let stop = done.notified();
-    tokio::pin!(stop);
-    stop.as_mut().enable();
-    while received.load(Ordering::Acquire) < total {
+    all_acked: &Notify,
+    workers: &mut JoinSet<kombu::Result<kombu::WorkerReport>>,
+) -> CliResult {
+    let mut seen = acked.load(Ordering::Acquire);
+    while seen < total {
         tokio::select! {
-            biased;
-            message = consumer.recv_timeout(RECV_TIMEOUT) => {
-                let message = message?;
-                let _decoded: Body = message.decode()?;
-                message.ack().await?;
-                if received.fetch_add(1, Ordering::AcqRel) + 1 >= total {
-                    done.notify_waiters();
+            () = all_acked.notified() => {}
+            ended = workers.join_next() => {
+                let ended = match ended {
+                    Some(Ok(Ok(report))) => format!("a worker stopped early: {report:?}"),
+                    Some(Ok(Err(e))) => return Err(e.into()),
+                    Some(Err(e)) => format!("a worker task failed: {e}"),
+                    None => "no worker is running".to_owned(),
+                };
+                return Err(CliError::other(ended));
+            }
+            () = tokio::time::sleep(RECV_TIMEOUT) => {
+                let now = acked.load(Ordering::Acquire);
+                if now == seen {
+                    return Err(CliError::other(format!(
+                        "no message acked for {RECV_TIMEOUT:?}: {now} of {total} consumed"
+                    )));
                 }
             }
-            () = &mut stop => break,
         }
+        seen = acked.load(Ordering::Acquire);
     }
-    Ok(consumer)
+    Ok(())
 }
