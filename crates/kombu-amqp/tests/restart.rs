@@ -80,10 +80,14 @@ async fn a_worker_rides_out_a_restart() {
         .expect("node");
     let url = node.url();
     let mut node = node;
-    let node = kombu_testkit::faults::worker_across_a_restart(&url, move || {
-        node.restart();
-        node
-    })
+    let node = kombu_testkit::faults::worker_across_a_restart(
+        &url,
+        kombu_testkit::faults::Acks::Unconfirmed,
+        move || {
+            node.restart();
+            node
+        },
+    )
     .await;
     drop(node);
 }

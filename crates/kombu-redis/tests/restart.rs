@@ -97,10 +97,14 @@ async fn batches_across_a_restart_lose_nothing_confirmed() {
 async fn a_worker_rides_out_a_restart() {
     let mut server = RedisServer::start();
     let url = server.url();
-    let server = kombu_testkit::faults::worker_across_a_restart(&url, move || {
-        server.restart();
-        server
-    })
+    let server = kombu_testkit::faults::worker_across_a_restart(
+        &url,
+        kombu_testkit::faults::Acks::Confirmed,
+        move || {
+            server.restart();
+            server
+        },
+    )
     .await;
     drop(server);
 }

@@ -189,12 +189,25 @@ fn worker_reconnect_policy() -> RetryPolicy {
         .interval_max(Duration::from_millis(200))
 }
 
+/// What an ack that returned `Ok` means on a transport, for [`worker_across_a_restart`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// The broker answered it (Redis: a reply to the command): the message is gone for good,
+    /// so a handler must never run for it again.
+    Confirmed,
+    /// It was sent with no answer to wait for (AMQP's `basic.ack`): one written just before
+    /// the connection died may be lost, and its message is redelivered (at least once).
+    Unconfirmed,
+}
+
 /// A [`Worker`](kombu::Worker) consuming while the broker restarts (`restart` runs on a
 /// blocking thread once a third of the messages were acked; what it returns is given back at
-/// the end).
+/// the end). The handler acks each message itself, so the scenario knows which acks
+/// returned `Ok`.
 ///
 /// Checks: every message is handled at least once (the worker rides out the restart, by
-/// reconnecting or by its transport's own recovery); when it is done, no message is left in
+/// reconnecting or by its transport's own recovery); with [`Acks::Confirmed`], no message
+/// is handled again after its ack returned `Ok`; when it is done, no message is left in
 /// the queue, given back or still unacked (the positive control published after the stop is
 /// the next and only message there); and the worker's report says why.
 ///
@@ -204,6 +217,7 @@ fn worker_reconnect_policy() -> RetryPolicy {
 #[allow(clippy::expect_used, clippy::panic, reason = "a test scenario fails loudly")]
 pub async fn worker_across_a_restart<S: Send + 'static>(
     url: &str,
+    acks: Acks,
     restart: impl FnOnce() -> S + Send + 'static,
 ) -> S {
     use std::collections::BTreeMap;
@@ -228,7 +242,10 @@ pub async fn worker_across_a_restart<S: Send + 'static>(
         .expect("publish before the restart");
 
     let handled: Arc<Mutex<BTreeMap<u64, u32>>> = Arc::default();
-    let record = handled.clone();
+    // Messages whose ack returned Ok, and those handled again after that.
+    let acked: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
+    let rerun_after_ack: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let (record, record_acked, record_rerun) = (handled.clone(), acked.clone(), rerun_after_ack.clone());
     let worker = Connection::new(url)
         .expect("worker connection")
         .worker([queue.clone()])
@@ -236,13 +253,19 @@ pub async fn worker_across_a_restart<S: Send + 'static>(
         .prefetch_count(8)
         .reconnect_policy(worker_reconnect_policy())
         .build(move |message| {
-            let record = record.clone();
+            let (record, record_acked, record_rerun) =
+                (record.clone(), record_acked.clone(), record_rerun.clone());
             async move {
                 let body: Value = message.decode()?;
                 let n = body["n"].as_u64().expect("n");
+                if record_acked.lock().expect("lock").contains(&n) {
+                    record_rerun.lock().expect("lock").push(n);
+                }
                 // Slow enough for the restart to land mid-run.
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 *record.lock().expect("lock").entry(n).or_default() += 1;
+                message.ack().await?;
+                record_acked.lock().expect("lock").insert(n);
                 Ok(Outcome::Ack)
             }
         });
@@ -308,9 +331,18 @@ pub async fn worker_across_a_restart<S: Send + 'static>(
         "a message was left in the queue after the worker stopped"
     );
     let twice = handled.lock().expect("lock").values().filter(|c| **c > 1).count();
+    let rerun = rerun_after_ack.lock().expect("lock").clone();
+    if acks == Acks::Confirmed {
+        assert!(
+            rerun.is_empty(),
+            "handled again after their ack returned Ok: {rerun:?}"
+        );
+    }
     eprintln!(
         "worker across a restart: {WORKER_MESSAGES} messages, each handled at least once \
-         ({twice} twice or more: redelivered after the broker lost their acks), {} reconnects, report {report:?}",
+         ({twice} twice or more: redelivered after their ack failed or was lost; {} after an \
+         ack that returned Ok, with {acks:?} acks), {} reconnects, report {report:?}",
+        rerun.len(),
         report.reconnects
     );
     consumer.close().await.expect("close consumer");
