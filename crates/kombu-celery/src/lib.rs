@@ -68,6 +68,7 @@
 
 mod registry;
 mod result;
+mod rpc_backend;
 mod send;
 mod task;
 mod time;
@@ -79,5 +80,6 @@ mod redis_backend;
 pub use redis_backend::{RedisBackend, TASK_KEY_PREFIX};
 pub use registry::TaskRegistry;
 pub use result::{ResultBackend, ResultMeta, TaskError, TaskState};
+pub use rpc_backend::RpcBackend;
 pub use send::{celery_queue, send_task, TaskOptions, TaskPublisher, DEFAULT_QUEUE};
 pub use task::{Protocol, TaskId, TaskMessage};

@@ -280,9 +280,15 @@ impl TaskRegistry {
         .map(|_| ())
     }
 
-    async fn store(&self, task: &TaskMessage, meta: ResultMeta) -> Result<()> {
+    /// Store `meta` as `task`'s result (with its group and parent, as Celery's result meta
+    /// has them), unless the sender asked for none.
+    async fn store(&self, task: &TaskMessage, mut meta: ResultMeta) -> Result<()> {
         match &self.backend {
-            Some(backend) if !task.ignore_result => backend.store(&meta).await,
+            Some(backend) if !task.ignore_result => {
+                meta.group_id = task.group.clone();
+                meta.parent_id = task.parent_id.clone();
+                backend.store_for(task, &meta).await
+            }
             _ => Ok(()),
         }
     }

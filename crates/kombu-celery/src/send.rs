@@ -369,8 +369,10 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// A stable id of this process, sent as `reply_to` (Celery sends its `app.thread_oid`).
-fn thread_oid() -> &'static str {
+/// A stable id of this process, sent as `reply_to` (Celery sends its `app.thread_oid`), and
+/// the name of the [`RpcBackend`](crate::RpcBackend)'s reply queue, so results of the tasks
+/// this process sends come back to it.
+pub(crate) fn thread_oid() -> &'static str {
     static OID: OnceLock<String> = OnceLock::new();
     OID.get_or_init(|| uuid::Uuid::new_v4().to_string())
 }
