@@ -198,9 +198,29 @@ async fn celery_client(rabbit: &RabbitNode, args: &[&str]) -> Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("bad output {stdout:?}: {e}"))
 }
 
+/// Run `celery_app.py ARGS`, which may fail: whether it succeeded, and its stderr.
+async fn celery_client_may_fail(rabbit: &RabbitNode, args: &[&str]) -> (bool, String) {
+    let mut command = celery_command(rabbit);
+    command.arg("celery_app.py").args(args);
+    let output = tokio::task::spawn_blocking(move || command.output().expect("python runs"))
+        .await
+        .expect("the client thread");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+type Running = (WorkerHandle, tokio::task::JoinHandle<kombu::Result<WorkerReport>>);
+
 /// A Rust worker of `celery` serving `rust.mul`, `rust.flaky` and `rust.fail`, sending
 /// results back through the rpc backend.
-fn rust_worker(conn: &Connection) -> (WorkerHandle, tokio::task::JoinHandle<kombu::Result<WorkerReport>>) {
+fn rust_worker(conn: &Connection) -> Running {
+    rust_worker_on(conn, "celery")
+}
+
+/// [`rust_worker`] consuming `queue`.
+fn rust_worker_on(conn: &Connection, queue: &str) -> Running {
     let worker = TaskRegistry::new()
         .backend(RpcBackend::new(conn))
         .task("rust.mul", |(x, y): (i64, i64), _: Value| async move {
@@ -215,7 +235,7 @@ fn rust_worker(conn: &Connection) -> (WorkerHandle, tokio::task::JoinHandle<komb
         .task("rust.fail", |(): (), _: Value| async move {
             Err::<i64, _>(TaskError::builtin("ValueError", "rust.fail failed on purpose"))
         })
-        .into_worker(conn, [celery_queue("celery")]);
+        .into_worker(conn, [celery_queue(queue)]);
     let handle = worker.handle();
     (handle, tokio::spawn(worker.run()))
 }
@@ -453,5 +473,86 @@ async fn malformed_tasks_on_rabbitmq_are_parked_and_the_rust_worker_goes_on() {
         .await
         .expect("get")
         .is_none());
+    conn.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_replies_and_the_reply_queue_are_what_celery_makes() {
+    let rabbit = RabbitNode::start();
+    let _python = CeleryWorker::start(&rabbit);
+    let conn = Connection::new(&rabbit.url()).expect("connection");
+    let (handle, running) = rust_worker_on(&conn, "rust");
+
+    // The reply queue: declared by kombu-celery, then by Celery's own RPCBackend.binding
+    // under the same name, which RabbitMQ accepts only if the two are equivalent ...
+    let backend = RpcBackend::new(&conn);
+    backend.declare().await.expect("the reply queue");
+    let got = celery_client(&rabbit, &["declare-reply-queue", backend.reply_to()]).await;
+    assert_eq!(
+        got,
+        json!({"queue": backend.reply_to(), "durable": true, "auto_delete": true, "expires": 86400.0})
+    );
+    // ... and refuses a queue of that name declared otherwise (plain durable, no x-expires).
+    conn.simple_queue("plain.replies")
+        .qsize()
+        .await
+        .expect("declared");
+    let (ok, stderr) = celery_client_may_fail(&rabbit, &["declare-reply-queue", "plain.replies"]).await;
+    assert!(!ok && stderr.contains("PRECONDITION_FAILED"), "{stderr}");
+
+    // A reply from the Python worker and one from the Rust worker, to a queue of ours.
+    let replies = conn.simple_queue("wire.replies");
+    replies.qsize().await.expect("declared");
+    let to_replies = || TaskOptions::new().reply_to("wire.replies");
+    let python_id = send_task(&conn, "tasks.add", (2, 3), (), to_replies())
+        .await
+        .expect("send");
+    let python = replies
+        .get(Some(Duration::from_secs(30)))
+        .await
+        .expect("Python's reply");
+    let rust_id = send_task(&conn, "rust.mul", (2, 3), (), to_replies().queue("rust"))
+        .await
+        .expect("send");
+    let rust = replies
+        .get(Some(Duration::from_secs(30)))
+        .await
+        .expect("Rust's reply");
+    for (message, id) in [(&python, &python_id), (&rust, &rust_id)] {
+        assert_eq!(message.properties().correlation_id.as_deref(), Some(id.as_str()));
+        assert_eq!(message.delivery_info().exchange(), "");
+        assert_eq!(message.delivery_info().routing_key(), "wire.replies");
+        message.ack().await.expect("ack");
+    }
+    assert_eq!(
+        python.properties().delivery_mode,
+        Some(kombu::DeliveryMode::Transient)
+    );
+    assert_eq!(rust.properties().delivery_mode, python.properties().delivery_mode);
+    assert_eq!(rust.content_type(), python.content_type());
+    assert_eq!(rust.content_encoding(), python.content_encoding());
+    let python: Value = python.decode().expect("json");
+    let rust: Value = rust.decode().expect("json");
+    let keys = |v: &Value| {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect::<std::collections::BTreeSet<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(keys(&rust), keys(&python), "{rust} vs {python}");
+    for (body, id, result) in [(&python, &python_id, 5), (&rust, &rust_id, 6)] {
+        assert_eq!(body["status"], "SUCCESS", "{body}");
+        assert_eq!(body["result"], result, "{body}");
+        assert_eq!(body["traceback"], Value::Null, "{body}");
+        assert_eq!(body["children"], json!([]), "{body}");
+        assert_eq!(body["task_id"], id.as_str(), "{body}");
+        assert!(
+            body["date_done"].as_str().is_some_and(|d| d.ends_with("+00:00")),
+            "{body}"
+        );
+    }
+
+    handle.shutdown();
+    let report = running.await.expect("the worker task").expect("the worker");
+    assert_eq!((report.handled, report.acked), (1, 1), "{report:?}");
     conn.close().await.expect("close");
 }
