@@ -21,7 +21,7 @@ type Handler =
 
 /// Rust handlers of Celery tasks, by task name, and the result backend their results go to.
 ///
-/// Run them with [`worker`](Self::worker) (or [`into_worker`](Self::into_worker)): for each
+/// Run them with [`worker_with`](Self::worker_with) (or [`into_worker`](Self::into_worker)): for each
 /// message the [`kombu::Worker`] takes,
 ///
 /// * a message that is not a readable Celery task (not JSON, not `[args, kwargs, embed]`, no

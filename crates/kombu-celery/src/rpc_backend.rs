@@ -54,6 +54,31 @@ const MAX_POLL: Duration = Duration::from_millis(50);
 /// As with Celery, a result is a message, not a stored record: [`wait`](ResultBackend::wait)
 /// hands a result out once (it is then forgotten); [`get`](ResultBackend::get) peeks at the
 /// ones received so far. Replies are read by polling (`basic.get`), backing off to 50 ms.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> kombu::Result<()> {
+/// use std::time::Duration;
+/// use kombu::Connection;
+/// use kombu_celery::{celery_queue, send_task, ResultBackend, RpcBackend, TaskError, TaskOptions, TaskRegistry};
+///
+/// let conn = Connection::new("memory:///rpc-doc")?; // amqp://... as Celery's rpc:// wants
+/// // A Rust worker answering through rpc:// (a Python Celery worker would do the same).
+/// let worker = TaskRegistry::new()
+///     .backend(RpcBackend::new(&conn))
+///     .task("rust.mul", |(x, y): (i64, i64), _: ()| async move { Ok::<_, TaskError>(x * y) })
+///     .into_worker(&conn, [celery_queue("celery")]);
+/// let handle = worker.handle();
+/// let running = tokio::spawn(worker.run());
+///
+/// let results = RpcBackend::new(&conn);
+/// results.declare().await?; // before sending, so no reply is lost
+/// let id = send_task(&conn, "rust.mul", (6, 7), (), TaskOptions::new()).await?;
+/// let meta = results.wait(&id, Duration::from_secs(10)).await?;
+/// assert_eq!(meta.into_result::<i64>(), Ok(42));
+/// handle.shutdown();
+/// running.await.expect("the worker task")?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct RpcBackend {
     connection: Connection,
