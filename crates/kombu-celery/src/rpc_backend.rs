@@ -5,7 +5,8 @@
 //! * a result is published through the default (nameless) exchange with routing key = the
 //!   task message's `reply_to`, `correlation_id` = the task message's `correlation_id` (else
 //!   the task id), serialized with `result_serializer` (JSON), delivery mode 1 (transient:
-//!   `result_persistent` is off by default), declaring nothing;
+//!   `result_persistent` is off by default), declaring nothing, retried as Celery's
+//!   `retry_policy` says;
 //! * the body is the result meta ([`ResultMeta`]: `status`, `result`, `traceback`,
 //!   `children`, `date_done`, `group_id`/`parent_id` when set, `task_id`); every state change
 //!   is sent (`RETRY` as well as the final one);
@@ -22,7 +23,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use kombu::{
-    Connection, DeliveryMode, Error, ErrorKind, Exchange, Message, PublishOptions, Queue, Result, SimpleQueue,
+    Connection, DeliveryMode, Error, ErrorKind, Exchange, Message, PublishOptions, Queue, Result,
+    RetryPolicy, SimpleQueue,
 };
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -95,6 +97,15 @@ impl fmt::Debug for RpcBackend {
             .field("delivery_mode", &self.delivery_mode)
             .finish_non_exhaustive()
     }
+}
+
+/// Celery's `RPCBackend.retry_policy` for sending a result: up to 20 retries, at once and
+/// then every second, reconnecting as needed (a result that still cannot be sent fails the
+/// task's handling: the worker gets the message again).
+fn store_retry_policy() -> RetryPolicy {
+    RetryPolicy::publish_default()
+        .max_retries(20)
+        .interval_start(Duration::ZERO)
 }
 
 /// The reply queue as Celery's `RPCBackend.binding` declares it.
@@ -214,7 +225,8 @@ impl ResultBackend for RpcBackend {
             .routing_key(reply_to)
             .correlation_id(correlation_id)
             .serializer("json")
-            .delivery_mode(self.delivery_mode);
+            .delivery_mode(self.delivery_mode)
+            .retry(store_retry_policy());
         self.connection.producer().publish(meta, options).await
     }
 
