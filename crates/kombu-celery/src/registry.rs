@@ -355,6 +355,10 @@ async fn send_signature(
     let mut send = TaskOptions::new();
     send.task_id = text("task_id").map(TaskId::from);
     send.queue = text("queue").map(str::to_owned);
+    // Celery freezes the caller's reply queue into each signature of a chain: the rpc://
+    // result of this step must go back there, not to this process.
+    send.reply_to = text("reply_to").map(str::to_owned);
+    send.group_id = text("group_id").map(TaskId::from);
     send.priority = options
         .get("priority")
         .and_then(serde_json::Value::as_u64)

@@ -556,3 +556,28 @@ async fn rpc_replies_and_the_reply_queue_are_what_celery_makes() {
     assert_eq!((report.handled, report.acked), (1, 1), "{report:?}");
     conn.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_chain_through_a_rust_task_answers_the_python_client_by_rpc() {
+    let rabbit = RabbitNode::start();
+    let _python = CeleryWorker::start(&rabbit);
+    let conn = Connection::new(&rabbit.url()).expect("connection");
+    let (handle, running) = rust_worker_on(&conn, "rust");
+    // rust.mul(2, 3) on the Rust worker, then tasks.add(6, 10) on the Python one, whose
+    // result must reach the Python client's reply queue (the reply_to Celery froze into the
+    // chain's signatures), not the Rust worker's.
+    let got = celery_client(
+        &rabbit,
+        &["chain", "rust.mul", "rust", "[2, 3]", "tasks.add", "[10]"],
+    )
+    .await;
+    assert_eq!(
+        (&got["state"], &got["result"]),
+        (&json!("SUCCESS"), &json!(16)),
+        "{got}"
+    );
+    handle.shutdown();
+    let report = running.await.expect("the worker task").expect("the worker");
+    assert_eq!((report.handled, report.acked), (1, 1), "{report:?}");
+    conn.close().await.expect("close");
+}
