@@ -345,6 +345,42 @@ async fn tasks_sent_from_rust_on_rabbitmq_run_on_python_celery_with_rpc_results(
     let meta = backend.wait(&id, wait).await.expect("result");
     assert_eq!(meta.into_result::<i64>(), Ok(8));
 
+    // expires: held by the worker until its eta, expired by then: revoked, not run
+    let id = send_task(
+        &conn,
+        "tasks.add",
+        (1, 2),
+        (),
+        TaskOptions::new()
+            .eta(std::time::SystemTime::now() + Duration::from_secs(2))
+            .expires(Duration::from_secs(1)),
+    )
+    .await
+    .expect("send");
+    let meta = backend.wait(&id, wait).await.expect("result");
+    assert_eq!(meta.status, TaskState::Revoked, "{meta:?}");
+
+    // a chain: tasks.add(2, 3), then tasks.add(5, 10) sent on by the Python worker, whose
+    // result comes back here too (send_task gives the step this task's reply_to)
+    let last = kombu_celery::TaskId::new();
+    let id = send_task(
+        &conn,
+        "tasks.add",
+        (2, 3),
+        (),
+        TaskOptions::new().chain(vec![json!({
+            "task": "tasks.add", "args": [10], "kwargs": {}, "options": {"task_id": last},
+            "subtask_type": null, "immutable": false,
+        })]),
+    )
+    .await
+    .expect("send");
+    let first = backend.wait(&id, wait).await.expect("result");
+    assert_eq!(first.into_result::<i64>(), Ok(5));
+    let next = backend.wait(&last, wait).await.expect("the chain's last result");
+    assert_eq!(next.parent_id.as_ref(), Some(&id), "{next:?}");
+    assert_eq!(next.into_result::<i64>(), Ok(15));
+
     // a Python failure comes back as a FAILURE with the exception
     let id = send_task(&conn, "tasks.fail", (), (), TaskOptions::new())
         .await
