@@ -19,6 +19,11 @@ The client commands (one JSON line on stdout each):
         chain's get(timeout=10): {"id", "state", "result"}
     celery_app.py send NAME ARGS_JSON QUEUE
         app.send_task(NAME, ARGS, queue=QUEUE) without waiting: {"id"}
+    celery_app.py declare-reply-queue OID
+        (with CELERY_RESULT_BACKEND=rpc://) declare the rpc backend's reply queue as
+        Celery does (`RPCBackend.binding`), named OID instead of this process's oid; the
+        broker refuses it if a queue OID was declared otherwise:
+        {"queue", "durable", "auto_delete", "expires"}
 """
 
 import json
@@ -74,6 +79,13 @@ def main(argv):
     elif argv[0] == "send":
         result = app.send_task(argv[1], args=tuple(json.loads(argv[2])), queue=argv[3])
         print(json.dumps({"id": result.id}), flush=True)
+    elif argv[0] == "declare-reply-queue":
+        app.backend.__dict__["oid"] = argv[1]  # the cached_property RPCBackend.oid
+        with app.connection_for_write() as conn:
+            queue = app.backend.binding(conn.default_channel)
+            queue.declare()
+        print(json.dumps({"queue": queue.name, "durable": queue.durable,
+                          "auto_delete": queue.auto_delete, "expires": queue.expires}), flush=True)
     else:
         sys.exit(f"unknown command {argv[0]!r}")
 

@@ -10,12 +10,22 @@
 //!   arguments through serde, run by a [`kombu::Worker`] (poison parking, retries, graceful
 //!   stop). Reads protocol v2 and v1 ([`TaskMessage`]); a success sends the task's callbacks
 //!   and the next step of its chain on, so a Python `chain` can pass through a Rust task.
-//! * **Share results**: a [`ResultBackend`]; with the `redis` feature, [`RedisBackend`]
-//!   stores results as Celery's Redis backend does, so Python's `AsyncResult(id).get()` sees a
-//!   Rust task's result, and [`ResultBackend::wait`] waits for one a Python worker stored.
+//! * **Share results**: a [`ResultBackend`], so Python's `AsyncResult(id).get()` sees a Rust
+//!   task's result (or raises its error), and [`ResultBackend::wait`] waits for one a Python
+//!   worker stored or sent:
+//!   * [`RpcBackend`], Celery's `rpc://` backend (any transport; RabbitMQ is its home): a
+//!     Rust worker sends each result to the task message's `reply_to` with its
+//!     `correlation_id`, as a Celery worker does; a Rust client waits on this process's
+//!     reply queue, the `reply_to` that [`send_task`] sends by default;
+//!   * [`RedisBackend`] (feature `redis`): results stored as Celery's Redis backend does
+//!     (`celery-task-meta-<id>`, with the pub/sub notification).
 //!
-//! Tested against Celery 5.7.0 (a real `celery worker` and `AsyncResult.get()`) on Redis and,
-//! for sending, on SQLite (`sqla+sqlite://`).
+//! Tested against Celery 5.7.0 (a real `celery worker` and `AsyncResult.get()`) on Redis
+//! (Redis results), on RabbitMQ (`rpc://` results, both ways) and, for sending, on SQLite
+//! (`sqla+sqlite://`).
+//!
+//! Not yet: errbacks, chords and time limits in the Rust worker; other result backends
+//! (database, ...); the `kombu celery` CLI.
 //!
 //! ## Calling a Celery task
 //!
@@ -48,7 +58,8 @@
 //!
 //! let conn = Connection::new("memory:///celery-doc-serve")?;
 //! let worker = TaskRegistry::new()
-//!     // .backend(RedisBackend::connect("redis://localhost/1").await?) to store results
+//!     // .backend(RpcBackend::new(&conn)) to send results back (rpc://), or
+//!     // .backend(RedisBackend::connect("redis://localhost/1").await?) to store them
 //!     .task("rust.mul", |(x, y): (i64, i64), _: serde_json::Value| async move {
 //!         x.checked_mul(y).ok_or(TaskError::builtin("OverflowError", "too big"))
 //!     })
@@ -68,6 +79,7 @@
 
 mod registry;
 mod result;
+mod rpc_backend;
 mod send;
 mod task;
 mod time;
@@ -79,5 +91,6 @@ mod redis_backend;
 pub use redis_backend::{RedisBackend, TASK_KEY_PREFIX};
 pub use registry::TaskRegistry;
 pub use result::{ResultBackend, ResultMeta, TaskError, TaskState};
+pub use rpc_backend::RpcBackend;
 pub use send::{celery_queue, send_task, TaskOptions, TaskPublisher, DEFAULT_QUEUE};
 pub use task::{Protocol, TaskId, TaskMessage};

@@ -21,7 +21,7 @@ type Handler =
 
 /// Rust handlers of Celery tasks, by task name, and the result backend their results go to.
 ///
-/// Run them with [`worker`](Self::worker) (or [`into_worker`](Self::into_worker)): for each
+/// Run them with [`worker_with`](Self::worker_with) (or [`into_worker`](Self::into_worker)): for each
 /// message the [`kombu::Worker`] takes,
 ///
 /// * a message that is not a readable Celery task (not JSON, not `[args, kwargs, embed]`, no
@@ -280,9 +280,15 @@ impl TaskRegistry {
         .map(|_| ())
     }
 
-    async fn store(&self, task: &TaskMessage, meta: ResultMeta) -> Result<()> {
+    /// Store `meta` as `task`'s result (with its group and parent, as Celery's result meta
+    /// has them), unless the sender asked for none.
+    async fn store(&self, task: &TaskMessage, mut meta: ResultMeta) -> Result<()> {
         match &self.backend {
-            Some(backend) if !task.ignore_result => backend.store(&meta).await,
+            Some(backend) if !task.ignore_result => {
+                meta.group_id = task.group.clone();
+                meta.parent_id = task.parent_id.clone();
+                backend.store_for(task, &meta).await
+            }
             _ => Ok(()),
         }
     }
@@ -349,6 +355,10 @@ async fn send_signature(
     let mut send = TaskOptions::new();
     send.task_id = text("task_id").map(TaskId::from);
     send.queue = text("queue").map(str::to_owned);
+    // Celery freezes the caller's reply queue into each signature of a chain: the rpc://
+    // result of this step must go back there, not to this process.
+    send.reply_to = text("reply_to").map(str::to_owned);
+    send.group_id = text("group_id").map(TaskId::from);
     send.priority = options
         .get("priority")
         .and_then(serde_json::Value::as_u64)

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::time::isoformat;
-use crate::TaskId;
+use crate::{TaskId, TaskMessage};
 
 /// A task's state (Celery's `celery.states`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,8 +154,9 @@ impl From<Error> for TaskError {
     }
 }
 
-/// A task's stored result: Celery's result meta, field for field and in Celery's order
-/// (`status`, `result`, `traceback`, `children`, `date_done`, `task_id`).
+/// A task's stored result: Celery's result meta (`Backend._get_result_meta`), field for field
+/// and in Celery's order (`status`, `result`, `traceback`, `children`, `date_done`, then
+/// `group_id` and `parent_id` only when the task has them, `task_id`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ResultMeta {
@@ -170,6 +171,12 @@ pub struct ResultMeta {
     pub children: Vec<serde_json::Value>,
     /// When it finished (ISO 8601), for ready states.
     pub date_done: Option<String>,
+    /// The group the task is part of (written only when set, as Celery does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<TaskId>,
+    /// The task that sent this one (written only when set, as Celery does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<TaskId>,
     /// The task id.
     pub task_id: TaskId,
 }
@@ -206,6 +213,8 @@ impl ResultMeta {
             traceback,
             children: Vec::new(),
             date_done: Some(isoformat(SystemTime::now())),
+            group_id: None,
+            parent_id: None,
             task_id: id,
         }
     }
@@ -225,6 +234,16 @@ impl ResultMeta {
 pub trait ResultBackend: Send + Sync + fmt::Debug {
     /// Store `meta` as the task's result.
     async fn store(&self, meta: &ResultMeta) -> Result<()>;
+
+    /// Store `meta` as the result of `task`, the message it came in: what a
+    /// [`TaskRegistry`](crate::TaskRegistry) calls. Backends keyed by task id need nothing
+    /// more than [`store`](Self::store) (the default); the `rpc://` backend
+    /// ([`RpcBackend`](crate::RpcBackend)) answers the sender, so it needs the message's
+    /// `reply_to` and `correlation_id`.
+    async fn store_for(&self, task: &TaskMessage, meta: &ResultMeta) -> Result<()> {
+        let _ = task;
+        self.store(meta).await
+    }
 
     /// The task's stored result, if any.
     async fn get(&self, id: &TaskId) -> Result<Option<ResultMeta>>;

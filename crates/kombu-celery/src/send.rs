@@ -144,7 +144,8 @@ impl TaskOptions {
     }
 
     /// The rest of a chain: Celery signature dicts, run in order from the last one, each
-    /// with the result of the one before (as Celery's `chain` sends them).
+    /// with the result of the one before (as Celery's `chain` sends them). A step without
+    /// `options.reply_to` is sent with this task's, as Celery's client does.
     pub fn chain(mut self, rest: Vec<serde_json::Value>) -> Self {
         self.chain = rest;
         self
@@ -296,6 +297,12 @@ pub(crate) fn task_message(
     put("stamped_headers", Value::Null);
     put("stamps", Value::Table(FieldTable::new()));
 
+    let reply_to = options.reply_to.unwrap_or_else(|| thread_oid().to_owned());
+    let chain = options
+        .chain
+        .into_iter()
+        .map(|step| with_reply_to(step, &reply_to))
+        .collect();
     let signatures = |list: Vec<serde_json::Value>| {
         if list.is_empty() {
             serde_json::Value::Null
@@ -309,7 +316,7 @@ pub(crate) fn task_message(
         {
             "callbacks": signatures(options.link),
             "errbacks": signatures(options.link_error),
-            "chain": signatures(options.chain),
+            "chain": signatures(chain),
             "chord": null,
         }
     ]);
@@ -317,7 +324,7 @@ pub(crate) fn task_message(
     let mut publish = PublishOptions::new()
         .serializer(options.serializer.unwrap_or_else(|| "json".to_owned()))
         .correlation_id(id.as_str())
-        .reply_to(options.reply_to.unwrap_or_else(|| thread_oid().to_owned()))
+        .reply_to(reply_to)
         .delivery_mode(kombu::DeliveryMode::Persistent);
     publish.headers = headers;
     if let Some(priority) = options.priority {
@@ -346,6 +353,19 @@ pub(crate) fn task_message(
     (body, publish, id)
 }
 
+/// A chain step (a signature dict) with `options.reply_to` set to `reply_to` unless it has
+/// one, as Celery's client freezes every step of a chain it sends: so the `rpc://` results of
+/// the later steps come back to the caller too.
+fn with_reply_to(mut step: serde_json::Value, reply_to: &str) -> serde_json::Value {
+    if let Some(signature) = step.as_object_mut() {
+        let options = signature.entry("options").or_insert_with(|| json!({}));
+        if let Some(options) = options.as_object_mut() {
+            options.entry("reply_to").or_insert_with(|| json!(reply_to));
+        }
+    }
+    step
+}
+
 /// A queue as Celery declares one it creates: bound to a direct exchange of its name, routing
 /// key its name.
 pub fn celery_queue(name: &str) -> Queue {
@@ -369,8 +389,10 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// A stable id of this process, sent as `reply_to` (Celery sends its `app.thread_oid`).
-fn thread_oid() -> &'static str {
+/// A stable id of this process, sent as `reply_to` (Celery sends its `app.thread_oid`), and
+/// the name of the [`RpcBackend`](crate::RpcBackend)'s reply queue, so results of the tasks
+/// this process sends come back to it.
+pub(crate) fn thread_oid() -> &'static str {
     static OID: OnceLock<String> = OnceLock::new();
     OID.get_or_init(|| uuid::Uuid::new_v4().to_string())
 }
@@ -451,6 +473,24 @@ mod tests {
             r#"{'a': [True, None, 1.5], 'b': "it's"}"#
         );
         assert_eq!(python_repr(&json!("a'b\"c")), r#"'a\'b"c'"#);
+    }
+
+    #[test]
+    fn chain_steps_get_the_reply_to_of_the_task_unless_they_have_one() {
+        let steps = vec![
+            json!({"task": "a", "options": {"reply_to": "theirs"}}),
+            json!({"task": "b", "options": {"task_id": "t-b"}}),
+            json!({"task": "c"}),
+        ];
+        let options = TaskOptions::new().reply_to("ours").chain(steps);
+        let (body, publish, _) = task_message("first", json!([]), json!({}), options, SystemTime::now());
+        let replies: Vec<_> = body[2]["chain"]
+            .as_array()
+            .map(|c| c.iter().map(|s| s["options"]["reply_to"].clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(replies, vec![json!("theirs"), json!("ours"), json!("ours")]);
+        assert_eq!(body[2]["chain"][1]["options"]["task_id"], "t-b");
+        assert_eq!(publish.reply_to.as_deref(), Some("ours"));
     }
 
     #[test]

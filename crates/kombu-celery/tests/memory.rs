@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use kombu::{Connection, PublishOptions, WorkerReport};
+use kombu::{Connection, ErrorKind, PublishOptions, WorkerReport};
 use kombu_celery::{
-    celery_queue, send_task, ResultBackend, ResultMeta, TaskError, TaskId, TaskMessage, TaskOptions,
-    TaskRegistry, TaskState,
+    celery_queue, send_task, ResultBackend, ResultMeta, RpcBackend, TaskError, TaskId, TaskMessage,
+    TaskOptions, TaskRegistry, TaskState,
 };
 use serde_json::{json, Value};
 
@@ -332,4 +332,116 @@ async fn a_task_asking_for_a_retry_runs_again_until_max_retries() {
         ("celery.exceptions", "MaxRetriesExceededError")
     );
     assert!(error.message.contains("not yet"), "{error}");
+}
+
+#[tokio::test]
+async fn rpc_results_go_back_to_reply_to_and_are_waited_for() {
+    let conn = Connection::new("memory:///celery-rpc").expect("connection");
+    let client = RpcBackend::new(&conn);
+    client.declare().await.expect("the reply queue");
+    // Without the task's message there is no reply_to to send to.
+    let error = client
+        .store(&ResultMeta::success("t".into(), json!(1)))
+        .await
+        .expect_err("unsupported");
+    assert_eq!(error.kind(), ErrorKind::Unsupported, "{error}");
+
+    let worker = TaskRegistry::new()
+        .backend(RpcBackend::new(&conn))
+        .task("mul", |(x, y): (i64, i64), _: ()| async move {
+            Ok::<_, TaskError>(x * y)
+        })
+        .task("fail", |(): (), (): ()| async move { Err::<(), _>("it failed") })
+        .task_message("flaky", |task: TaskMessage| async move {
+            if task.retries == 0 {
+                return Err(TaskError::retry(Duration::from_millis(20), "once more"));
+            }
+            Ok(json!(task.retries))
+        })
+        .into_worker(&conn, [celery_queue("celery")]);
+    let handle = worker.handle();
+    let running = tokio::spawn(worker.run());
+    let wait = Duration::from_secs(10);
+
+    let mul = send_task(&conn, "mul", (6, 7), (), TaskOptions::new())
+        .await
+        .expect("send");
+    assert_eq!(
+        client.reply_to().len(),
+        36,
+        "this process's oid, send_task's reply_to"
+    );
+    let meta = client.wait(&mul, wait).await.expect("result");
+    assert_eq!(meta.into_result::<i64>(), Ok(42));
+    // handed out once
+    assert_eq!(client.get(&mul).await.expect("get"), None);
+
+    let fail = send_task(&conn, "fail", (), (), TaskOptions::new())
+        .await
+        .expect("send");
+    let meta = client.wait(&fail, wait).await.expect("result");
+    assert_eq!(meta.into_result::<()>(), Err(TaskError::new("it failed")));
+
+    // A retry sends RETRY, then the final state; wait passes over the RETRY.
+    let flaky = send_task(&conn, "flaky", (), (), TaskOptions::new())
+        .await
+        .expect("send");
+    let meta = client.wait(&flaky, wait).await.expect("result");
+    assert_eq!(meta.into_result::<u32>(), Ok(1));
+
+    // Both replies of a retried task as they are sent, to a queue of ours: the same
+    // correlation id, the task's parent and group in the meta, date_done only when done.
+    let raw = conn.simple_queue("raw.replies");
+    raw.qsize().await.expect("declared");
+    let mut options = TaskOptions::new().reply_to("raw.replies");
+    options.parent_id = Some("the-parent".into());
+    options.group_id = Some("the-group".into());
+    let id = send_task(&conn, "flaky", (), (), options).await.expect("send");
+    let mut states = Vec::new();
+    for _ in 0..2 {
+        let reply = raw.get(Some(wait)).await.expect("a reply");
+        assert_eq!(reply.properties().correlation_id.as_deref(), Some(id.as_str()));
+        let body: Value = reply.decode().expect("json");
+        assert_eq!(
+            (&body["task_id"], &body["parent_id"], &body["group_id"]),
+            (&json!(id.as_str()), &json!("the-parent"), &json!("the-group")),
+            "{body}"
+        );
+        states.push((body["status"].clone(), body["date_done"].is_string()));
+        reply.ack().await.expect("ack");
+    }
+    assert_eq!(states, vec![(json!("RETRY"), false), (json!("SUCCESS"), true)]);
+
+    // No reply_to (an empty one): the result has nowhere to go and is dropped. The control,
+    // sent after it, is answered; once both are acked, nothing came for the first.
+    let nowhere = send_task(&conn, "mul", (1, 1), (), TaskOptions::new().reply_to(""))
+        .await
+        .expect("send");
+    let control = send_task(&conn, "mul", (2, 2), (), TaskOptions::new())
+        .await
+        .expect("send");
+    assert_eq!(
+        client
+            .wait(&control, wait)
+            .await
+            .expect("result")
+            .into_result::<i64>(),
+        Ok(4)
+    );
+    let deadline = Instant::now() + wait;
+    while handle.report().acked < 8 {
+        assert!(Instant::now() < deadline, "{:?}", handle.report());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(client.get(&nowhere).await.expect("get"), None);
+    assert!(raw.get_nowait().await.expect("get").is_none(), "no stray reply");
+
+    handle.shutdown();
+    let report = running.await.expect("the worker task").expect("the worker");
+    // mul, fail, flaky twice, flaky twice, nowhere, control
+    assert_eq!(
+        (report.acked, report.failed, report.poisoned),
+        (8, 0, 0),
+        "{report:?}"
+    );
 }
