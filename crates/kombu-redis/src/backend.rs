@@ -19,6 +19,7 @@ use redis::AsyncConnectionConfig;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
+use crate::claims::{parse_unacked_record, ClaimReceipts};
 use crate::fanout::Fanout;
 use crate::keys::Keys;
 use crate::scripts;
@@ -44,6 +45,8 @@ struct Inner {
     /// Queues declared on this connection (a passive declare of an empty one succeeds).
     declared: Mutex<HashSet<String>>,
     last_restore: Mutex<Option<Instant>>,
+    /// Receipts of claims, to recover one whose answer the connection lost.
+    receipts: ClaimReceipts,
     fanout: Arc<Fanout>,
     arrived: Arc<Notify>,
     closed: AtomicBool,
@@ -93,6 +96,7 @@ impl RedisBackend {
             expiring: Mutex::new(HashMap::new()),
             declared: Mutex::new(HashSet::new()),
             last_restore: Mutex::new(None),
+            receipts: ClaimReceipts::default(),
             arrived,
             closed: AtomicBool::new(false),
         });
@@ -408,28 +412,7 @@ impl Inner {
     /// Restore one unacked record `[envelope, exchange, routing_key]` the way Kombu does:
     /// mark it redelivered and route it again through the exchange.
     async fn restore_record(&self, conn: &mut ConnectionManager, tag: &str, record: &str) -> Result<bool> {
-        let parsed: serde_json::Value = serde_json::from_str(record)
-            .map_err(|e| Error::new(ErrorKind::Decode, "malformed unacked record").with_source(e))?;
-        let (mut envelope, exchange, routing_key) = match parsed {
-            serde_json::Value::Array(mut parts) if parts.len() == 3 => {
-                let rk = parts
-                    .pop()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                let ex = parts
-                    .pop()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                let env = parts.pop().unwrap_or_default();
-                (env, ex, rk)
-            }
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::Decode,
-                    "unacked record is not [envelope, exchange, routing_key]",
-                ))
-            }
-        };
+        let (mut envelope, exchange, routing_key) = parse_unacked_record(record)?;
         if let serde_json::Value::Object(map) = &mut envelope {
             if let Some(serde_json::Value::Object(headers)) = map.get_mut("headers") {
                 headers.insert("redelivered".into(), serde_json::Value::Bool(true));
@@ -676,23 +659,62 @@ impl VirtualBackend for RedisBackend {
                 debug!(error = %e, "restore of expired deliveries failed");
             }
         }
+        let track = inner.settings.ack_emulation;
+        if track && inner.receipts.has_pending(queue) {
+            // A claim on this queue may have run without its answer arriving: hand out what it
+            // took before taking more.
+            let before = out.len();
+            inner
+                .receipts
+                .recover(&mut inner.conn(), &inner.keys, queue, out)
+                .await?;
+            if out.len() > before {
+                return Ok(());
+            }
+        }
         let keys = inner.keys.queue_keys(queue);
+        let receipt = ClaimReceipts::new_key(&inner.keys);
+        let previous = if track {
+            inner.receipts.take_confirmed()
+        } else {
+            None
+        };
         let mut invocation = scripts::CLAIM.prepare_invoke();
         invocation
             .key(&inner.keys.unacked)
             .key(&inner.keys.unacked_index)
-            .key(format!("{}_kombu_rs.malformed", inner.keys.prefix()));
+            .key(format!("{}_kombu_rs.malformed", inner.keys.prefix()))
+            .key(&receipt)
+            .key(previous.as_deref().unwrap_or(""));
         for k in &keys {
             invocation.key(k);
         }
         invocation
             .arg(max - taken)
             .arg(now_secs())
-            .arg(if inner.settings.ack_emulation { "1" } else { "0" });
-        let reply: Vec<Vec<u8>> = invocation
-            .invoke_async(&mut inner.conn())
-            .await
-            .map_err(|e| redis_error(e, "claim failed").with_context("queue", queue))?;
+            .arg(if track { "1" } else { "0" })
+            .arg(inner.settings.visibility_timeout.as_secs().max(1))
+            .arg(if previous.is_some() { "1" } else { "0" });
+        let reply: Vec<Vec<u8>> = match invocation.invoke_async::<Vec<Vec<u8>>>(&mut inner.conn()).await {
+            Ok(reply) => {
+                // The script wrote a receipt only if it took a message.
+                if track && !reply.is_empty() {
+                    inner.receipts.confirm(receipt);
+                }
+                reply
+            }
+            Err(e) => {
+                let error = redis_error(e, "claim failed").with_context("queue", queue);
+                if track && matches!(error.kind(), ErrorKind::Connection | ErrorKind::Timeout) {
+                    // The server may have run it: its receipt says, once it is back.
+                    inner.receipts.unanswered(queue, receipt);
+                }
+                if let Some(previous) = previous {
+                    inner.receipts.confirm(previous);
+                }
+                return Err(error);
+            }
+        };
         let mut pipe = redis::pipe();
         if inner.pexpire_if_expiring(&mut pipe, queue) {
             let _: redis::RedisResult<()> = pipe.query_async(&mut inner.conn()).await;

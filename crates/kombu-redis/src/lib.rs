@@ -84,6 +84,7 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod claims;
 mod fanout;
 mod keys;
 mod scripts;

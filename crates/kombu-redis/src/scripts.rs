@@ -13,8 +13,12 @@ use redis::Script;
 /// unacked hash and index, as Kombu's `QoS.append` does: the hash value is
 /// `[<envelope>, <exchange>, <routing_key>]` with the envelope embedded as a JSON object.
 ///
-/// KEYS: unacked hash, unacked index, malformed list, bucket lists…
-/// ARGV: max, now (epoch seconds), track (`1`/`0`).
+/// With `track`, the claimed delivery tags also go to a receipt key (a JSON array, expiring
+/// after `receipt_ttl` seconds), and the previous confirmed receipt is deleted: see `claims`.
+///
+/// KEYS: unacked hash, unacked index, malformed list, receipt, previous receipt (or `''`
+/// with `drop_previous` `0`), bucket lists…
+/// ARGV: max, now (epoch seconds), track (`1`/`0`), receipt_ttl (seconds), drop_previous.
 /// Returns a flat array of `kind, payload, delivery_tag` (`m` message, `x` parked malformed).
 pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -23,8 +27,10 @@ local max = tonumber(ARGV[1])
 local now = ARGV[2]
 local track = ARGV[3] == '1'
 local out = {}
+local tags = {}
 local n = 0
-for i = 4, #KEYS do
+if ARGV[5] == '1' then redis.call('DEL', KEYS[5]) end
+for i = 6, #KEYS do
   while n < max do
     local payload = redis.call('RPOP', KEYS[i])
     if not payload then break end
@@ -48,6 +54,7 @@ for i = 4, #KEYS do
       if track then
         redis.call('ZADD', KEYS[2], now, tag)
         redis.call('HSET', KEYS[1], tag, '[' .. payload .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']')
+        tags[#tags + 1] = tag
       end
       out[#out + 1] = 'm'
       out[#out + 1] = payload
@@ -56,6 +63,9 @@ for i = 4, #KEYS do
     end
   end
   if n >= max then break end
+end
+if #tags > 0 then
+  redis.call('SET', KEYS[4], cjson.encode(tags), 'EX', ARGV[4])
 end
 return out
 "#,
