@@ -6,11 +6,14 @@
 //! (`tests/python/requirements.txt`; `KOMBU_PYTHON` names another Python).
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs, reason = "tests")]
 
-use std::io::{BufRead as _, BufReader};
+mod common;
+
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{CeleryEnv, CeleryWorker};
 
 use kombu::{Connection, ErrorKind, Message, PublishOptions, WorkerHandle, WorkerReport};
 use kombu_celery::{
@@ -103,108 +106,29 @@ impl Drop for RabbitNode {
     }
 }
 
-fn python_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python")
-}
-
-/// `KOMBU_PYTHON`, else the project venv's Python.
-fn python() -> PathBuf {
-    let python = std::env::var_os("KOMBU_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"));
-    assert!(
-        python.exists(),
-        "no Python with Celery at {} (run `cargo xtask test-matrix`, which creates the project venv \
-         from tests/python/requirements.txt) or set KOMBU_PYTHON",
-        python.display()
-    );
-    python
-}
-
 /// Celery on `rabbit` with the `rpc://` result backend.
-fn celery_command(rabbit: &RabbitNode) -> Command {
-    let mut command = Command::new(python());
-    command
-        .current_dir(python_dir())
-        .env("CELERY_BROKER_URL", rabbit.url())
-        .env("CELERY_RESULT_BACKEND", "rpc://");
-    command
+fn celery_env(rabbit: &RabbitNode) -> CeleryEnv {
+    CeleryEnv::new(rabbit.url(), Some("rpc://".to_owned()))
 }
 
-/// A Python Celery worker consuming `celery`, killed when dropped.
-struct CeleryWorker {
-    child: Child,
-}
-
-impl CeleryWorker {
-    fn start(rabbit: &RabbitNode) -> CeleryWorker {
-        let mut child = celery_command(rabbit)
-            .args(["-m", "celery", "-A", "celery_app", "worker", "--pool", "solo"])
-            .args([
-                "-Q",
-                "celery",
-                "--without-heartbeat",
-                "--without-gossip",
-                "--without-mingle",
-            ])
-            .args([
-                "-l",
-                "INFO",
-                "-n",
-                &format!("kombu-celery-amqp-{}@%h", rabbit.port),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python -m celery worker");
-        let stderr = child.stderr.take().expect("stderr");
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("[celery worker] {line}");
-                if line.contains(" ready.") {
-                    let _ = ready_tx.send(());
-                }
-            }
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the Celery worker said it is ready");
-        CeleryWorker { child }
-    }
-}
-
-impl Drop for CeleryWorker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A Python Celery worker of `rabbit` consuming `celery`, killed when dropped.
+fn celery_worker(rabbit: &RabbitNode) -> CeleryWorker {
+    let name = format!("kombu-celery-amqp-{}", rabbit.port);
+    CeleryWorker::start(&celery_env(rabbit), "celery_app", &name)
 }
 
 /// Run `celery_app.py ARGS` (the Python Celery client, `rpc://` results); its one JSON line.
 async fn celery_client(rabbit: &RabbitNode, args: &[&str]) -> Value {
-    let mut command = celery_command(rabbit);
-    command.arg("celery_app.py").args(args);
-    let output = tokio::task::spawn_blocking(move || command.output().expect("python runs"))
-        .await
-        .expect("the client thread");
-    assert!(
-        output.status.success(),
-        "celery_app.py {args:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("bad output {stdout:?}: {e}"))
+    let mut script = vec!["celery_app.py"];
+    script.extend_from_slice(args);
+    celery_env(rabbit).json(&script).await
 }
 
 /// Run `celery_app.py ARGS`, which may fail: whether it succeeded, and its stderr.
 async fn celery_client_may_fail(rabbit: &RabbitNode, args: &[&str]) -> (bool, String) {
-    let mut command = celery_command(rabbit);
-    command.arg("celery_app.py").args(args);
-    let output = tokio::task::spawn_blocking(move || command.output().expect("python runs"))
-        .await
-        .expect("the client thread");
+    let mut script = vec!["celery_app.py"];
+    script.extend_from_slice(args);
+    let output = celery_env(rabbit).run(&script).await;
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -290,7 +214,7 @@ async fn python_celery_gets_rpc_results_of_tasks_served_in_rust() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_sent_from_rust_on_rabbitmq_run_on_python_celery_with_rpc_results() {
     let rabbit = RabbitNode::start();
-    let _worker = CeleryWorker::start(&rabbit);
+    let _worker = celery_worker(&rabbit);
     let conn = Connection::new(&rabbit.url()).expect("connection");
     let backend = RpcBackend::new(&conn);
     // As Celery's on_task_call: the reply queue exists before a task is sent.
@@ -515,7 +439,7 @@ async fn malformed_tasks_on_rabbitmq_are_parked_and_the_rust_worker_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_replies_and_the_reply_queue_are_what_celery_makes() {
     let rabbit = RabbitNode::start();
-    let _python = CeleryWorker::start(&rabbit);
+    let _python = celery_worker(&rabbit);
     let conn = Connection::new(&rabbit.url()).expect("connection");
     let (handle, running) = rust_worker_on(&conn, "rust");
 
@@ -596,7 +520,7 @@ async fn rpc_replies_and_the_reply_queue_are_what_celery_makes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_chain_through_a_rust_task_answers_the_python_client_by_rpc() {
     let rabbit = RabbitNode::start();
-    let _python = CeleryWorker::start(&rabbit);
+    let _python = celery_worker(&rabbit);
     let conn = Connection::new(&rabbit.url()).expect("connection");
     let (handle, running) = rust_worker_on(&conn, "rust");
     // rust.mul(2, 3) on the Rust worker, then tasks.add(6, 10) on the Python one, whose

@@ -5,9 +5,9 @@
 //! trace. Needs the project venv (`tests/python/requirements.txt`) or `KOMBU_PYTHON`.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs, reason = "tests")]
 
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,19 +18,10 @@ use opentelemetry::Context;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use serde_json::Value;
 
+use common::{CeleryEnv, CeleryWorker};
+
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const SPAN: &str = "b7ad6b7169203331";
-
-fn python_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python")
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("KOMBU_PYTHON").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"),
-        PathBuf::from,
-    )
-}
 
 /// A temp dir with the SQLite broker's file; Kombu's URL spelling serves both languages.
 fn broker() -> (PathBuf, String) {
@@ -38,61 +29,6 @@ fn broker() -> (PathBuf, String) {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let url = format!("sqla+sqlite:///{}", dir.join("broker.db").display());
     (dir, url)
-}
-
-/// A traced Python Celery worker of `celery_otel.py`, killed when dropped.
-struct TracedCeleryWorker(Child);
-
-impl TracedCeleryWorker {
-    fn start(broker: &str) -> TracedCeleryWorker {
-        let mut child = Command::new(python())
-            .current_dir(python_dir())
-            .env("CELERY_BROKER_URL", broker)
-            .args([
-                "-m",
-                "celery",
-                "-A",
-                "celery_otel",
-                "worker",
-                "--pool",
-                "solo",
-                "-Q",
-                "celery",
-            ])
-            .args([
-                "--without-heartbeat",
-                "--without-gossip",
-                "--without-mingle",
-                "-l",
-                "INFO",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python -m celery worker");
-        let stderr = child.stderr.take().expect("stderr");
-        let (ready_tx, ready) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("[celery worker] {line}");
-                if line.contains(" ready.") {
-                    let _ = ready_tx.send(());
-                }
-            }
-        });
-        ready
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the Celery worker said it is ready");
-        TracedCeleryWorker(child)
-    }
-}
-
-impl Drop for TracedCeleryWorker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +54,8 @@ async fn a_trace_crosses_between_kombu_rs_and_traced_celery_both_ways() {
         let future = send_task(&conn, "otel.record", (path,), (), TaskOptions::new());
         future.await.expect("send");
     }
-    let celery = TracedCeleryWorker::start(&broker);
+    let env = CeleryEnv::new(broker.clone(), None);
+    let celery = CeleryWorker::start(&env, "celery_otel", "kombu-celery-otel");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !recorded.exists() {
         assert!(
@@ -139,18 +76,9 @@ async fn a_trace_crosses_between_kombu_rs_and_traced_celery_both_ways() {
     );
 
     // A traced Celery client → a kombu-rs worker: the handler runs in the client's trace.
-    let output = Command::new(python())
-        .current_dir(python_dir())
-        .env("CELERY_BROKER_URL", &broker)
-        .args(["celery_otel.py", "send", "rust.traced", "celery"])
-        .output()
-        .expect("python runs");
-    assert!(
-        output.status.success(),
-        "celery_otel.py send failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let sent: Value = serde_json::from_slice(&output.stdout).expect("json line");
+    let sent = env
+        .json(&["celery_otel.py", "send", "rust.traced", "celery"])
+        .await;
     let seen = Arc::new(Mutex::new(None));
     let record = seen.clone();
     let worker = Worker::builder(&conn, [celery_queue("celery")])

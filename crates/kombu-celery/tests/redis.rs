@@ -6,11 +6,13 @@
 //! `KOMBU_PYTHON` names another Python).
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs, reason = "tests")]
 
-use std::io::{BufRead as _, BufReader};
+mod common;
+
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{CeleryEnv, CeleryWorker};
 
 use kombu::{Connection, Message, PublishOptions, Worker, WorkerHandle};
 use kombu_celery::{
@@ -75,97 +77,17 @@ impl Drop for RedisServer {
     }
 }
 
-fn python_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python")
-}
-
-/// `KOMBU_PYTHON`, else the project venv's Python.
-fn python() -> PathBuf {
-    let python = std::env::var_os("KOMBU_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"));
-    assert!(
-        python.exists(),
-        "no Python with Celery at {} (run `cargo xtask test-matrix`, which creates the project venv \
-         from tests/python/requirements.txt) or set KOMBU_PYTHON",
-        python.display()
-    );
-    python
-}
-
-fn celery_command(redis: &RedisServer) -> Command {
-    celery_command_on(&redis.broker(), redis)
-}
-
 /// Celery with `broker` and the result backend of `redis`.
-fn celery_command_on(broker: &str, redis: &RedisServer) -> Command {
-    let mut command = Command::new(python());
-    command
-        .current_dir(python_dir())
-        .env("CELERY_BROKER_URL", broker)
-        .env("CELERY_RESULT_BACKEND", redis.backend());
-    command
+fn celery_env(broker: &str, redis: &RedisServer) -> CeleryEnv {
+    CeleryEnv::new(broker, Some(redis.backend()))
 }
 
-/// A Python Celery worker consuming `celery`, killed when dropped.
-struct CeleryWorker {
-    child: Child,
-}
-
-impl CeleryWorker {
-    fn start(redis: &RedisServer) -> CeleryWorker {
-        CeleryWorker::start_on(&redis.broker(), redis)
-    }
-
-    /// A worker of `broker`, storing results in `redis`.
-    fn start_on(broker: &str, redis: &RedisServer) -> CeleryWorker {
-        let mut child = celery_command_on(broker, redis)
-            .args([
-                "-m",
-                "celery",
-                "-A",
-                "celery_app",
-                "worker",
-                "--pool",
-                "solo",
-                "-Q",
-                "celery",
-            ])
-            .args([
-                "--without-heartbeat",
-                "--without-gossip",
-                "--without-mingle",
-                "-l",
-                "INFO",
-            ])
-            .args(["-n", &format!("kombu-celery-test-{}@%h", redis.port)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python -m celery worker");
-        let stderr = child.stderr.take().expect("stderr");
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("[celery worker] {line}");
-                if line.contains(" ready.") {
-                    let _ = ready_tx.send(());
-                }
-            }
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the Celery worker said it is ready");
-        CeleryWorker { child }
-    }
-}
-
-impl Drop for CeleryWorker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A Python Celery worker of `broker` (the broker of `redis` unless given), storing results
+/// in `redis`.
+fn celery_worker(broker: Option<&str>, redis: &RedisServer) -> CeleryWorker {
+    let broker = broker.map_or_else(|| redis.broker(), str::to_owned);
+    let name = format!("kombu-celery-test-{}", redis.port);
+    CeleryWorker::start(&celery_env(&broker, redis), "celery_app", &name)
 }
 
 /// Run `celery_app.py ARGS` (the Python Celery client); its one JSON line.
@@ -175,19 +97,11 @@ async fn celery_client(redis: &RedisServer, args: &[&str]) -> Value {
 
 /// [`celery_client`] sending tasks with `serializer`.
 async fn celery_client_with(redis: &RedisServer, serializer: &str, args: &[&str]) -> Value {
-    let mut command = celery_command(redis);
-    command.env("CELERY_TASK_SERIALIZER", serializer);
-    command.arg("celery_app.py").args(args);
-    let output = tokio::task::spawn_blocking(move || command.output().expect("python runs"))
-        .await
-        .expect("the client thread");
-    assert!(
-        output.status.success(),
-        "celery_app.py {args:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("bad output {stdout:?}: {e}"))
+    let mut env = celery_env(&redis.broker(), redis);
+    env.serializer = Some(serializer.to_owned());
+    let mut script = vec!["celery_app.py"];
+    script.extend_from_slice(args);
+    env.json(&script).await
 }
 
 /// Take one message of `queue`, acked.
@@ -204,7 +118,7 @@ async fn take(conn: &Connection, queue: &str) -> Message {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_sent_from_rust_run_on_a_python_celery_worker() {
     let redis = RedisServer::start();
-    let _worker = CeleryWorker::start(&redis);
+    let _worker = celery_worker(None, &redis);
     let conn = Connection::new(&redis.broker()).expect("connection");
     let backend = RedisBackend::connect(&redis.backend()).await.expect("backend");
     let wait = Duration::from_secs(30);
@@ -612,7 +526,7 @@ async fn tasks_sent_from_rust_over_sqlite_run_on_a_python_celery_worker() {
     let first = send_task(&conn, "tasks.add", (2, 3), (), TaskOptions::new())
         .await
         .expect("send");
-    let worker = CeleryWorker::start_on(&broker, &redis);
+    let worker = celery_worker(Some(&broker), &redis);
     let second = send_task(
         &conn,
         "tasks.add",
@@ -647,7 +561,7 @@ async fn tasks_sent_from_rust_over_sqlite_run_on_a_python_celery_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_chain_goes_through_a_rust_task_and_on_to_a_python_one() {
     let redis = RedisServer::start();
-    let _python = CeleryWorker::start(&redis);
+    let _python = celery_worker(None, &redis);
     let conn = Connection::new(&redis.broker()).expect("connection");
     let (handle, running) = rust_worker_on(&redis, &conn, "rust").await;
     // rust.mul(2, 3) on the Rust worker, then tasks.add(6, 10) on the Python one.
