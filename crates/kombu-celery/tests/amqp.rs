@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{CeleryEnv, CeleryWorker};
+use common::{test_tasks, CeleryEnv, CeleryWorker};
 
 use kombu::{Connection, ErrorKind, Message, PublishOptions, WorkerHandle, WorkerReport};
 use kombu_celery::{
@@ -145,20 +145,7 @@ fn rust_worker(conn: &Connection) -> Running {
 
 /// [`rust_worker`] consuming `queue`.
 fn rust_worker_on(conn: &Connection, queue: &str) -> Running {
-    let worker = TaskRegistry::new()
-        .backend(RpcBackend::new(conn))
-        .task("rust.mul", |(x, y): (i64, i64), _: Value| async move {
-            Ok::<_, TaskError>(x * y)
-        })
-        .task_message("rust.flaky", |task: TaskMessage| async move {
-            if task.retries == 0 {
-                return Err(TaskError::retry(Duration::from_millis(100), "once more"));
-            }
-            Ok(json!({"retries": task.retries}))
-        })
-        .task("rust.fail", |(): (), _: Value| async move {
-            Err::<i64, _>(TaskError::builtin("ValueError", "rust.fail failed on purpose"))
-        })
+    let worker = test_tasks(TaskRegistry::new().backend(RpcBackend::new(conn)))
         .into_worker(conn, [celery_queue(queue)]);
     let handle = worker.handle();
     (handle, tokio::spawn(worker.run()))

@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{CeleryEnv, CeleryWorker};
+use common::{test_tasks, CeleryEnv, CeleryWorker};
 
 use kombu::{Connection, Message, PublishOptions, Worker, WorkerHandle};
 use kombu_celery::{
@@ -368,23 +368,11 @@ async fn rust_worker_on(
     tokio::task::JoinHandle<kombu::Result<kombu::WorkerReport>>,
 ) {
     let backend = RedisBackend::connect(&redis.backend()).await.expect("backend");
-    let worker: Worker = TaskRegistry::new()
-        .backend(backend)
-        .task("rust.mul", |(x, y): (i64, i64), _: Value| async move {
-            Ok::<_, TaskError>(x * y)
-        })
-        .task_message("rust.flaky", |task: kombu_celery::TaskMessage| async move {
-            if task.retries == 0 {
-                return Err(TaskError::retry(Duration::from_millis(100), "once more"));
-            }
-            Ok(json!({"retries": task.retries}))
-        })
-        .task("rust.fail", |(): (), _: Value| async move {
-            Err::<i64, _>(TaskError::builtin("ValueError", "rust.fail failed on purpose"))
-        })
-        .worker_with(conn, [celery_queue(queue)], |builder| {
-            builder.accept(kombu::Accept::new(["json", "application/x-msgpack"]).expect("serializers"))
-        });
+    let worker: Worker = test_tasks(TaskRegistry::new().backend(backend)).worker_with(
+        conn,
+        [celery_queue(queue)],
+        |builder| builder.accept(kombu::Accept::new(["json", "application/x-msgpack"]).expect("serializers")),
+    );
     let handle = worker.handle();
     (handle, tokio::spawn(worker.run()))
 }

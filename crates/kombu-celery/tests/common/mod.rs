@@ -129,3 +129,22 @@ impl Drop for CeleryWorker {
         let _ = self.child.wait();
     }
 }
+
+/// The Rust tasks the Python clients call: `rust.mul(x, y)`, `rust.flaky()` (asks for one
+/// retry, then returns `{"retries": n}`) and `rust.fail()` (a `ValueError`).
+pub(crate) fn test_tasks(registry: kombu_celery::TaskRegistry) -> kombu_celery::TaskRegistry {
+    use kombu_celery::{TaskError, TaskMessage};
+    registry
+        .task("rust.mul", |(x, y): (i64, i64), _: Value| async move {
+            Ok::<_, TaskError>(x * y)
+        })
+        .task_message("rust.flaky", |task: TaskMessage| async move {
+            if task.retries == 0 {
+                return Err(TaskError::retry(Duration::from_millis(100), "once more"));
+            }
+            Ok(serde_json::json!({"retries": task.retries}))
+        })
+        .task("rust.fail", |(): (), _: Value| async move {
+            Err::<i64, _>(TaskError::builtin("ValueError", "rust.fail failed on purpose"))
+        })
+}
