@@ -25,7 +25,9 @@ use serde_json::{json, Value};
 fn proxy(listener: TcpListener, upstream: u16, armed: Arc<AtomicBool>, dropped: Arc<AtomicBool>) {
     for client in listener.incoming() {
         let Ok(client) = client else { return };
-        let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
+        let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+            return;
+        };
         let claim_sent = Arc::new(AtomicBool::new(false));
         let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
         let sent = claim_sent.clone();
@@ -90,7 +92,9 @@ async fn a_message_claimed_by_a_claim_whose_answer_was_lost_is_handed_out_after_
         .producer()
         .publish(
             &json!("claimed in the dark"),
-            PublishOptions::new().routing_key("lost-claim").declare(queue.clone()),
+            PublishOptions::new()
+                .routing_key("lost-claim")
+                .declare(queue.clone()),
         )
         .await
         .expect("publish");
@@ -106,7 +110,10 @@ async fn a_message_claimed_by_a_claim_whose_answer_was_lost_is_handed_out_after_
         dropped.load(Ordering::SeqCst),
         "positive control: the proxy dropped a claim's answer"
     );
-    assert_eq!(message.decode::<Value>().expect("json"), json!("claimed in the dark"));
+    assert_eq!(
+        message.decode::<Value>().expect("json"),
+        json!("claimed in the dark")
+    );
     message.ack().await.expect("ack");
     consumer.close().await.expect("close");
 
@@ -116,7 +123,15 @@ async fn a_message_claimed_by_a_claim_whose_answer_was_lost_is_handed_out_after_
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let unacked: i64 = redis::cmd("HLEN").arg("unacked").query_async(&mut redis).await.unwrap();
-    let queued: i64 = redis::cmd("LLEN").arg("lost-claim").query_async(&mut redis).await.unwrap();
+    let unacked: i64 = redis::cmd("HLEN")
+        .arg("unacked")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let queued: i64 = redis::cmd("LLEN")
+        .arg("lost-claim")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
     assert_eq!((unacked, queued), (0, 0));
 }
