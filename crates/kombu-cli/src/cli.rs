@@ -104,6 +104,16 @@ Examples:
     Delete(DeleteCommand),
     /// Message counts of queues.
     Stats(StatsArgs),
+    /// Send Celery tasks and read their results (Celery's protocol v2).
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  kombu --url redis://localhost:6379/0 celery send tasks.add --args '[2, 3]'
+  kombu --url redis://localhost:6379/0 celery result 0b5c… --backend redis://localhost:6379/1
+  kombu --url amqp://localhost// celery send tasks.add --args '[2, 3]' --wait   # rpc:// result"
+    )]
+    Celery(CeleryCommand),
     /// The transports compiled into this binary and what each can do.
     Transports(TransportsArgs),
     /// Publish and consume throughput and round-trip latency of a transport.
@@ -449,6 +459,64 @@ pub(crate) struct StatsArgs {
     /// Print a JSON array of {"queue", "messages"} objects instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// `kombu celery`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum CeleryCommand {
+    /// Send a task as Celery's `send_task` does; prints its id (or, with --wait, its result).
+    Send(CelerySendArgs),
+    /// Wait for a task's result in a result backend and print it as JSON.
+    Result(CeleryResultArgs),
+}
+
+/// `kombu celery send`.
+#[derive(Debug, Args)]
+pub(crate) struct CelerySendArgs {
+    /// The task's name, as registered in the Celery app (`tasks.add`).
+    pub(crate) name: String,
+    /// Positional arguments: a JSON array.
+    #[arg(long, value_name = "JSON", default_value = "[]")]
+    pub(crate) args: String,
+    /// Keyword arguments: a JSON object.
+    #[arg(long, value_name = "JSON", default_value = "{}")]
+    pub(crate) kwargs: String,
+    /// The queue (Celery's default is `celery`).
+    #[arg(long, value_name = "QUEUE")]
+    pub(crate) queue: Option<String>,
+    /// Run no earlier than this many seconds from now (Celery's `countdown`).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub(crate) countdown: Option<f64>,
+    /// Revoke the task if it has not started this many seconds from now.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub(crate) expires: Option<f64>,
+    /// The message priority (0–255; Celery's default queues use 0–9).
+    #[arg(long, value_name = "N")]
+    pub(crate) priority: Option<u8>,
+    /// Wait for the result and print it instead of the id (from --backend, `rpc://` by default:
+    /// the result comes back to this process's reply queue).
+    #[arg(long)]
+    pub(crate) wait: bool,
+    /// The result backend for --wait: `rpc://` or a Redis URL (`redis://host:port/db`).
+    #[arg(long, value_name = "URL", default_value = "rpc://")]
+    pub(crate) backend: String,
+    /// How long --wait waits.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = parse_seconds)]
+    pub(crate) timeout: f64,
+}
+
+/// `kombu celery result`.
+#[derive(Debug, Args)]
+pub(crate) struct CeleryResultArgs {
+    /// The task id `kombu celery send` printed.
+    pub(crate) id: String,
+    /// The result backend: a Redis URL (`redis://host:port/db`, Celery's `redis://` backend).
+    /// `rpc://` results go back to the process that sent the task: use `send --wait` there.
+    #[arg(long, value_name = "URL")]
+    pub(crate) backend: String,
+    /// How long to wait for the task to finish.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = parse_seconds)]
+    pub(crate) timeout: f64,
 }
 
 /// `kombu transports`.

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 use crate::cli::{Cli, Command};
-use crate::commands::{admin, bench, consume, declare, publish, transports};
+use crate::commands::{admin, bench, celery, consume, declare, publish, transports};
 use crate::error::{CliError, CliResult};
 
 fn main() -> ExitCode {
@@ -76,6 +76,7 @@ fn run(cli: Cli) -> CliResult {
             Command::Delete(command) => admin::delete(&global, command).await,
             Command::Stats(args) => admin::stats(&global, args).await,
             Command::Bench(args) => bench::run(&global, args).await,
+            Command::Celery(command) => celery::run(&global, command).await,
             Command::Transports(args) => transports::run(&args),
         }
     });

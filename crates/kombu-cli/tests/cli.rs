@@ -617,3 +617,189 @@ fn a_message_that_cannot_be_read_is_parked_and_consuming_goes_on() {
     );
     assert_eq!((count(url, "q"), count(url, "q.poison")), (0, 1));
 }
+
+#[test]
+fn celery_send_writes_a_celery_task_and_refuses_bad_arguments() {
+    let url = common::sqlite_url("celery-send");
+    let sent = kombu(&[
+        "--url",
+        &url,
+        "celery",
+        "send",
+        "tasks.add",
+        "--args",
+        "[2, 3]",
+        "--kwargs",
+        "{\"round\": true}",
+        "--queue",
+        "jobs",
+        "--priority",
+        "3",
+        "--countdown",
+        "60",
+    ]);
+    sent.success();
+    let id = sent.stdout.trim();
+    assert_eq!(id.len(), 36, "a uuid: {id:?}");
+
+    let got = kombu(&["--url", &url, "consume", "jobs", "--count", "1", "--json"]);
+    got.success();
+    let message = &got.json_lines()[0];
+    assert_eq!(message["headers"]["task"], "tasks.add", "{message}");
+    assert_eq!(message["headers"]["id"], id);
+    assert_eq!(message["headers"]["lang"], "py");
+    assert!(
+        message["headers"]["eta"].is_string(),
+        "countdown sets eta: {message}"
+    );
+    let body: Value =
+        serde_json::from_str(message["body"].as_str().expect("a JSON text body")).expect("json");
+    assert_eq!(body[0], json!([2, 3]));
+    assert_eq!(body[1], json!({"round": true}));
+    assert_eq!(message["properties"]["priority"], 3);
+
+    kombu(&["--url", &url, "celery", "send", "t", "--args", "{\"x\": 1}"])
+        .error_line(1, "--args must be a JSON array");
+    kombu(&["--url", &url, "celery", "send", "t", "--kwargs", "[1]"])
+        .error_line(1, "--kwargs must be a JSON object");
+    kombu(&["--url", &url, "celery", "send", "t", "--args", "[1,"]).error_line(1, "--args is not JSON");
+    kombu(&["--url", &url, "celery", "result", id, "--backend", "rpc://"])
+        .error_line(1, "use `kombu celery send --wait`");
+}
+
+#[test]
+fn celery_send_wait_prints_the_result_a_worker_sent_back_by_rpc() {
+    use kombu_celery::{celery_queue, RpcBackend, TaskError, TaskRegistry};
+
+    let url = common::sqlite_url("celery-wait");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let conn = kombu::Connection::new(&url).expect("connection");
+    let worker = TaskRegistry::new()
+        .backend(RpcBackend::new(&conn))
+        .task("rust.mul", |(x, y): (i64, i64), _: Value| async move {
+            Ok::<_, TaskError>(x * y)
+        })
+        .task("rust.fail", |(): (), _: Value| async move {
+            Err::<i64, _>(TaskError::builtin("ValueError", "failed on purpose"))
+        })
+        .into_worker(&conn, [celery_queue("celery")]);
+    let handle = worker.handle();
+    let running = runtime.spawn(worker.run());
+
+    let done = kombu(&[
+        "--url",
+        &url,
+        "celery",
+        "send",
+        "rust.mul",
+        "--args",
+        "[6, 7]",
+        "--wait",
+        "--timeout",
+        "30",
+    ]);
+    done.success();
+    let line = done.json();
+    assert_eq!(
+        (&line["state"], &line["result"]),
+        (&json!("SUCCESS"), &json!(42)),
+        "{line}"
+    );
+
+    let failed = kombu(&["--url", &url, "celery", "send", "rust.fail", "--wait"]);
+    assert_eq!(failed.code, Some(1), "{failed:#?}");
+    let line: Value = serde_json::from_str(failed.stdout.trim()).expect("a JSON line");
+    assert_eq!(line["state"], "FAILURE");
+    assert_eq!(line["result"]["exc_type"], "ValueError", "{line}");
+    assert!(failed.stderr.contains("ended \"FAILURE\""), "{failed:#?}");
+
+    // Nobody serves this one: exit 3 once --timeout passes.
+    let waited = kombu(&[
+        "--url",
+        &url,
+        "celery",
+        "send",
+        "nobody.serves",
+        "--queue",
+        "idle",
+        "--wait",
+        "--timeout",
+        "0.5",
+    ]);
+    waited.error_line(3, "did not finish within");
+
+    handle.shutdown();
+    runtime
+        .block_on(running)
+        .expect("the worker task")
+        .expect("the worker");
+}
+
+#[test]
+fn celery_result_reads_a_result_from_the_redis_backend() {
+    use kombu_celery::{celery_queue, RedisBackend, TaskError, TaskRegistry};
+
+    // A throwaway redis-server (the test matrix installs it) for the result backend.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut redis = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (cargo xtask test-matrix installs it)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let backend_url = format!("redis://127.0.0.1:{port}/1");
+
+    let url = common::sqlite_url("celery-result");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let conn = kombu::Connection::new(&url).expect("connection");
+    let backend = runtime
+        .block_on(RedisBackend::connect(&backend_url))
+        .expect("backend");
+    let worker = TaskRegistry::new()
+        .backend(backend)
+        .task("rust.mul", |(x, y): (i64, i64), _: Value| async move {
+            Ok::<_, TaskError>(x * y)
+        })
+        .into_worker(&conn, [celery_queue("celery")]);
+    let handle = worker.handle();
+    let running = runtime.spawn(worker.run());
+
+    let sent = kombu(&["--url", &url, "celery", "send", "rust.mul", "--args", "[2, 5]"]);
+    sent.success();
+    let id = sent.stdout.trim().to_owned();
+    let got = kombu(&["celery", "result", &id, "--backend", &backend_url]);
+    got.success();
+    let line = got.json();
+    assert_eq!(
+        (&line["id"], &line["state"], &line["result"]),
+        (&json!(id), &json!("SUCCESS"), &json!(10)),
+        "{line}"
+    );
+    // An id nobody ran: exit 3 after --timeout.
+    kombu(&[
+        "celery",
+        "result",
+        "no-such-id",
+        "--backend",
+        &backend_url,
+        "--timeout",
+        "0.3",
+    ])
+    .error_line(3, "did not finish within");
+
+    handle.shutdown();
+    runtime
+        .block_on(running)
+        .expect("the worker task")
+        .expect("the worker");
+    let _ = redis.kill();
+    let _ = redis.wait();
+}

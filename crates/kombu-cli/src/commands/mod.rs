@@ -2,6 +2,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod bench;
+pub(crate) mod celery;
 pub(crate) mod consume;
 pub(crate) mod declare;
 pub(crate) mod publish;
