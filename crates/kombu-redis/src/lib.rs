@@ -88,6 +88,7 @@ mod fanout;
 mod keys;
 mod scripts;
 mod settings;
+mod waiter;
 
 use std::sync::Arc;
 
