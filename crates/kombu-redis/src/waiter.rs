@@ -47,6 +47,8 @@ use tracing::{debug, warn};
 
 /// The longest pause between two connection attempts while the server is away.
 const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(2);
+/// The pause before asking again a server that refused tracking.
+const REFUSED_PAUSE: Duration = Duration::from_secs(60);
 /// A queue no dispatcher waited on for this many polling intervals stops being watched.
 const UNWANTED_AFTER_INTERVALS: u32 = 4;
 /// Keys read per pipelined round trip (bounds one reply's size at any number of queues).
@@ -64,10 +66,11 @@ pub(crate) struct WaiterConfig {
     pub(crate) polling_interval: Duration,
 }
 
-/// The handle a backend keeps; the connection lives in a task started on the first watch.
+/// The handle a backend keeps; the connection lives in a task started on the first watch
+/// (and started again by the next watch should its runtime have gone away).
 pub(crate) struct Waiter {
     shared: Arc<Shared>,
-    config: Mutex<Option<WaiterConfig>>,
+    config: Arc<WaiterConfig>,
 }
 
 struct Shared {
@@ -77,6 +80,10 @@ struct Shared {
     /// Wakes the waiter task: keys to read, a disconnection, or close.
     work: Notify,
     closed: AtomicBool,
+    /// A task serves the waiter (cleared by the task's [`Running`] guard however it ends).
+    running: AtomicBool,
+    /// Whether refused tracking was already logged as a warning (it is then only debug).
+    warned: AtomicBool,
 }
 
 #[derive(Default)]
@@ -124,8 +131,10 @@ impl Waiter {
                 arrived,
                 work: Notify::new(),
                 closed: AtomicBool::new(false),
+                running: AtomicBool::new(false),
+                warned: AtomicBool::new(false),
             }),
-            config: Mutex::new(Some(config)),
+            config: Arc::new(config),
         }
     }
 
@@ -140,8 +149,8 @@ impl Waiter {
             let mut state = self.shared.lock();
             state.watch(queue, keys)
         };
+        self.start();
         if added {
-            self.start();
             self.shared.work.notify_one();
         }
     }
@@ -183,9 +192,8 @@ impl Waiter {
     }
 
     fn start(&self) {
-        let config = self.config.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(config) = config {
-            tokio::spawn(run(self.shared.clone(), config));
+        if !self.shared.running.swap(true, Ordering::AcqRel) {
+            tokio::spawn(run(self.shared.clone(), self.config.clone()));
         }
     }
 }
@@ -352,7 +360,10 @@ impl State {
 
 /// The waiter task: connect, turn tracking on, read, wait for pushes; again after a
 /// disconnection, until closed.
-async fn run(shared: Arc<Shared>, config: WaiterConfig) {
+async fn run(shared: Arc<Shared>, config: Arc<WaiterConfig>) {
+    // However the task ends (closed, or dropped with its runtime), nothing stays known empty
+    // on the word of a connection nobody serves, and the next watch starts a new task.
+    let _running = Running(shared.clone());
     let mut pause = Duration::from_millis(100);
     while !shared.closed.load(Ordering::Acquire) {
         let epoch = {
@@ -377,14 +388,31 @@ async fn run(shared: Arc<Shared>, config: WaiterConfig) {
             }
             Err(e) => {
                 debug!(error = %e, "cannot open the Redis waiter connection");
+                // A server that answers but refuses (no tracking before Redis 6, an ACL) is
+                // asked again rarely; one that is away, soon.
+                let away = e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout();
+                let wait = if away { pause } else { REFUSED_PAUSE };
                 // Closing cuts the pause short (the loop then ends).
                 tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = shared.work.notified() => {}
                 }
                 pause = (pause * 2).min(MAX_RECONNECT_PAUSE);
             }
         }
+    }
+}
+
+/// Clears `running` and `online` when the waiter task ends.
+struct Running(Arc<Shared>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.lock().online = false;
+        self.0.running.store(false, Ordering::Release);
     }
 }
 
@@ -421,7 +449,9 @@ async fn connect(
     if let Err(e) = result {
         // Redis < 6 (no tracking) lands here too: consumers then poll every queue at
         // `polling_interval`, as without a waiter.
-        warn!(error = %e, "Redis refused client-side tracking; consumers fall back to polling");
+        if !shared.warned.swap(true, Ordering::Relaxed) {
+            warn!(error = %e, "Redis refused client-side tracking; consumers fall back to polling");
+        }
         return Err(e);
     }
     Ok(conn)

@@ -55,19 +55,7 @@ async fn consumer_of(n: usize) {
     consumer.consume().await.expect("consume");
 
     // The waiter has read (and so tracks) every list of every queue: 4 per queue.
-    let tracked = 4 * n as i64;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let keys = tracking_total_keys(&mut admin).await;
-        if keys >= tracked {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the waiter tracks {keys} keys, not {tracked}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_tracking(&mut admin, 4 * n as i64).await;
     let before = consumer_connections(&mut admin).await;
     assert!(
         before
@@ -106,26 +94,7 @@ async fn consumer_of(n: usize) {
 
     // Python Kombu's publish: the JSON envelope LPUSHed straight into the list.
     let first = names[0].clone();
-    let body = "eyJuIjogMn0="; // base64 of {"n": 2}
-    let envelope = json!({
-        "body": body,
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": {},
-        "properties": {
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": first},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": "0b0b6c0e-5d1c-4f0e-9d44-2a7f1e1d2c01",
-        },
-    });
-    let _: i64 = redis::cmd("LPUSH")
-        .arg(&first)
-        .arg(envelope.to_string())
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    lpush_envelope(&mut admin, &first, 2).await;
     let message = consumer
         .recv_timeout(PATIENCE)
         .await
@@ -144,6 +113,95 @@ async fn consumer_of(n: usize) {
     );
     consumer.close().await.expect("close");
     publisher.close().await.expect("close");
+}
+
+/// Tracking is lost with the connection: after a Redis restart the waiter reconnects and
+/// re-reads every list, so a message pushed before it is back is delivered, and a later one
+/// wakes the consumer by the tracking push again (the polling interval is 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_waiter_tracks_every_list_again() {
+    let n = 50;
+    let mut server = RedisServer::start();
+    let url = format!("{}?polling_interval=30", server.url());
+    let conn = Connection::new(&url).expect("connection");
+    let names: Vec<String> = (0..n).map(|i| format!("restart-{i}")).collect();
+    let mut consumer = conn
+        .consumer(names.iter().map(Queue::new))
+        .prefetch_count(10)
+        .build()
+        .await
+        .expect("consumer");
+    consumer.consume().await.expect("consume");
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    wait_for_tracking(&mut admin, 4 * n as i64).await;
+
+    server.restart();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    // Pushed at once, most likely before the waiter is back: found by the full re-read (or
+    // by the dispatcher's polls while the waiter is away).
+    lpush_envelope(&mut admin, &names[n / 2], 3).await;
+    let message = consumer
+        .recv_timeout(Duration::from_secs(20))
+        .await
+        .expect("pushed across the restart");
+    assert_eq!(message.decode::<Value>().unwrap(), json!({"n": 3}));
+    message.ack().await.expect("ack");
+
+    wait_for_tracking(&mut admin, 4 * n as i64).await;
+    lpush_envelope(&mut admin, names.last().unwrap(), 4).await;
+    let message = consumer
+        .recv_timeout(PATIENCE)
+        .await
+        .expect("woken by tracking again");
+    assert_eq!(message.decode::<Value>().unwrap(), json!({"n": 4}));
+    message.ack().await.expect("ack");
+    consumer.close().await.expect("close");
+}
+
+/// Wait until the server tracks at least `keys` keys (the waiter read them all).
+async fn wait_for_tracking(admin: &mut redis::aio::MultiplexedConnection, keys: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tracked = tracking_total_keys(admin).await;
+        if tracked >= keys {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the waiter tracks {tracked} keys, not {keys}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Python Kombu's publish: the JSON envelope of `{"n": n}` LPUSHed straight into the list.
+async fn lpush_envelope(admin: &mut redis::aio::MultiplexedConnection, queue: &str, n: u8) {
+    let body = match n {
+        2 => "eyJuIjogMn0=", // base64 of {"n": 2}
+        3 => "eyJuIjogM30=",
+        4 => "eyJuIjogNH0=",
+        _ => panic!("no body for {n}"),
+    };
+    let envelope = json!({
+        "body": body,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {},
+        "properties": {
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": format!("0b0b6c0e-5d1c-4f0e-9d44-2a7f1e1d2c0{n}"),
+        },
+    });
+    let _: i64 = redis::cmd("LPUSH")
+        .arg(queue)
+        .arg(envelope.to_string())
+        .query_async(admin)
+        .await
+        .unwrap();
 }
 
 async fn tracking_total_keys(admin: &mut redis::aio::MultiplexedConnection) -> i64 {
