@@ -103,14 +103,17 @@ struct State {
 struct WatchedQueue {
     keys: Vec<String>,
     wanted_at: Instant,
+    /// How many of `keys` are not known empty: the dispatcher asks [`Waiter::known_empty`]
+    /// for every consumed queue on every turn, so that answer is one lookup.
+    unsettled: usize,
 }
 
 struct WatchedKey {
     /// Bumped by every invalidation or local write: a read started before is not trusted.
     generation: u64,
     known: Known,
-    /// How many watched queues use this key (normally one).
-    users: usize,
+    /// The watched queues with this list (normally one).
+    queues: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -163,13 +166,7 @@ impl Waiter {
         if !state.online {
             return false;
         }
-        let Some(watched) = state.queues.get(queue) else {
-            return false;
-        };
-        watched
-            .keys
-            .iter()
-            .all(|k| state.keys.get(k).is_some_and(|w| w.known == Known::Empty))
+        state.queues.get(queue).is_some_and(|w| w.unsettled == 0)
     }
 
     /// This connection wrote to `queue`'s lists: they are no longer known empty (the
@@ -266,35 +263,70 @@ impl State {
             return false;
         }
         let keys = keys();
+        let mut unsettled = 0;
         for key in &keys {
             let entry = self.keys.entry(key.clone()).or_insert(WatchedKey {
                 generation: 0,
                 known: Known::Unknown,
-                users: 0,
+                queues: Vec::new(),
             });
-            entry.users += 1;
-            if entry.users == 1 {
+            if entry.queues.is_empty() {
                 self.pending.insert(key.clone());
             }
+            entry.queues.push(queue.to_owned());
+            if entry.known != Known::Empty {
+                unsettled += 1;
+            }
         }
-        self.queues
-            .insert(queue.to_owned(), WatchedQueue { keys, wanted_at: now });
+        self.queues.insert(
+            queue.to_owned(),
+            WatchedQueue {
+                keys,
+                wanted_at: now,
+                unsettled,
+            },
+        );
         true
+    }
+
+    /// Set what is known of `key`, keeping its queues' `unsettled` counts.
+    fn set_known(&mut self, key: &str, known: Known) {
+        let Some(watched) = self.keys.get_mut(key) else {
+            return;
+        };
+        let was_empty = watched.known == Known::Empty;
+        watched.known = known;
+        let is_empty = known == Known::Empty;
+        if was_empty == is_empty {
+            return;
+        }
+        for queue in &watched.queues {
+            if let Some(q) = self.queues.get_mut(queue) {
+                if is_empty {
+                    q.unsettled = q.unsettled.saturating_sub(1);
+                } else {
+                    q.unsettled += 1;
+                }
+            }
+        }
     }
 
     fn invalidate(&mut self, key: &str) {
         if let Some(watched) = self.keys.get_mut(key) {
             watched.generation += 1;
-            watched.known = Known::Unknown;
+            self.set_known(key, Known::Unknown);
         }
     }
 
     fn invalidate_all(&mut self) {
-        for (key, watched) in &mut self.keys {
+        for watched in self.keys.values_mut() {
             watched.generation += 1;
             watched.known = Known::Unknown;
-            self.pending.insert(key.clone());
         }
+        for queue in self.queues.values_mut() {
+            queue.unsettled = queue.keys.len();
+        }
+        self.pending.extend(self.keys.keys().cloned());
     }
 
     /// Forget the queues no dispatcher waited on since `before`.
@@ -311,8 +343,8 @@ impl State {
             };
             for key in watched.keys {
                 let gone = self.keys.get_mut(&key).is_some_and(|w| {
-                    w.users -= 1;
-                    w.users == 0
+                    w.queues.retain(|q| *q != queue);
+                    w.queues.is_empty()
                 });
                 if gone {
                     // Its tracking entry on the server fires once more at most; ignored.
@@ -340,19 +372,20 @@ impl State {
     fn apply(&mut self, read: &[(String, u64)], lengths: &[i64]) -> bool {
         let mut holding = false;
         for ((key, generation), len) in read.iter().zip(lengths) {
-            let Some(watched) = self.keys.get_mut(key) else {
+            let Some(watched) = self.keys.get(key) else {
                 continue;
             };
             if watched.generation != *generation {
                 self.pending.insert(key.clone());
                 continue;
             }
-            watched.known = if *len > 0 {
+            let known = if *len > 0 {
                 holding = true;
                 Known::Holding
             } else {
                 Known::Empty
             };
+            self.set_known(key, known);
         }
         holding
     }
@@ -566,6 +599,35 @@ mod tests {
         assert!(!state.queues.contains_key("a"));
         assert!(state.keys.contains_key("k"), "still used by b");
         assert!(!state.keys.contains_key("a"));
+    }
+
+    #[test]
+    fn a_queue_is_settled_only_while_all_its_lists_are_known_empty() {
+        let mut state = State::default();
+        state.watch("q", || keys("q"));
+        state.watch("p", || vec!["q".to_owned()]); // shares a list with q
+        assert_eq!(state.queues["q"].unsettled, 2, "nothing read yet");
+        let read = state.take_pending();
+        assert_eq!(read.len(), 2, "a shared list is read once");
+        state.apply(&read, &[0, 0]);
+        assert_eq!(state.queues["q"].unsettled, 0);
+        assert_eq!(state.queues["p"].unsettled, 0);
+        state.invalidate("q");
+        assert_eq!(state.queues["q"].unsettled, 1);
+        assert_eq!(state.queues["p"].unsettled, 1);
+        state.invalidate("q");
+        assert_eq!(state.queues["q"].unsettled, 1, "counted once while unknown");
+        state.pending.insert("q".to_owned()); // as the invalidation push does
+        let read = state.take_pending();
+        assert_eq!(read.len(), 1);
+        state.apply(&read, &[2]);
+        assert_eq!(state.queues["q"].unsettled, 1, "holding messages");
+        let read = vec![("q".to_owned(), state.keys["q"].generation)];
+        state.apply(&read, &[0]);
+        assert_eq!(state.queues["q"].unsettled, 0);
+        state.invalidate_all();
+        assert_eq!(state.queues["q"].unsettled, 2);
+        assert_eq!(state.queues["p"].unsettled, 1);
     }
 
     #[test]
