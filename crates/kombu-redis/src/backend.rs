@@ -48,6 +48,8 @@ struct Inner {
 impl RedisBackend {
     /// Connect (failing fast with a typed error when the server is not there).
     pub(crate) async fn connect(settings: Settings) -> Result<RedisBackend> {
+        // The waiter's client speaks RESP3 (tracking invalidations are pushes).
+        let waiter_client = client(&settings, ProtocolVersion::RESP3)?;
         let client = client(&settings, ProtocolVersion::RESP2)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.socket_connect_timeout))
@@ -80,7 +82,7 @@ impl RedisBackend {
         let keys = Keys::new(settings.keys.clone());
         let waiter = Waiter::new(
             WaiterConfig {
-                client: crate::backend::client(&settings, ProtocolVersion::RESP3)?,
+                client: waiter_client,
                 name: format!("{}.waiter", settings.client_name.as_deref().unwrap_or("kombu-rs")),
                 connect_timeout: settings.socket_connect_timeout,
                 response_timeout: settings.socket_timeout,
