@@ -1,8 +1,7 @@
 //! [`RedisBackend`]: the virtual-transport backend over Kombu's Redis layout.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kombu_core::envelope::{to_python_json, BodyEncoding};
@@ -14,8 +13,8 @@ use kombu_core::virtual_transport::{
 use kombu_core::{
     Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, FieldTable, Queue, Result, Value,
 };
-use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::AsyncConnectionConfig;
+use redis::aio::ConnectionManager;
+use redis::ProtocolVersion;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
@@ -24,6 +23,7 @@ use crate::fanout::Fanout;
 use crate::keys::Keys;
 use crate::scripts;
 use crate::settings::{Address, Settings};
+use crate::waiter::{Waiter, WaiterConfig};
 
 /// The Redis backend of one connection.
 pub(crate) struct RedisBackend {
@@ -33,13 +33,10 @@ pub(crate) struct RedisBackend {
 struct Inner {
     settings: Settings,
     keys: Keys,
-    client: redis::Client,
     /// Commands (reconnects by itself after the server went away).
     commands: ConnectionManager,
-    /// Idle connections for blocking waits (one per list being watched).
-    waiters: Mutex<Vec<MultiplexedConnection>>,
-    /// Lists a watcher is blocked on.
-    watching: Mutex<HashSet<String>>,
+    /// The one connection that watches every consumed list (see [`crate::waiter`]).
+    waiter: Waiter,
     /// Queues declared here with `x-expires` (milliseconds): their lists get PEXPIRE.
     expiring: Mutex<HashMap<String, u64>>,
     /// Queues declared on this connection (a passive declare of an empty one succeeds).
@@ -49,13 +46,14 @@ struct Inner {
     receipts: ClaimReceipts,
     fanout: Arc<Fanout>,
     arrived: Arc<Notify>,
-    closed: AtomicBool,
 }
 
 impl RedisBackend {
     /// Connect (failing fast with a typed error when the server is not there).
     pub(crate) async fn connect(settings: Settings) -> Result<RedisBackend> {
-        let client = client(&settings)?;
+        // The waiter's client speaks RESP3 (tracking invalidations are pushes).
+        let waiter_client = client(&settings, ProtocolVersion::RESP3)?;
+        let client = client(&settings, ProtocolVersion::RESP2)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.socket_connect_timeout))
             .set_response_timeout(Some(settings.socket_timeout))
@@ -85,20 +83,27 @@ impl RedisBackend {
         }
         let arrived = Arc::new(Notify::new());
         let keys = Keys::new(settings.keys.clone());
+        let waiter = Waiter::new(
+            WaiterConfig {
+                client: waiter_client,
+                name: format!("{}.waiter", settings.client_name.as_deref().unwrap_or("kombu-rs")),
+                connect_timeout: settings.socket_connect_timeout,
+                response_timeout: settings.socket_timeout,
+                polling_interval: settings.polling_interval,
+            },
+            arrived.clone(),
+        );
         let inner = Arc::new(Inner {
             keys,
-            fanout: Fanout::new(client.clone(), arrived.clone()),
+            fanout: Fanout::new(client, arrived.clone()),
             settings,
-            client,
             commands,
-            waiters: Mutex::new(Vec::new()),
-            watching: Mutex::new(HashSet::new()),
+            waiter,
             expiring: Mutex::new(HashMap::new()),
             declared: Mutex::new(HashSet::new()),
             last_restore: Mutex::new(None),
             receipts: ClaimReceipts::default(),
             arrived,
-            closed: AtomicBool::new(false),
         });
         Ok(RedisBackend { inner })
     }
@@ -120,9 +125,10 @@ fn connection_capabilities(settings: &Settings) -> Capabilities {
     caps
 }
 
-/// The client for `settings`: with the TLS certificates they name, if any.
-fn client(settings: &Settings) -> Result<redis::Client> {
-    let info = connection_info(settings)?;
+/// The client for `settings` speaking `protocol`: with the TLS certificates they name, if
+/// any. Commands and fanout use RESP2; the waiter needs RESP3 for its pushes.
+fn client(settings: &Settings, protocol: ProtocolVersion) -> Result<redis::Client> {
+    let info = connection_info(settings, protocol)?;
     #[cfg(feature = "tls")]
     if settings.tls.ca_certs.is_some() || settings.tls.certfile.is_some() {
         return redis::Client::build_with_tls(info, tls_certificates(&settings.tls)?)
@@ -157,7 +163,7 @@ fn tls_certificates(tls: &crate::settings::TlsOptions) -> Result<redis::TlsCerti
     })
 }
 
-fn connection_info(settings: &Settings) -> Result<redis::ConnectionInfo> {
+fn connection_info(settings: &Settings, protocol: ProtocolVersion) -> Result<redis::ConnectionInfo> {
     use redis::IntoConnectionInfo;
     let addr = match &settings.address {
         Address::Tcp {
@@ -172,7 +178,9 @@ fn connection_info(settings: &Settings) -> Result<redis::ConnectionInfo> {
         } => tls_addr(host, *port, settings.tls.verify)?,
         Address::Unix(path) => redis::ConnectionAddr::Unix(path.clone()),
     };
-    let mut redis_settings = redis::RedisConnectionInfo::default().set_db(settings.db);
+    let mut redis_settings = redis::RedisConnectionInfo::default()
+        .set_db(settings.db)
+        .set_protocol(protocol);
     if let Some(user) = &settings.username {
         redis_settings = redis_settings.set_username(user.clone());
     }
@@ -209,6 +217,9 @@ pub(crate) fn redis_error(e: redis::RedisError, what: &'static str) -> Error {
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_unrecoverable_error()
+        // LOADING (a restarted server reading its data back), MASTERDOWN, TRYAGAIN: the
+        // server is there but not ready yet, so a retry will do.
+        || matches!(e.retry_method(), redis::RetryMethod::WaitAndRetry)
     {
         ErrorKind::Connection
     } else {
@@ -263,6 +274,7 @@ impl Inner {
             .query_async(&mut self.conn())
             .await
             .map_err(|e| redis_error(e, "publish failed").with_context("queue", queue))?;
+        self.waiter.touched(queue);
         self.arrived.notify_waiters();
         Ok(())
     }
@@ -325,6 +337,9 @@ impl Inner {
             })?;
         }
         self.refresh_expiry(&routed).await;
+        for queue in &routed {
+            self.waiter.touched(queue);
+        }
         self.arrived.notify_waiters();
         Ok(routed.len())
     }
@@ -445,6 +460,9 @@ impl Inner {
             .invoke_async(conn)
             .await
             .map_err(|e| redis_error(e, "restore failed"))?;
+        for q in &queues {
+            self.waiter.touched(q);
+        }
         Ok(done == 1)
     }
 
@@ -477,188 +495,10 @@ impl Inner {
         Ok(queues)
     }
 
-    fn maybe_restore_due(&self) -> bool {
-        if !self.settings.ack_emulation {
-            return false;
-        }
-        let mut last = self.last_restore.lock().unwrap_or_else(|p| p.into_inner());
-        let due = last.is_none_or(|t| t.elapsed() >= self.settings.unacked_restore_interval);
-        if due {
-            *last = Some(Instant::now());
-        }
-        due
-    }
-
-    /// Push the index score of these deliveries to now, so live consumers' messages are
-    /// never restored under them.
-    async fn renew(&self, tags: &[&str]) -> Result<()> {
-        let now = now_secs();
-        let mut cmd = redis::cmd("ZADD");
-        cmd.arg(&self.keys.unacked_index).arg("XX");
-        for t in tags {
-            cmd.arg(now).arg(*t);
-        }
-        let _: i64 = cmd
-            .query_async(&mut self.conn())
-            .await
-            .map_err(|e| redis_error(e, "cannot renew deliveries"))?;
-        Ok(())
-    }
-}
-
-/// Watch one list until it has a message (or `timeout` passes), then wake the dispatchers.
-///
-/// `BLMOVE list list RIGHT RIGHT` moves the oldest message onto itself: nothing changes, the
-/// command only blocks until the list is non-empty. The claim script takes the message
-/// afterwards, so a consumer killed at any point loses nothing. Each watched list has its own
-/// connection (kept in a pool between waits), since a blocking command holds its connection.
-async fn watch(weak: Weak<Inner>, key: String, timeout: Duration) {
-    let Some(inner) = weak.upgrade() else { return };
-    let pooled = inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).pop();
-    let client = inner.client.clone();
-    let connect_timeout = inner.settings.socket_connect_timeout;
-    drop(inner);
-    let conn = match pooled {
-        Some(c) => Ok(c),
-        None => {
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(connect_timeout))
-                .set_response_timeout(Some(timeout + Duration::from_secs(5)));
-            client.get_multiplexed_async_connection_with_config(&config).await
-        }
-    };
-    let result = match conn {
-        Ok(mut conn) => redis::cmd("BLMOVE")
-            .arg(&key)
-            .arg(&key)
-            .arg("RIGHT")
-            .arg("RIGHT")
-            .arg(timeout.as_secs_f64())
-            .query_async::<Option<Vec<u8>>>(&mut conn)
-            .await
-            .map(|moved| (conn, moved.is_some())),
-        Err(e) => Err(e),
-    };
-    let Some(inner) = weak.upgrade() else { return };
-    match result {
-        Ok((conn, arrived)) => {
-            if !inner.closed.load(Ordering::Acquire) {
-                inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
-            }
-            if arrived {
-                inner.arrived.notify_waiters();
-            }
-        }
-        Err(e) => {
-            debug!(error = %e, key = %key, "blocking wait failed");
-            // Let the server come back before watching again.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-    inner
-        .watching
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&key);
-}
-
-impl VirtualBackend for RedisBackend {
-    fn name(&self) -> &'static str {
-        "redis"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        connection_capabilities(&self.inner.settings)
-    }
-
-    async fn declare_queue(&self, queue: &Queue, arguments: &FieldTable) -> Result<()> {
-        let inner = &self.inner;
-        let expires = match arguments.get("x-expires") {
-            Some(Value::Int(ms)) if *ms > 0 => Some(*ms as u64),
-            Some(Value::Float(ms)) if *ms > 0.0 => Some(*ms as u64),
-            _ => None,
-        };
-        if let Some(ms) = expires {
-            inner
-                .expiring
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(queue.name.clone(), ms);
-        }
-        inner
-            .declared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(queue.name.clone());
-        Ok(())
-    }
-
-    async fn queue_exists(&self, queue: &str) -> Result<bool> {
-        if self
-            .inner
-            .declared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(queue)
-        {
-            return Ok(true);
-        }
-        let n: i64 = redis::cmd("EXISTS")
-            .arg(self.inner.keys.queue_keys(queue))
-            .query_async(&mut self.inner.conn())
-            .await
-            .map_err(|e| redis_error(e, "EXISTS failed"))?;
-        Ok(n > 0)
-    }
-
-    async fn put(&self, queue: &str, envelope: Envelope) -> Result<()> {
-        self.inner.push(queue, &envelope, false).await
-    }
-
-    /// One pipeline for the whole batch (`LPUSH`es in order, with the expiry refreshes of
-    /// queues that expire): one round trip. Redis runs a pipeline's commands in order but not
-    /// atomically, so when it fails every item reports the error: some may have been stored
-    /// (at least once on a retry, never lost).
-    async fn put_batch(&self, puts: Vec<(Arc<str>, Envelope)>) -> Vec<Result<()>> {
-        let inner = &self.inner;
-        let mut pipe = redis::pipe();
-        for (queue, envelope) in &puts {
-            let key = inner.keys.key_for_priority(queue, envelope.priority());
-            pipe.lpush(&key, envelope.to_json()).ignore();
-            inner.pexpire_if_expiring(&mut pipe, queue);
-        }
-        let written: redis::RedisResult<()> = pipe.query_async(&mut inner.conn()).await;
-        match written {
-            Ok(()) => {
-                inner.arrived.notify_waiters();
-                puts.iter().map(|_| Ok(())).collect()
-            }
-            Err(e) => {
-                let error = redis_error(e, "batch publish failed");
-                puts.iter()
-                    .map(|(queue, _)| Err(error.duplicate().with_context("queue", queue)))
-                    .collect()
-            }
-        }
-    }
-
-    async fn get(&self, queue: &str) -> Result<Option<Claimed>> {
-        let mut out = Vec::with_capacity(1);
-        self.get_batch(queue, 1, &mut out).await?;
-        Ok(out.pop())
-    }
-
-    async fn get_batch(&self, queue: &str, max: usize, out: &mut Vec<Claimed>) -> Result<()> {
-        let inner = &self.inner;
-        if max == 0 {
-            return Ok(());
-        }
-        let taken = 0;
-        if inner.maybe_restore_due() {
-            if let Err(e) = inner.restore_visible().await {
-                debug!(error = %e, "restore of expired deliveries failed");
-            }
-        }
+    /// Run the claim script on `queue`'s lists: up to `max` messages move into the unacked
+    /// records (or are removed, without ack emulation) in one atomic step.
+    async fn claim(&self, queue: &str, max: usize, out: &mut Vec<Claimed>) -> Result<()> {
+        let inner = self;
         let track = inner.settings.ack_emulation;
         if track && inner.receipts.has_pending(queue) {
             // A claim on this queue may have run without its answer arriving: hand out what it
@@ -690,7 +530,7 @@ impl VirtualBackend for RedisBackend {
             invocation.key(k);
         }
         invocation
-            .arg(max - taken)
+            .arg(max)
             .arg(now_secs())
             .arg(if track { "1" } else { "0" })
             .arg(inner.settings.visibility_timeout.as_secs().max(1))
@@ -768,6 +608,151 @@ impl VirtualBackend for RedisBackend {
         Ok(())
     }
 
+    /// Kombu's periodic `restore_visible`, when due (best effort).
+    async fn restore_if_due(&self) {
+        if self.maybe_restore_due() {
+            if let Err(e) = self.restore_visible().await {
+                debug!(error = %e, "restore of expired deliveries failed");
+            }
+        }
+    }
+
+    fn maybe_restore_due(&self) -> bool {
+        if !self.settings.ack_emulation {
+            return false;
+        }
+        let mut last = self.last_restore.lock().unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= self.settings.unacked_restore_interval);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    }
+
+    /// Push the index score of these deliveries to now, so live consumers' messages are
+    /// never restored under them.
+    async fn renew(&self, tags: &[&str]) -> Result<()> {
+        let now = now_secs();
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(&self.keys.unacked_index).arg("XX");
+        for t in tags {
+            cmd.arg(now).arg(*t);
+        }
+        let _: i64 = cmd
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| redis_error(e, "cannot renew deliveries"))?;
+        Ok(())
+    }
+}
+
+impl VirtualBackend for RedisBackend {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        connection_capabilities(&self.inner.settings)
+    }
+
+    async fn declare_queue(&self, queue: &Queue, arguments: &FieldTable) -> Result<()> {
+        let inner = &self.inner;
+        let expires = match arguments.get("x-expires") {
+            Some(Value::Int(ms)) if *ms > 0 => Some(*ms as u64),
+            Some(Value::Float(ms)) if *ms > 0.0 => Some(*ms as u64),
+            _ => None,
+        };
+        if let Some(ms) = expires {
+            inner
+                .expiring
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(queue.name.clone(), ms);
+        }
+        inner
+            .declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(queue.name.clone());
+        Ok(())
+    }
+
+    async fn queue_exists(&self, queue: &str) -> Result<bool> {
+        if self
+            .inner
+            .declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(queue)
+        {
+            return Ok(true);
+        }
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(self.inner.keys.queue_keys(queue))
+            .query_async(&mut self.inner.conn())
+            .await
+            .map_err(|e| redis_error(e, "EXISTS failed"))?;
+        Ok(n > 0)
+    }
+
+    async fn put(&self, queue: &str, envelope: Envelope) -> Result<()> {
+        self.inner.push(queue, &envelope, false).await
+    }
+
+    /// One pipeline for the whole batch (`LPUSH`es in order, with the expiry refreshes of
+    /// queues that expire): one round trip. Redis runs a pipeline's commands in order but not
+    /// atomically, so when it fails every item reports the error: some may have been stored
+    /// (at least once on a retry, never lost).
+    async fn put_batch(&self, puts: Vec<(Arc<str>, Envelope)>) -> Vec<Result<()>> {
+        let inner = &self.inner;
+        let mut pipe = redis::pipe();
+        for (queue, envelope) in &puts {
+            let key = inner.keys.key_for_priority(queue, envelope.priority());
+            pipe.lpush(&key, envelope.to_json()).ignore();
+            inner.pexpire_if_expiring(&mut pipe, queue);
+        }
+        let written: redis::RedisResult<()> = pipe.query_async(&mut inner.conn()).await;
+        match written {
+            Ok(()) => {
+                for (queue, _) in &puts {
+                    inner.waiter.touched(queue);
+                }
+                inner.arrived.notify_waiters();
+                puts.iter().map(|_| Ok(())).collect()
+            }
+            Err(e) => {
+                let error = redis_error(e, "batch publish failed");
+                puts.iter()
+                    .map(|(queue, _)| Err(error.duplicate().with_context("queue", queue)))
+                    .collect()
+            }
+        }
+    }
+
+    /// A basic get always asks Redis: another process may have pushed a moment ago, before
+    /// the waiter heard of it.
+    async fn get(&self, queue: &str) -> Result<Option<Claimed>> {
+        let mut out = Vec::with_capacity(1);
+        self.inner.restore_if_due().await;
+        self.inner.claim(queue, 1, &mut out).await?;
+        Ok(out.pop())
+    }
+
+    /// The dispatcher's take: a queue the waiter knows to be empty costs no round trip (the
+    /// waiter wakes the dispatcher when that changes).
+    async fn get_batch(&self, queue: &str, max: usize, out: &mut Vec<Claimed>) -> Result<()> {
+        let inner = &self.inner;
+        if max == 0 {
+            return Ok(());
+        }
+        inner.restore_if_due().await;
+        // A queue known to be empty may still have messages of an unanswered claim to hand out.
+        if inner.waiter.known_empty(queue) && !inner.receipts.has_pending(queue) {
+            return Ok(());
+        }
+        inner.claim(queue, max, out).await
+    }
+
     /// A message taken without ack emulation (or a broadcast one: those the channel puts
     /// back in the broadcast buffer itself): back at the head of its list.
     async fn restore(&self, queue: &str, envelope: Envelope) -> Result<()> {
@@ -835,33 +820,25 @@ impl VirtualBackend for RedisBackend {
         self.inner.settings.polling_interval
     }
 
+    /// Hand the queues to the waiter (one connection watches them all, see
+    /// [`crate::waiter`]), which notifies `arrived` when one may hold a message.
     async fn wait_for_messages(&self, queues: &[Arc<str>], timeout: Duration) -> Result<()> {
         let inner = &self.inner;
         for q in queues {
             if inner.fanout.is_fanout_queue(q) {
                 continue;
             }
-            for key in inner.keys.queue_keys(q) {
-                let newly_watched = inner
-                    .watching
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key.clone());
-                if newly_watched {
-                    tokio::spawn(watch(Arc::downgrade(inner), key, inner.settings.polling_interval));
-                }
-            }
+            inner.waiter.watch(q, || inner.keys.queue_keys(q));
         }
-        // The watchers notify `arrived`, which the dispatcher also waits on.
+        // The waiter notifies `arrived`, which the dispatcher also waits on.
         tokio::time::sleep(timeout).await;
         Ok(())
     }
 
     async fn close(&self) -> Result<()> {
         let inner = &self.inner;
-        inner.closed.store(true, Ordering::Release);
         inner.fanout.close();
-        inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        inner.waiter.close();
         Ok(())
     }
 
@@ -920,6 +897,7 @@ impl Receipts for RedisBackend {
             .invoke_async(&mut inner.conn())
             .await
             .map_err(|e| redis_error(e, "requeue failed").with_context("queue", queue))?;
+        inner.waiter.touched(queue);
         inner.arrived.notify_waiters();
         Ok(())
     }
@@ -1111,6 +1089,9 @@ impl BrokerRouting for RedisBackend {
             return Ok(None);
         }
         inner.refresh_expiry(queues).await;
+        for queue in queues {
+            inner.waiter.touched(queue);
+        }
         if !queues.is_empty() {
             inner.arrived.notify_waiters();
         }

@@ -56,9 +56,18 @@
 //! ## Better than Kombu
 //!
 //! * **No lost message between pop and bookkeeping** (Kombu #1836): a Lua script pops and
-//!   writes the unacked record in one step. Idle consumers wait with `BLMOVE list list RIGHT
-//!   RIGHT` on a dedicated connection, which takes nothing, so a consumer killed while waiting
-//!   loses nothing either.
+//!   writes the unacked record in one step, and it is the only take: waiting takes nothing,
+//!   so a consumer killed while waiting loses nothing either.
+//! * **A consumer's connections do not grow with its queues**: one *waiter* connection per
+//!   transport connection watches every consumed list with RESP3 client-side tracking
+//!   (`CLIENT TRACKING ON`, Redis ≥ 6, no server configuration): it reads the lists, and
+//!   Redis pushes an invalidation when another client (Python Kombu's `LPUSH` included)
+//!   writes one, which wakes the consumer. A consumer of 1,000 queues holds 2 connections
+//!   (commands and waiter; a third for fanout subscriptions), where a blocking pop per list
+//!   would hold 4,000, and lists the waiter knows to be empty cost no polling. Every
+//!   `polling_interval` it re-reads all lists, so a lost push only delays. The connection is
+//!   named `<client_name or kombu-rs>.waiter` in `CLIENT LIST`. Kombu waits with one `BRPOP`
+//!   over all its queues, which takes the message before it is recorded.
 //! * **Long tasks are not redelivered while their consumer lives** (Kombu #337): a live
 //!   connection pushes the index score of its unsettled deliveries forward every quarter of
 //!   `visibility_timeout`. A consumer that died stops doing so, and any consumer — Rust or
@@ -89,6 +98,7 @@ mod fanout;
 mod keys;
 mod scripts;
 mod settings;
+mod waiter;
 
 use std::sync::Arc;
 

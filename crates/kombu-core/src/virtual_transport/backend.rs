@@ -242,8 +242,8 @@ pub trait VirtualBackend: Send + Sync + 'static {
 
     /// The non-claiming wait: wait, at most `timeout`, for a message on one of `queues` (the
     /// consumed queues with room for more). The default sleeps: the dispatcher then polls
-    /// again. Backends that can block on the broker without taking anything (Redis
-    /// `BLMOVE list list`) watch the queues and notify their [`wakeup`](Self::wakeup) signal
+    /// again. Backends that can watch the broker without taking anything (Redis: client-side
+    /// tracking of the lists) watch the queues and notify their [`wakeup`](Self::wakeup) signal
     /// when a message arrives. The wait is cancelled at any point, so it must take nothing
     /// (the dispatcher claims with [`get_batch`](Self::get_batch)). Not used when the backend
     /// has a [`ClaimingWait`].

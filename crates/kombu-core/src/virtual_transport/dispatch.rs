@@ -11,6 +11,7 @@
 //!   its own that is never cancelled; what it claims is kept for the queue (the *stash*)
 //!   and the dispatcher woken, or given straight back if the channel has closed.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -117,11 +118,14 @@ pub(super) async fn dispatch_loop<B: VirtualBackend>(weak: Weak<ChannelInner<B>>
         let room = inner.prefetch_room();
         let mut waiting_on: Vec<Arc<str>> = Vec::new();
         if !broker_trouble && !claiming {
+            // A set, not `waiting_on.contains`: with hundreds of consumed queues the quadratic
+            // scan was most of an idle channel's CPU.
+            let mut seen: HashSet<&str> = HashSet::with_capacity(snapshot.len());
             for c in snapshot
                 .iter()
                 .filter(|c| !c.sender.is_closed() && c.sender.room() > 0)
             {
-                if (c.no_ack || room > 0) && !waiting_on.contains(&c.queue) {
+                if (c.no_ack || room > 0) && seen.insert(&c.queue) {
                     waiting_on.push(c.queue.clone());
                 }
             }
