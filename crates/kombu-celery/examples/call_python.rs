@@ -37,7 +37,11 @@ async fn main() -> kombu::Result<()> {
     println!("sent tasks.add(2, 3) as {id}");
 
     // `AsyncResult(id).get(timeout=30)`: a failure comes back as the Python exception.
-    match backend.wait(&id, Duration::from_secs(30)).await?.into_result::<i64>() {
+    match backend
+        .wait(&id, Duration::from_secs(30))
+        .await?
+        .into_result::<i64>()
+    {
         Ok(sum) => println!("tasks.add(2, 3) = {sum}"),
         Err(error) => println!("tasks.add failed: {error}"),
     }

@@ -24,14 +24,18 @@ async fn main() -> kombu::Result<()> {
     let worker = TaskRegistry::new()
         .backend(RedisBackend::connect(&results).await?)
         // Arguments arrive typed through serde: `(x, y)` from `args`, kwargs ignored here.
-        .task("rust.mul", |(x, y): (i64, i64), _: serde_json::Value| async move {
-            Ok::<_, TaskError>(x * y)
-        })
+        .task(
+            "rust.mul",
+            |(x, y): (i64, i64), _: serde_json::Value| async move { Ok::<_, TaskError>(x * y) },
+        )
         // An error is a FAILURE that Python's `.get()` raises as this exception type.
-        .task("rust.div", |(x, y): (i64, i64), _: serde_json::Value| async move {
-            x.checked_div(y)
-                .ok_or_else(|| TaskError::builtin("ZeroDivisionError", "division by zero"))
-        })
+        .task(
+            "rust.div",
+            |(x, y): (i64, i64), _: serde_json::Value| async move {
+                x.checked_div(y)
+                    .ok_or_else(|| TaskError::builtin("ZeroDivisionError", "division by zero"))
+            },
+        )
         .into_worker(&conn, [celery_queue("celery")]);
     worker.handle().shutdown_on_signals()?;
     println!("serving rust.mul and rust.div on queue celery of {broker}; Ctrl-C stops");
