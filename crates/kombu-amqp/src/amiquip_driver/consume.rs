@@ -68,10 +68,8 @@ impl ConsumerEntry<'_> {
             };
             match message {
                 Some(M::Delivery(delivery)) => unhanded(delivery),
-                Some(M::ClientCancelled | M::ServerCancelled | M::ClientClosedChannel) | None => break,
-                Some(
-                    M::ServerClosedChannel(_) | M::ServerClosedConnection(_) | M::ClientClosedConnection,
-                ) => break,
+                // `ClientCancelled` is the last; any other end (or the sender gone) is too.
+                _ => break,
             }
         }
         cancelled
